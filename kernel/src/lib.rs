@@ -1,0 +1,12 @@
+//! The mesofs cluster model and master: resources, task specs, the replicated state machine,
+//! Raft storage and network, the allocator, the leader's runtime, the gRPC services, and a
+//! client that finds and follows the leader.
+
+pub mod client;
+pub mod master;
+pub mod proto;
+pub mod raft;
+pub mod resources;
+pub mod spec;
+pub mod state;
+pub mod watch;

@@ -1,0 +1,710 @@
+//! The replicated cluster state and the commands that change it.
+//!
+//! Every change to durable cluster state is a [`Command`] in the Raft log. [`ClusterState::apply`]
+//! is deterministic: the leader, every follower and every mount's local copy apply the same
+//! commands in the same order and reach the same state. Times are stamped by the proposer and
+//! carried in the command, never read from the clock during apply.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::resources::Resources;
+use crate::spec::TaskSpec;
+
+/// An agent's cluster-unique id, chosen by the agent and kept in its work directory.
+pub type AgentId = String;
+/// A framework's cluster-unique id: its name plus a registration number (`hello-3`).
+pub type FrameworkId = String;
+
+/// A task's cluster-unique id: framework id and task name joined by a dot (`hello-3.greet`).
+pub fn task_id(framework_id: &str, name: &str) -> String {
+    format!("{framework_id}.{name}")
+}
+
+/// Whether an agent is connected to the leader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentState {
+    /// Registered and connected.
+    Active,
+    /// Its session ended; its tasks are kept until it re-registers.
+    Disconnected,
+}
+
+impl AgentState {
+    /// The lower-case word shown in the filesystem.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentState::Active => "active",
+            AgentState::Disconnected => "disconnected",
+        }
+    }
+}
+
+/// A registered agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentInfo {
+    /// The agent's id.
+    pub id: AgentId,
+    /// The host it runs on.
+    pub hostname: String,
+    /// The address of its file service (`host:port`), where sandboxes are read.
+    pub address: String,
+    /// Everything it offers to the cluster.
+    pub resources: Resources,
+    /// Connected or not.
+    pub state: AgentState,
+    /// When it first registered (unix ms).
+    pub registered_ms: u64,
+}
+
+/// A registered framework.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FrameworkInfo {
+    /// Its id (`name-N`).
+    pub id: FrameworkId,
+    /// Its name: the directory under `/frameworks`.
+    pub name: String,
+    /// The uid that registered it and owns its directory.
+    pub uid: u32,
+    /// The gid of its directory.
+    pub gid: u32,
+    /// The role its resources are allocated to.
+    pub role: String,
+    /// When it registered (unix ms).
+    pub registered_ms: u64,
+    /// Set when it was torn down; a torn-down framework keeps its history but is no longer listed.
+    pub removed_ms: Option<u64>,
+}
+
+/// The lifecycle state of a task, named as in Mesos.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum TaskState {
+    /// Accepted by the master, being sent to the agent.
+    Staging,
+    /// The agent is preparing it.
+    Starting,
+    /// Its process runs.
+    Running,
+    /// A kill was requested and is in progress.
+    Killing,
+    /// It exited with status 0.
+    Finished,
+    /// It exited otherwise, or could not start.
+    Failed,
+    /// It was killed on request.
+    Killed,
+    /// Its agent lost track of it.
+    Lost,
+}
+
+impl TaskState {
+    /// True once the task can change no more.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            TaskState::Finished | TaskState::Failed | TaskState::Killed | TaskState::Lost
+        )
+    }
+
+    /// The Mesos name (`TASK_RUNNING`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Staging => "TASK_STAGING",
+            TaskState::Starting => "TASK_STARTING",
+            TaskState::Running => "TASK_RUNNING",
+            TaskState::Killing => "TASK_KILLING",
+            TaskState::Finished => "TASK_FINISHED",
+            TaskState::Failed => "TASK_FAILED",
+            TaskState::Killed => "TASK_KILLED",
+            TaskState::Lost => "TASK_LOST",
+        }
+    }
+
+    /// Parses a Mesos name.
+    pub fn parse(s: &str) -> Option<TaskState> {
+        [
+            TaskState::Staging,
+            TaskState::Starting,
+            TaskState::Running,
+            TaskState::Killing,
+            TaskState::Finished,
+            TaskState::Failed,
+            TaskState::Killed,
+            TaskState::Lost,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
+    }
+}
+
+/// One state transition of a task.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transition {
+    /// The state entered.
+    pub state: TaskState,
+    /// A machine-readable reason (`REASON_COMMAND_EXITED`), may be empty.
+    pub reason: String,
+    /// A human-readable message, may be empty.
+    pub message: String,
+    /// When it happened (unix ms).
+    pub time_ms: u64,
+}
+
+/// A task and its whole history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskInfo {
+    /// Cluster-unique id (`framework.task`).
+    pub id: String,
+    /// The task's name within its framework.
+    pub name: String,
+    /// The framework that launched it.
+    pub framework_id: FrameworkId,
+    /// The agent it runs on.
+    pub agent_id: AgentId,
+    /// What was asked for.
+    pub spec: TaskSpec,
+    /// What it holds: the spec's scalars plus its assigned ports.
+    pub resources: Resources,
+    /// The ports assigned to it, in the order of `PORT0`, `PORT1`...
+    pub ports: Vec<u64>,
+    /// Set once a kill was requested.
+    pub kill_requested: bool,
+    /// Every state it went through, oldest first; never empty.
+    pub history: Vec<Transition>,
+}
+
+impl TaskInfo {
+    /// The latest state.
+    pub fn state(&self) -> TaskState {
+        self.last().state
+    }
+
+    /// The latest transition.
+    pub fn last(&self) -> &Transition {
+        self.history
+            .last()
+            .expect("a task always has at least one transition")
+    }
+}
+
+/// A task accepted for launch, as carried in [`Command::LaunchTasks`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewTask {
+    /// The spec as written.
+    pub spec: TaskSpec,
+    /// The resources taken from the offer, including ports.
+    pub resources: Resources,
+    /// The ports assigned.
+    pub ports: Vec<u64>,
+}
+
+/// Every change to the replicated state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// An agent registered or re-registered, reporting the tasks it still runs.
+    RegisterAgent {
+        /// The agent as it describes itself.
+        agent: AgentInfo,
+        /// Ids of the tasks it runs now; its other non-terminal tasks are lost.
+        running: Vec<String>,
+    },
+    /// An agent's session ended.
+    DisconnectAgent {
+        /// Which agent.
+        agent_id: AgentId,
+        /// When (unix ms).
+        time_ms: u64,
+    },
+    /// A framework registered (a `mkdir` under `/frameworks`).
+    RegisterFramework {
+        /// Its directory name.
+        name: String,
+        /// Owner uid.
+        uid: u32,
+        /// Owner gid.
+        gid: u32,
+        /// When (unix ms).
+        time_ms: u64,
+    },
+    /// A framework was torn down (an `rmdir`); its live tasks are marked for killing.
+    TeardownFramework {
+        /// Which framework.
+        framework_id: FrameworkId,
+        /// When (unix ms).
+        time_ms: u64,
+    },
+    /// Tasks launched on an agent from one offer, all or none.
+    LaunchTasks {
+        /// The launching framework.
+        framework_id: FrameworkId,
+        /// The agent they go to.
+        agent_id: AgentId,
+        /// The tasks.
+        tasks: Vec<NewTask>,
+        /// When (unix ms).
+        time_ms: u64,
+    },
+    /// A kill was requested.
+    KillTask {
+        /// The task's cluster-unique id.
+        task_id: String,
+        /// When (unix ms).
+        time_ms: u64,
+    },
+    /// An agent reported a task's new state.
+    UpdateTask {
+        /// The task's cluster-unique id.
+        task_id: String,
+        /// The state and why.
+        transition: Transition,
+    },
+}
+
+/// Why a command was refused by the state machine.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum StateError {
+    /// A framework of that name is registered already.
+    #[error("a framework named {0:?} already exists; pick another name or rmdir it first")]
+    FrameworkExists(String),
+    /// No such framework.
+    #[error("no framework {0:?} is registered")]
+    NoFramework(String),
+    /// No such agent.
+    #[error("no agent {0:?} is registered")]
+    NoAgent(String),
+    /// No such task.
+    #[error("no task {0:?}")]
+    NoTask(String),
+    /// The task name is taken in this framework.
+    #[error("task {0:?} already exists in this framework; task names are unique per framework")]
+    TaskExists(String),
+    /// The task has ended already.
+    #[error("task {0:?} has already ended")]
+    TaskEnded(String),
+}
+
+/// The result of applying one command.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    /// The refusal, if the command changed nothing.
+    pub error: Option<StateError>,
+    /// The framework id a registration created.
+    pub framework_id: Option<FrameworkId>,
+    /// Tasks that must now be killed on their agents (after a teardown or kill).
+    pub to_kill: Vec<String>,
+}
+
+impl Applied {
+    fn refused(err: StateError) -> Applied {
+        Applied {
+            error: Some(err),
+            ..Applied::default()
+        }
+    }
+}
+
+/// The whole replicated state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    /// Agents by id.
+    pub agents: BTreeMap<AgentId, AgentInfo>,
+    /// Frameworks by id, including torn-down ones.
+    pub frameworks: BTreeMap<FrameworkId, FrameworkInfo>,
+    /// Tasks by cluster-unique id.
+    pub tasks: BTreeMap<String, TaskInfo>,
+    /// How many frameworks ever registered; numbers framework ids.
+    pub framework_seq: u64,
+    /// The Raft log index of the last command applied.
+    pub applied_index: u64,
+}
+
+impl ClusterState {
+    /// The registered (not torn-down) framework with this name.
+    pub fn framework_by_name(&self, name: &str) -> Option<&FrameworkInfo> {
+        self.frameworks
+            .values()
+            .find(|f| f.name == name && f.removed_ms.is_none())
+    }
+
+    /// Registered frameworks, by name.
+    pub fn active_frameworks(&self) -> impl Iterator<Item = &FrameworkInfo> {
+        self.frameworks.values().filter(|f| f.removed_ms.is_none())
+    }
+
+    /// A framework's tasks.
+    pub fn framework_tasks<'a>(
+        &'a self,
+        framework_id: &'a str,
+    ) -> impl Iterator<Item = &'a TaskInfo> {
+        self.tasks
+            .values()
+            .filter(move |t| t.framework_id == framework_id)
+    }
+
+    /// Tasks placed on an agent.
+    pub fn agent_tasks<'a>(&'a self, agent_id: &'a str) -> impl Iterator<Item = &'a TaskInfo> {
+        self.tasks.values().filter(move |t| t.agent_id == agent_id)
+    }
+
+    /// Resources held by an agent's non-terminal tasks.
+    pub fn allocated_on(&self, agent_id: &str) -> Resources {
+        self.agent_tasks(agent_id)
+            .filter(|t| !t.state().is_terminal())
+            .fold(Resources::default(), |acc, t| acc.add(&t.resources))
+    }
+
+    /// Applies one committed command at a log index. Deterministic; refusals change nothing.
+    pub fn apply(&mut self, index: u64, cmd: &Command) -> Applied {
+        self.applied_index = self.applied_index.max(index);
+        match cmd {
+            Command::RegisterAgent { agent, running } => {
+                let time_ms = agent.registered_ms;
+                let mut info = agent.clone();
+                if let Some(old) = self.agents.get(&agent.id) {
+                    info.registered_ms = old.registered_ms;
+                }
+                info.state = AgentState::Active;
+                self.agents.insert(agent.id.clone(), info);
+                let lost: Vec<String> = self
+                    .agent_tasks(&agent.id)
+                    .filter(|t| !t.state().is_terminal() && !running.contains(&t.id))
+                    .map(|t| t.id.clone())
+                    .collect();
+                for id in lost {
+                    self.push_transition(
+                        &id,
+                        Transition {
+                            state: TaskState::Lost,
+                            reason: "REASON_AGENT_RESTARTED".into(),
+                            message: "the agent re-registered without this task".into(),
+                            time_ms,
+                        },
+                    );
+                }
+                Applied::default()
+            }
+            Command::DisconnectAgent { agent_id, .. } => match self.agents.get_mut(agent_id) {
+                Some(a) => {
+                    a.state = AgentState::Disconnected;
+                    Applied::default()
+                }
+                None => Applied::refused(StateError::NoAgent(agent_id.clone())),
+            },
+            Command::RegisterFramework {
+                name,
+                uid,
+                gid,
+                time_ms,
+            } => {
+                if self.framework_by_name(name).is_some() {
+                    return Applied::refused(StateError::FrameworkExists(name.clone()));
+                }
+                self.framework_seq += 1;
+                let id = format!("{name}-{}", self.framework_seq);
+                self.frameworks.insert(
+                    id.clone(),
+                    FrameworkInfo {
+                        id: id.clone(),
+                        name: name.clone(),
+                        uid: *uid,
+                        gid: *gid,
+                        role: "*".into(),
+                        registered_ms: *time_ms,
+                        removed_ms: None,
+                    },
+                );
+                Applied {
+                    framework_id: Some(id),
+                    ..Applied::default()
+                }
+            }
+            Command::TeardownFramework {
+                framework_id,
+                time_ms,
+            } => {
+                match self.frameworks.get_mut(framework_id) {
+                    Some(f) if f.removed_ms.is_none() => f.removed_ms = Some(*time_ms),
+                    _ => return Applied::refused(StateError::NoFramework(framework_id.clone())),
+                }
+                let mut to_kill = Vec::new();
+                for t in self.tasks.values_mut() {
+                    if t.framework_id == *framework_id && !t.state().is_terminal() {
+                        t.kill_requested = true;
+                        to_kill.push(t.id.clone());
+                    }
+                }
+                Applied {
+                    to_kill,
+                    ..Applied::default()
+                }
+            }
+            Command::LaunchTasks {
+                framework_id,
+                agent_id,
+                tasks,
+                time_ms,
+            } => {
+                match self.frameworks.get(framework_id) {
+                    Some(f) if f.removed_ms.is_none() => {}
+                    _ => return Applied::refused(StateError::NoFramework(framework_id.clone())),
+                }
+                if !self.agents.contains_key(agent_id) {
+                    return Applied::refused(StateError::NoAgent(agent_id.clone()));
+                }
+                for t in tasks {
+                    if self
+                        .tasks
+                        .contains_key(&task_id(framework_id, &t.spec.name))
+                    {
+                        return Applied::refused(StateError::TaskExists(t.spec.name.clone()));
+                    }
+                }
+                for t in tasks {
+                    let id = task_id(framework_id, &t.spec.name);
+                    self.tasks.insert(
+                        id.clone(),
+                        TaskInfo {
+                            id,
+                            name: t.spec.name.clone(),
+                            framework_id: framework_id.clone(),
+                            agent_id: agent_id.clone(),
+                            spec: t.spec.clone(),
+                            resources: t.resources.clone(),
+                            ports: t.ports.clone(),
+                            kill_requested: false,
+                            history: vec![Transition {
+                                state: TaskState::Staging,
+                                reason: String::new(),
+                                message: String::new(),
+                                time_ms: *time_ms,
+                            }],
+                        },
+                    );
+                }
+                Applied::default()
+            }
+            Command::KillTask { task_id, .. } => match self.tasks.get_mut(task_id) {
+                None => Applied::refused(StateError::NoTask(task_id.clone())),
+                Some(t) if t.state().is_terminal() => {
+                    Applied::refused(StateError::TaskEnded(t.name.clone()))
+                }
+                Some(t) => {
+                    t.kill_requested = true;
+                    Applied {
+                        to_kill: vec![task_id.clone()],
+                        ..Applied::default()
+                    }
+                }
+            },
+            Command::UpdateTask {
+                task_id,
+                transition,
+            } => {
+                if !self.tasks.contains_key(task_id) {
+                    return Applied::refused(StateError::NoTask(task_id.clone()));
+                }
+                self.push_transition(task_id, transition.clone());
+                Applied::default()
+            }
+        }
+    }
+
+    /// Records a transition unless the task is terminal or already in that state (updates are
+    /// retried, so duplicates are normal).
+    fn push_transition(&mut self, id: &str, transition: Transition) {
+        if let Some(t) = self.tasks.get_mut(id) {
+            let current = t.state();
+            if current.is_terminal() || current == transition.state {
+                return;
+            }
+            t.history.push(transition);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::parse_spec_line;
+
+    fn agent(id: &str) -> AgentInfo {
+        AgentInfo {
+            id: id.into(),
+            hostname: "h".into(),
+            address: "127.0.0.1:1".into(),
+            resources: Resources::parse("cpus:2;mem:1024").unwrap(),
+            state: AgentState::Active,
+            registered_ms: 1,
+        }
+    }
+
+    fn launch(fw: &str, agent_id: &str, line: &str) -> Command {
+        let spec = parse_spec_line(line).unwrap();
+        Command::LaunchTasks {
+            framework_id: fw.into(),
+            agent_id: agent_id.into(),
+            tasks: vec![NewTask {
+                resources: spec.resources(),
+                spec,
+                ports: vec![],
+            }],
+            time_ms: 5,
+        }
+    }
+
+    fn cluster_with_framework() -> (ClusterState, String) {
+        let mut s = ClusterState::default();
+        s.apply(
+            1,
+            &Command::RegisterAgent {
+                agent: agent("a1"),
+                running: vec![],
+            },
+        );
+        let fw = s
+            .apply(
+                2,
+                &Command::RegisterFramework {
+                    name: "hello".into(),
+                    uid: 0,
+                    gid: 0,
+                    time_ms: 2,
+                },
+            )
+            .framework_id
+            .unwrap();
+        (s, fw)
+    }
+
+    #[test]
+    fn registering_a_framework_twice_by_name_is_refused_and_changes_nothing() {
+        let (mut s, _) = cluster_with_framework();
+        let before = s.clone();
+        let r = s.apply(
+            3,
+            &Command::RegisterFramework {
+                name: "hello".into(),
+                uid: 0,
+                gid: 0,
+                time_ms: 3,
+            },
+        );
+        assert_eq!(r.error, Some(StateError::FrameworkExists("hello".into())));
+        assert_eq!(s.frameworks, before.frameworks);
+    }
+
+    #[test]
+    fn a_torn_down_framework_name_can_be_registered_again_with_a_new_id() {
+        let (mut s, fw) = cluster_with_framework();
+        s.apply(
+            3,
+            &Command::TeardownFramework {
+                framework_id: fw.clone(),
+                time_ms: 3,
+            },
+        );
+        let again = s
+            .apply(
+                4,
+                &Command::RegisterFramework {
+                    name: "hello".into(),
+                    uid: 0,
+                    gid: 0,
+                    time_ms: 4,
+                },
+            )
+            .framework_id
+            .unwrap();
+        assert_ne!(again, fw);
+        assert_eq!(s.framework_by_name("hello").unwrap().id, again);
+    }
+
+    #[test]
+    fn a_launch_with_a_taken_task_name_adds_none_of_its_tasks() {
+        let (mut s, fw) = cluster_with_framework();
+        assert!(s
+            .apply(3, &launch(&fw, "a1", "name=t -- true"))
+            .error
+            .is_none());
+        let r = s.apply(4, &launch(&fw, "a1", "name=t -- false"));
+        assert_eq!(r.error, Some(StateError::TaskExists("t".into())));
+        assert_eq!(s.tasks.len(), 1);
+    }
+
+    #[test]
+    fn terminal_tasks_ignore_later_updates_and_duplicates_are_dropped() {
+        let (mut s, fw) = cluster_with_framework();
+        s.apply(3, &launch(&fw, "a1", "name=t -- true"));
+        let id = task_id(&fw, "t");
+        let up = |state| Command::UpdateTask {
+            task_id: id.clone(),
+            transition: Transition {
+                state,
+                reason: String::new(),
+                message: String::new(),
+                time_ms: 9,
+            },
+        };
+        s.apply(4, &up(TaskState::Running));
+        s.apply(5, &up(TaskState::Running));
+        s.apply(6, &up(TaskState::Finished));
+        s.apply(7, &up(TaskState::Lost));
+        let states: Vec<_> = s.tasks[&id].history.iter().map(|t| t.state).collect();
+        assert_eq!(
+            states,
+            vec![TaskState::Staging, TaskState::Running, TaskState::Finished]
+        );
+    }
+
+    #[test]
+    fn tasks_held_count_against_their_agent_until_terminal() {
+        let (mut s, fw) = cluster_with_framework();
+        s.apply(3, &launch(&fw, "a1", "name=t cpus=0.5 mem=100 -- true"));
+        assert_eq!(s.allocated_on("a1").to_string(), "cpus:0.5;mem:100");
+        s.apply(
+            4,
+            &Command::UpdateTask {
+                task_id: task_id(&fw, "t"),
+                transition: Transition {
+                    state: TaskState::Finished,
+                    reason: String::new(),
+                    message: String::new(),
+                    time_ms: 9,
+                },
+            },
+        );
+        assert!(s.allocated_on("a1").is_empty());
+    }
+
+    #[test]
+    fn an_agent_reregistering_without_a_task_loses_it() {
+        let (mut s, fw) = cluster_with_framework();
+        s.apply(3, &launch(&fw, "a1", "name=gone -- sleep 9"));
+        s.apply(4, &launch(&fw, "a1", "name=kept -- sleep 9"));
+        s.apply(
+            5,
+            &Command::RegisterAgent {
+                agent: agent("a1"),
+                running: vec![task_id(&fw, "kept")],
+            },
+        );
+        assert_eq!(s.tasks[&task_id(&fw, "gone")].state(), TaskState::Lost);
+        assert_eq!(s.tasks[&task_id(&fw, "kept")].state(), TaskState::Staging);
+    }
+
+    #[test]
+    fn teardown_marks_live_tasks_for_killing() {
+        let (mut s, fw) = cluster_with_framework();
+        s.apply(3, &launch(&fw, "a1", "name=t -- sleep 9"));
+        let r = s.apply(
+            4,
+            &Command::TeardownFramework {
+                framework_id: fw.clone(),
+                time_ms: 4,
+            },
+        );
+        assert_eq!(r.to_kill, vec![task_id(&fw, "t")]);
+        assert!(s.framework_by_name("hello").is_none());
+    }
+}
