@@ -109,11 +109,22 @@ impl Hub {
         });
     }
 
-    /// Adds an offer, unless `still_valid` says the state changed since it was computed.
+    /// Adds an offer.
     pub fn add_offer(&self, offer: Offer) -> u64 {
         let mut inner = self.lock();
         inner.offers.insert(offer.id.clone(), offer.clone());
         self.publish(&mut inner, |seq| WatchEvent::OfferCreated { seq, offer })
+    }
+
+    /// Changes what an outstanding offer holds (after a launch used part of it).
+    pub fn update_offer(&self, offer_id: &str, resources: crate::resources::Resources) {
+        let mut inner = self.lock();
+        let Some(offer) = inner.offers.get_mut(offer_id) else {
+            return;
+        };
+        offer.resources = resources;
+        let offer = offer.clone();
+        self.publish(&mut inner, |seq| WatchEvent::OfferCreated { seq, offer });
     }
 
     /// Removes an offer if it is still there; returns it.

@@ -251,15 +251,10 @@ impl Leader {
             refuse(
                 libc::ENOENT,
                 format!(
-                    "offer {offer_id} is gone (used, declined, rescinded or expired); read offers/next for a current one"
+                    "offer {offer_id} is gone (used up, declined, rescinded or expired); read offers/next for a current one"
                 ),
             )
         };
-        let offer = self
-            .hub
-            .read(|_, offers| offers.get(offer_id).cloned())
-            .filter(|o| o.framework_id == fw.id)
-            .ok_or_else(gone)?;
         let taken: Vec<String> = self.hub.read(|s, _| {
             specs
                 .iter()
@@ -277,50 +272,61 @@ impl Leader {
             .iter()
             .fold(Resources::default(), |acc, s| acc.add(&s.resources()));
         let ports_needed: usize = specs.iter().map(|s| s.ports as usize).sum();
-        let offered_ports = offer.resources.take_ports(ports_needed);
-        if !offer.resources.contains(&need) || offered_ports.is_none() {
-            let mut asked = need.to_string();
-            if ports_needed > 0 {
-                asked.push_str(&format!(" and {ports_needed} ports"));
-            }
-            return Err(refuse(
-                libc::ENOSPC,
-                format!(
-                    "the tasks need {asked} but offer {offer_id} has {}; launch fewer or smaller tasks",
-                    offer.resources
-                ),
-            ));
-        }
-        let mut free_ports = offered_ports.unwrap_or_default().into_iter();
-        let tasks: Vec<NewTask> = specs
-            .into_iter()
-            .map(|spec| {
-                let ports: Vec<u64> = free_ports.by_ref().take(spec.ports as usize).collect();
-                let mut resources = spec.resources();
-                if !ports.is_empty() {
-                    resources = resources.add(&ports_resource(&ports));
-                }
-                NewTask {
-                    spec,
-                    resources,
-                    ports,
-                }
-            })
-            .collect();
-        let used = tasks
-            .iter()
-            .fold(Resources::default(), |acc, t| acc.add(&t.resources));
 
-        // Take the offer and hold its used part as pending, so the allocator cannot offer it
-        // again while the launch commits.
-        {
+        // Check and take from the offer under the allocation lock, so concurrent launches on
+        // one offer cannot both take the same resources. What the launch does not use stays
+        // offered to this framework under the same id; the used part is held as pending so
+        // the allocator cannot offer it again while the launch commits.
+        let (offer, tasks, used) = {
             let mut alloc = self.alloc.lock().expect("alloc lock");
-            self.hub
-                .remove_offer(offer_id, "accepted", false)
+            let offer = self
+                .hub
+                .read(|_, offers| offers.get(offer_id).cloned())
+                .filter(|o| o.framework_id == fw.id)
                 .ok_or_else(gone)?;
+            let offered_ports = offer.resources.take_ports(ports_needed);
+            if !offer.resources.contains(&need) || offered_ports.is_none() {
+                let mut asked = need.to_string();
+                if ports_needed > 0 {
+                    asked.push_str(&format!(" and {ports_needed} ports"));
+                }
+                return Err(refuse(
+                    libc::ENOSPC,
+                    format!(
+                        "the tasks need {asked} but offer {offer_id} has {}; launch fewer or smaller tasks",
+                        offer.resources
+                    ),
+                ));
+            }
+            let mut free_ports = offered_ports.unwrap_or_default().into_iter();
+            let tasks: Vec<NewTask> = specs
+                .into_iter()
+                .map(|spec| {
+                    let ports: Vec<u64> = free_ports.by_ref().take(spec.ports as usize).collect();
+                    let mut resources = spec.resources();
+                    if !ports.is_empty() {
+                        resources = resources.add(&ports_resource(&ports));
+                    }
+                    NewTask {
+                        spec,
+                        resources,
+                        ports,
+                    }
+                })
+                .collect();
+            let used = tasks
+                .iter()
+                .fold(Resources::default(), |acc, t| acc.add(&t.resources));
+            let left = offer.resources.checked_sub(&used).unwrap_or_default();
+            if left.cpus().is_zero() || left.mem().is_zero() {
+                self.hub.remove_offer(offer_id, "used up", false);
+            } else {
+                self.hub.update_offer(offer_id, left);
+            }
             let p = alloc.pending.entry(offer.agent_id.clone()).or_default();
             *p = p.add(&used);
-        }
+            (offer, tasks, used)
+        };
         let result = self
             .propose(Command::LaunchTasks {
                 framework_id: fw.id.clone(),
@@ -354,7 +360,7 @@ impl Leader {
                 );
             }
         }
-        // What the launch did not use goes back to the pool.
+        // If the offer was used up, the agent's free resources are offered anew.
         self.allocate([offer.agent_id.clone()]);
         result
     }

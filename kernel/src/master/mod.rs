@@ -84,7 +84,13 @@ impl MasterHandle {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        let _ = (&mut self.server).await;
+        // Open streams (watchers, agent sessions) would hold a graceful stop forever.
+        if tokio::time::timeout(Duration::from_secs(2), &mut self.server)
+            .await
+            .is_err()
+        {
+            self.server.abort();
+        }
         if let Err(e) = self.raft.shutdown().await {
             warn!(error = %e, "raft shutdown");
         }

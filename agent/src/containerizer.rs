@@ -1,0 +1,750 @@
+//! The containerizer: launches each task in its sandbox and isolation, monitors it until its
+//! main process exits, cleans up everything the task left, and reports how it ended on a
+//! channel.
+//!
+//! Lifecycle of one task: sandbox, isolation with limits, fork, (in the child) `setsid` and
+//! join the isolation, exec; the [reaper](crate::reaper) reports the main process's end; the
+//! monitor kills whatever is left in the isolation, reads the OOM-kill count, removes the
+//! isolation and then reports. `kill` sends SIGTERM to every process of the task and SIGKILL
+//! to all of them once the task's grace period has passed.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use tokio::sync::{mpsc, oneshot, Notify};
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::isolator::{validate_id, Isolation, Isolator, IsolatorError, Limits, Usage};
+use crate::process::{spawn_isolated, Ended};
+use crate::reaper::{Reaper, Watch};
+use crate::sandbox::{self, Sandbox};
+
+/// Reason of a task whose command exited on its own (successfully or not).
+pub const REASON_COMMAND_EXITED: &str = "REASON_COMMAND_EXITED";
+/// Reason of a task killed for exceeding its memory limit.
+pub const REASON_CONTAINER_LIMITATION_MEMORY: &str = "REASON_CONTAINER_LIMITATION_MEMORY";
+/// Reason of a task killed on request.
+pub const REASON_TASK_KILLED: &str = "REASON_TASK_KILLED";
+
+/// Processes a task may have at once unless its spec says otherwise.
+pub const DEFAULT_PIDS_MAX: u64 = 4096;
+/// Time between SIGTERM and SIGKILL unless a spec says otherwise.
+pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(3);
+/// PATH of a task whose environment sets none.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// What a task runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// A shell command line, run by `/bin/sh -c`.
+    Shell(String),
+    /// A program (looked up in the task's PATH when it has no '/') and its arguments.
+    Argv(Vec<String>),
+}
+
+/// Everything needed to launch one task.
+#[derive(Clone, Debug)]
+pub struct LaunchSpec {
+    /// Unique among this agent's running tasks; one path component (may hold '.', '-', '_').
+    pub task_id: String,
+    /// What to run.
+    pub command: Command,
+    /// Environment variables, on top of PATH and HOME defaults; MESOFS_TASK_ID and
+    /// MESOFS_SANDBOX are always set by the agent.
+    pub env: Vec<(String, String)>,
+    /// CPU in thousandths of a core (0: no limit).
+    pub cpus_milli: u64,
+    /// Memory limit in MiB (0: no limit).
+    pub mem_mb: u64,
+    /// Most processes at once (0: no limit).
+    pub pids_max: u64,
+    /// Time between SIGTERM and SIGKILL when the task is killed.
+    pub kill_grace: Duration,
+}
+
+impl LaunchSpec {
+    /// A spec with one core, 128 MiB, [`DEFAULT_PIDS_MAX`], [`DEFAULT_KILL_GRACE`] and no
+    /// extra environment.
+    pub fn new(task_id: impl Into<String>, command: Command) -> LaunchSpec {
+        LaunchSpec {
+            task_id: task_id.into(),
+            command,
+            env: Vec::new(),
+            cpus_milli: 1000,
+            mem_mb: 128,
+            pids_max: DEFAULT_PIDS_MAX,
+            kill_grace: DEFAULT_KILL_GRACE,
+        }
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            cpus_milli: self.cpus_milli,
+            mem_bytes: self.mem_mb.saturating_mul(1024 * 1024),
+            pids_max: self.pids_max,
+        }
+    }
+}
+
+/// How a task ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitKind {
+    /// Its command exited with status 0.
+    Finished,
+    /// It exited non-zero, died of a signal, or hit a limit.
+    Failed,
+    /// It was killed on request.
+    Killed,
+}
+
+/// The report of a task's end.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskExit {
+    /// The task.
+    pub task_id: String,
+    /// How it ended.
+    pub kind: ExitKind,
+    /// Mesos-style reason, e.g. [`REASON_COMMAND_EXITED`].
+    pub reason: String,
+    /// For people, e.g. "exited with status 3".
+    pub message: String,
+    /// The main process's exit status, if it exited.
+    pub exit_code: Option<i32>,
+    /// The signal that killed the main process, if one did.
+    pub signal: Option<i32>,
+}
+
+/// Why a launch failed (nothing of the task is left running).
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// The task id cannot name a sandbox and a cgroup.
+    #[error("invalid task id {0:?}: it must be a non-empty name without '/', NUL or control characters, and not '.' or '..'")]
+    InvalidTaskId(String),
+    /// A task of that id is already running here.
+    #[error("task {0} is already running on this agent")]
+    Duplicate(String),
+    /// The containerizer is shutting down.
+    #[error("the agent is shutting down")]
+    ShuttingDown,
+    /// An argv command with no program.
+    #[error("the command is empty")]
+    EmptyCommand,
+    /// An environment variable that cannot be passed.
+    #[error("invalid environment variable name {0:?}")]
+    InvalidEnv(String),
+    /// The sandbox could not be made.
+    #[error("cannot create the sandbox {}: {source}", path.display())]
+    Sandbox {
+        /// The sandbox directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The isolation could not be made (or its limits did not take).
+    #[error(transparent)]
+    Isolation(#[from] IsolatorError),
+    /// Fork or exec failed (e.g. no such program).
+    #[error("cannot run {program}: {source}")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// An internal task of the agent failed.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Why a kill was not done.
+#[derive(Debug, thiserror::Error)]
+pub enum KillError {
+    /// No task of that id is running here (never launched, or already reported).
+    #[error("task {0} is not running on this agent")]
+    NotRunning(String),
+}
+
+/// Runs tasks; see the module docs.
+pub struct Containerizer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    work_dir: PathBuf,
+    isolator: Box<dyn Isolator>,
+    tasks: Mutex<HashMap<String, Slot>>,
+    exits: mpsc::UnboundedSender<TaskExit>,
+    reaper: Arc<Reaper>,
+    /// Notified whenever a task leaves `tasks`.
+    changed: Notify,
+    shutting_down: AtomicBool,
+}
+
+enum Slot {
+    /// Its id is taken; it is being set up. Holds whether a kill came meanwhile.
+    Launching {
+        killed: bool,
+    },
+    Running(Arc<Task>),
+}
+
+struct Task {
+    id: String,
+    pid: i32,
+    isolation: Arc<dyn Isolation>,
+    mem_mb: u64,
+    kill_grace: Duration,
+    kill_requested: AtomicBool,
+    exited: AtomicBool,
+    /// Notified when the main process has exited.
+    ended: Notify,
+}
+
+impl Containerizer {
+    /// A containerizer keeping sandboxes under `work_dir/sandboxes`, isolating tasks with
+    /// `isolator`; task ends are reported on the returned channel. Makes this process a child
+    /// subreaper, so orphaned task processes are reparented to it and reaped. Must be called
+    /// within a Tokio runtime.
+    pub fn new(
+        work_dir: PathBuf,
+        isolator: Box<dyn Isolator>,
+    ) -> (Containerizer, mpsc::UnboundedReceiver<TaskExit>) {
+        if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+            warn!(error = %e, "cannot become a child subreaper: orphans of tasks will not be reaped by the agent");
+        }
+        let (exits, rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            work_dir,
+            isolator,
+            tasks: Mutex::new(HashMap::new()),
+            exits,
+            reaper: Reaper::start(),
+            changed: Notify::new(),
+            shutting_down: AtomicBool::new(false),
+        });
+        info!(isolator = inner.isolator.name(), "containerizer ready");
+        (Containerizer { inner }, rx)
+    }
+
+    /// Launches a task. `Ok` (with the sandbox directory) means its command has been exec'd
+    /// in its isolation; its end will be reported on the channel, never before this returns.
+    pub async fn launch(&self, spec: LaunchSpec) -> Result<PathBuf, LaunchError> {
+        let span = info_span!("task", task = %spec.task_id);
+        let inner = self.inner.clone();
+        // Spawned, so that a caller giving up half-way cannot leave a process unmonitored.
+        tokio::spawn(async move { inner.launch(spec).await }.instrument(span))
+            .await
+            .map_err(|e| LaunchError::Internal(e.to_string()))?
+    }
+
+    /// Kills a task: SIGTERM to each of its processes now, SIGKILL to all of them after its
+    /// grace period unless it ended by then. Returns once SIGTERM was sent; the end is
+    /// reported on the channel as [`ExitKind::Killed`]. A task still being launched is killed
+    /// as soon as it runs. Killing a task twice is harmless.
+    pub async fn kill(&self, task_id: &str) -> Result<(), KillError> {
+        self.inner.clone().kill(task_id).await
+    }
+
+    /// Kills every task (SIGTERM, then SIGKILL after each one's grace period), refuses new
+    /// launches, and returns once every task's end has been reported.
+    pub async fn shutdown(&self) {
+        let inner = &self.inner;
+        inner.shutting_down.store(true, Ordering::SeqCst);
+        info!(
+            tasks = self.running().len(),
+            "shutting down: killing every task"
+        );
+        loop {
+            let changed = inner.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if inner.tasks.lock().expect("tasks lock").is_empty() {
+                return;
+            }
+            // Including tasks whose launch was under way; killing twice is harmless.
+            for id in self.running() {
+                let _ = inner.clone().kill(&id).await;
+            }
+            changed.await;
+        }
+    }
+
+    /// The sandbox directory of a task, if it exists (running or not).
+    pub fn sandbox(&self, task_id: &str) -> Option<PathBuf> {
+        validate_id(task_id).ok()?;
+        let dir = sandbox::path(&self.inner.work_dir, task_id);
+        dir.is_dir().then_some(dir)
+    }
+
+    /// Ids of the tasks being launched or running (not yet reported ended), sorted.
+    pub fn running(&self) -> Vec<String> {
+        let tasks = self.inner.tasks.lock().expect("tasks lock");
+        let mut ids: Vec<String> = tasks.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    /// What a running task has used so far.
+    pub fn usage(&self, task_id: &str) -> Option<Usage> {
+        Some(self.inner.task(task_id)?.isolation.usage())
+    }
+
+    /// The cgroup directories of a running task (empty without cgroup isolation).
+    pub fn cgroup_dirs(&self, task_id: &str) -> Vec<PathBuf> {
+        self.inner
+            .task(task_id)
+            .map(|t| t.isolation.cgroup_dirs())
+            .unwrap_or_default()
+    }
+
+    /// The isolator's name ("cgroups-v1", "cgroups-v2" or "posix").
+    pub fn isolator_name(&self) -> &'static str {
+        self.inner.isolator.name()
+    }
+}
+
+impl Drop for Containerizer {
+    fn drop(&mut self) {
+        // Without shutdown(): nothing of a task may outlive the agent's handle on it. Launches
+        // under way kill their task once it runs.
+        self.inner.shutting_down.store(true, Ordering::SeqCst);
+        let tasks: Vec<Arc<Task>> = {
+            let tasks = self.inner.tasks.lock().expect("tasks lock");
+            tasks
+                .values()
+                .filter_map(|s| match s {
+                    Slot::Running(t) => Some(t.clone()),
+                    Slot::Launching { .. } => None,
+                })
+                .collect()
+        };
+        for task in tasks {
+            warn!(task = %task.id, "containerizer dropped with the task running: killing it");
+            task.kill_requested.store(true, Ordering::SeqCst);
+            if let Err(e) = task.isolation.destroy() {
+                warn!(task = %task.id, error = %e, "cannot clean up the task");
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn task(&self, task_id: &str) -> Option<Arc<Task>> {
+        match self.tasks.lock().expect("tasks lock").get(task_id) {
+            Some(Slot::Running(t)) => Some(t.clone()),
+            _ => None,
+        }
+    }
+
+    async fn launch(self: Arc<Self>, spec: LaunchSpec) -> Result<PathBuf, LaunchError> {
+        let id = spec.task_id.clone();
+        validate_id(&id).map_err(|_| LaunchError::InvalidTaskId(id.clone()))?;
+        if let Command::Argv(argv) = &spec.command {
+            if argv.is_empty() {
+                return Err(LaunchError::EmptyCommand);
+            }
+        }
+        if let Some((k, _)) = spec
+            .env
+            .iter()
+            .find(|(k, v)| k.is_empty() || k.contains(['=', '\0']) || v.contains('\0'))
+        {
+            return Err(LaunchError::InvalidEnv(k.clone()));
+        }
+        {
+            let mut tasks = self.tasks.lock().expect("tasks lock");
+            if self.shutting_down.load(Ordering::SeqCst) {
+                return Err(LaunchError::ShuttingDown);
+            }
+            if tasks.contains_key(&id) {
+                return Err(LaunchError::Duplicate(id));
+            }
+            tasks.insert(id.clone(), Slot::Launching { killed: false });
+        }
+        let started = Instant::now();
+        let me = self.clone();
+        let spec2 = spec.clone();
+        let span = tracing::Span::current();
+        let spawned = tokio::task::spawn_blocking(move || span.in_scope(|| me.start(&spec2)))
+            .await
+            .map_err(|e| LaunchError::Internal(e.to_string()))
+            .and_then(|r| r);
+        let (sandbox, pid, isolation, watch) = match spawned {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "launch failed");
+                self.tasks.lock().expect("tasks lock").remove(&id);
+                self.changed.notify_waiters();
+                return Err(e);
+            }
+        };
+        let task = Arc::new(Task {
+            id: id.clone(),
+            pid,
+            isolation,
+            mem_mb: spec.mem_mb,
+            kill_grace: spec.kill_grace,
+            kill_requested: AtomicBool::new(false),
+            exited: AtomicBool::new(false),
+            ended: Notify::new(),
+        });
+        let killed_meanwhile = matches!(
+            self.tasks
+                .lock()
+                .expect("tasks lock")
+                .insert(id.clone(), Slot::Running(task.clone())),
+            Some(Slot::Launching { killed: true })
+        );
+        let (launched_tx, launched_rx) = oneshot::channel();
+        tokio::spawn(
+            self.clone()
+                .monitor(task, watch, launched_rx)
+                .instrument(tracing::Span::current()),
+        );
+        info!(pid, sandbox = %sandbox.display(), elapsed_us = started.elapsed().as_micros() as u64, "task running");
+        if killed_meanwhile || self.shutting_down.load(Ordering::SeqCst) {
+            let _ = self.clone().kill(&id).await;
+        }
+        let _ = launched_tx.send(());
+        Ok(sandbox)
+    }
+
+    /// The blocking part of a launch: sandbox, isolation, spawn, and registration with the
+    /// reaper. Undoes what it did on failure.
+    fn start(
+        &self,
+        spec: &LaunchSpec,
+    ) -> Result<(PathBuf, i32, Arc<dyn Isolation>, Watch), LaunchError> {
+        let id = &spec.task_id;
+        let sandbox =
+            Sandbox::create(&self.work_dir, id).map_err(|source| LaunchError::Sandbox {
+                path: sandbox::path(&self.work_dir, id),
+                source,
+            })?;
+        let isolation: Arc<dyn Isolation> = self.isolator.create(id, &spec.limits())?.into();
+        let spawned = command(spec, &sandbox).and_then(|mut cmd| {
+            let joiner = isolation.joiner()?;
+            spawn_isolated(&mut cmd, joiner).map_err(|source| LaunchError::Spawn {
+                program: program(&spec.command).to_string(),
+                source,
+            })
+        });
+        let child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                if let Err(d) = isolation.destroy() {
+                    warn!(error = %d, "cannot remove the isolation of a failed launch");
+                }
+                return Err(e);
+            }
+        };
+        let pid = child.id() as i32;
+        // The reaper, not `child`, waits for it; dropping a Child neither waits nor kills.
+        drop(child);
+        isolation.started(pid);
+        let watch = self.reaper.watch(pid);
+        Ok((sandbox.dir().to_path_buf(), pid, isolation, watch))
+    }
+
+    /// Waits for the main process, cleans up, and reports.
+    async fn monitor(
+        self: Arc<Self>,
+        task: Arc<Task>,
+        watch: Watch,
+        launched: oneshot::Receiver<()>,
+    ) {
+        let ended = watch.ended.await.unwrap_or(Ended::Unknown);
+        let killed = task.kill_requested.load(Ordering::SeqCst);
+        task.exited.store(true, Ordering::SeqCst);
+        task.ended.notify_waiters();
+        debug!(?ended, "main process ended");
+        // Never report an end before its launch was reported done.
+        let _ = launched.await;
+        let isolation = task.isolation.clone();
+        let reaper = self.reaper.clone();
+        let span = tracing::Span::current();
+        let oom = tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
+            match isolation.kill_all() {
+                Ok(pids) => {
+                    if !pids.is_empty() {
+                        debug!(count = pids.len(), "killed processes the main process left");
+                    }
+                    reaper.adopt(&pids);
+                }
+                Err(e) => warn!(error = %e, "cannot kill what the task left"),
+            }
+            reaper.reap();
+            // Read before destroy: the count goes with the cgroup.
+            let oom = isolation.oom_killed();
+            if let Err(e) = isolation.destroy() {
+                warn!(error = %e, "cannot remove the task's isolation");
+            }
+            oom
+        })
+        .await
+        .unwrap_or(false);
+        self.reaper.release(task.pid, watch.token);
+        let exit = report(&task, ended, killed, oom);
+        info!(kind = ?exit.kind, reason = %exit.reason, detail = %exit.message, "task ended");
+        {
+            // One step, so `running()` never lists a task whose end was already reported.
+            let mut tasks = self.tasks.lock().expect("tasks lock");
+            tasks.remove(&task.id);
+            let _ = self.exits.send(exit);
+        }
+        self.changed.notify_waiters();
+    }
+
+    async fn kill(self: Arc<Self>, task_id: &str) -> Result<(), KillError> {
+        let task = {
+            let mut tasks = self.tasks.lock().expect("tasks lock");
+            match tasks.get_mut(task_id) {
+                Some(Slot::Running(t)) => t.clone(),
+                Some(Slot::Launching { killed }) => {
+                    // Its launch kills it as soon as it runs.
+                    *killed = true;
+                    return Ok(());
+                }
+                None => return Err(KillError::NotRunning(task_id.to_string())),
+            }
+        };
+        if task.exited.load(Ordering::SeqCst) || task.kill_requested.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let span = info_span!("task", task = %task.id);
+        span.in_scope(|| {
+            info!(
+                grace_ms = task.kill_grace.as_millis() as u64,
+                "killing: SIGTERM now, SIGKILL after the grace period"
+            )
+        });
+        let isolation = task.isolation.clone();
+        let in_span = span.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            in_span.in_scope(|| isolation.signal_all(Signal::SIGTERM))
+        })
+        .await;
+        tokio::spawn(escalate(task).instrument(span));
+        Ok(())
+    }
+}
+
+/// SIGKILLs everything of a task once its grace period has passed, unless it ended before.
+async fn escalate(task: Arc<Task>) {
+    let ended = task.ended.notified();
+    tokio::pin!(ended);
+    ended.as_mut().enable();
+    if task.exited.load(Ordering::SeqCst) {
+        return;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(task.kill_grace) => {}
+        _ = ended => return,
+    }
+    if task.exited.load(Ordering::SeqCst) {
+        return;
+    }
+    info!("grace period over: SIGKILL");
+    let isolation = task.isolation.clone();
+    let span = tracing::Span::current();
+    match tokio::task::spawn_blocking(move || span.in_scope(|| isolation.kill_all())).await {
+        Ok(Err(e)) => warn!(error = %e, "cannot kill the task"),
+        Err(e) => warn!(error = %e, "cannot kill the task"),
+        Ok(Ok(_)) => {}
+    }
+}
+
+/// The report of a task's end: a kill on request wins over an OOM kill, which wins over
+/// the exit status.
+fn report(task: &Task, ended: Ended, killed: bool, oom: bool) -> TaskExit {
+    let (exit_code, signal) = match ended {
+        Ended::Exited(c) => (Some(c), None),
+        Ended::Signaled(s) => (None, Some(s)),
+        Ended::Unknown => (None, None),
+    };
+    let (kind, reason, message) = if killed {
+        (
+            ExitKind::Killed,
+            REASON_TASK_KILLED,
+            format!("killed on request (main process: {})", ended.describe()),
+        )
+    } else if oom {
+        (
+            ExitKind::Failed,
+            REASON_CONTAINER_LIMITATION_MEMORY,
+            format!(
+                "memory limit of {} MB exceeded (main process: {})",
+                task.mem_mb,
+                ended.describe()
+            ),
+        )
+    } else if ended == Ended::Exited(0) {
+        (ExitKind::Finished, REASON_COMMAND_EXITED, ended.describe())
+    } else {
+        (ExitKind::Failed, REASON_COMMAND_EXITED, ended.describe())
+    };
+    TaskExit {
+        task_id: task.id.clone(),
+        kind,
+        reason: reason.to_string(),
+        message,
+        exit_code,
+        signal,
+    }
+}
+
+fn program(command: &Command) -> &str {
+    match command {
+        Command::Shell(_) => "/bin/sh",
+        Command::Argv(argv) => argv.first().map(String::as_str).unwrap_or(""),
+    }
+}
+
+/// The task's command: environment, working directory and standard streams.
+fn command(spec: &LaunchSpec, sandbox: &Sandbox) -> Result<std::process::Command, LaunchError> {
+    let mut cmd = match &spec.command {
+        Command::Shell(line) => {
+            let mut c = std::process::Command::new("/bin/sh");
+            c.arg("-c").arg(line);
+            c
+        }
+        Command::Argv(argv) => {
+            let mut c = std::process::Command::new(&argv[0]);
+            c.args(&argv[1..]);
+            c
+        }
+    };
+    let dir = sandbox.dir();
+    let io_err = |source| LaunchError::Sandbox {
+        path: dir.to_path_buf(),
+        source,
+    };
+    // Nothing of the agent's own environment leaks into tasks.
+    cmd.env_clear()
+        .env("PATH", DEFAULT_PATH)
+        .env("HOME", dir)
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .env("MESOFS_TASK_ID", &spec.task_id)
+        .env("MESOFS_SANDBOX", dir)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(sandbox.stdout().map_err(io_err)?)
+        .stderr(sandbox.stderr().map_err(io_err)?);
+    Ok(cmd)
+}
+
+/// One bare isolated run of `true`, for benchmarks: create an isolation (1 cpu, 64 MiB,
+/// 64 pids), fork and exec `true` joined to it, wait for it, and destroy the isolation, with
+/// none of the containerizer's bookkeeping. Returns how long the whole cycle took.
+pub fn bare_launch_cycle(isolator: &dyn Isolator, id: &str) -> Result<Duration, LaunchError> {
+    let start = Instant::now();
+    let limits = Limits {
+        cpus_milli: 1000,
+        mem_bytes: 64 << 20,
+        pids_max: 64,
+    };
+    let isolation = isolator.create(id, &limits)?;
+    let spawn_err = |source| LaunchError::Spawn {
+        program: "true".into(),
+        source,
+    };
+    let ran = (|| {
+        let mut cmd = std::process::Command::new("true");
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut child = spawn_isolated(&mut cmd, isolation.joiner()?).map_err(spawn_err)?;
+        isolation.started(child.id() as i32);
+        // Its own pgid is registered with no reaper, so this wait is the only one.
+        child.wait().map_err(spawn_err)?;
+        isolation.kill_all()?;
+        Ok::<(), LaunchError>(())
+    })();
+    let destroyed = isolation.destroy();
+    ran?;
+    destroyed?;
+    Ok(start.elapsed())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(mem_mb: u64) -> Task {
+        Task {
+            id: "t".into(),
+            pid: 1,
+            isolation: Arc::from(
+                crate::isolator::PosixIsolator::new()
+                    .create("t", &Limits::default())
+                    .expect("posix"),
+            ),
+            mem_mb,
+            kill_grace: Duration::ZERO,
+            kill_requested: AtomicBool::new(false),
+            exited: AtomicBool::new(false),
+            ended: Notify::new(),
+        }
+    }
+
+    #[test]
+    fn the_containerizer_and_its_errors_can_be_shared_across_threads() {
+        fn shared<T: Send + Sync + 'static>() {}
+        shared::<Containerizer>();
+        shared::<LaunchError>();
+        shared::<KillError>();
+        shared::<IsolatorError>();
+    }
+
+    #[test]
+    fn exit_zero_is_finished() {
+        let r = report(&task(32), Ended::Exited(0), false, false);
+        assert_eq!(r.kind, ExitKind::Finished);
+        assert_eq!(r.reason, REASON_COMMAND_EXITED);
+        assert_eq!((r.exit_code, r.signal), (Some(0), None));
+    }
+
+    #[test]
+    fn nonzero_exit_and_signals_are_failures() {
+        let r = report(&task(32), Ended::Exited(3), false, false);
+        assert_eq!(
+            (r.kind, r.message.as_str()),
+            (ExitKind::Failed, "exited with status 3")
+        );
+        let r = report(&task(32), Ended::Signaled(9), false, false);
+        assert_eq!(
+            (r.kind, r.message.as_str(), r.signal),
+            (ExitKind::Failed, "killed by signal 9 (SIGKILL)", Some(9))
+        );
+    }
+
+    #[test]
+    fn an_oom_kill_is_a_memory_limitation_whatever_the_exit_status() {
+        for ended in [Ended::Signaled(9), Ended::Exited(1), Ended::Exited(0)] {
+            let r = report(&task(32), ended, false, true);
+            assert_eq!(r.kind, ExitKind::Failed);
+            assert_eq!(r.reason, REASON_CONTAINER_LIMITATION_MEMORY);
+            assert!(
+                r.message.contains("memory limit of 32 MB exceeded"),
+                "{}",
+                r.message
+            );
+        }
+    }
+
+    #[test]
+    fn a_requested_kill_is_reported_killed_even_after_an_oom() {
+        let r = report(&task(32), Ended::Signaled(15), true, true);
+        assert_eq!(r.kind, ExitKind::Killed);
+        assert_eq!(r.reason, REASON_TASK_KILLED);
+    }
+}

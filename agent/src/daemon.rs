@@ -1,0 +1,153 @@
+//! The agent daemon: identity and resources, the Files service, the containerizer, and the
+//! session with the masters, started together and stopped together.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesofs_kernel::client::MasterClient;
+use mesofs_kernel::proto::files_server::FilesServer;
+use mesofs_kernel::resources::Resources;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio_stream::wrappers::TcpListenerStream;
+use tracing::{info, warn};
+
+use crate::containerizer::Containerizer;
+use crate::files::FilesService;
+use crate::session::{Identity, Session};
+
+/// Why an agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The work directory is unusable.
+    #[error("cannot use the agent's work directory {dir}: {source}")]
+    WorkDir {
+        /// The directory.
+        dir: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// `--resources` did not parse.
+    #[error("invalid --resources: {0}")]
+    Resources(String),
+    /// The Files service could not listen.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// How to run an agent.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// Master addresses (`host:port`).
+    pub masters: Vec<String>,
+    /// Where sandboxes, the agent id and checkpoints live.
+    pub work_dir: PathBuf,
+    /// Where the Files service listens (port 0 picks one).
+    pub listen: SocketAddr,
+    /// The host name other machines reach this agent by.
+    pub hostname: String,
+    /// Resources to offer, Mesos syntax; detected when absent.
+    pub resources: Option<String>,
+}
+
+/// A running agent.
+pub struct AgentHandle {
+    /// Its id.
+    pub agent_id: String,
+    /// Where its Files service listens.
+    pub files_addr: SocketAddr,
+    containerizer: Arc<Containerizer>,
+    session: Arc<Session>,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl AgentHandle {
+    /// Kills every task, waits briefly for their final status updates to be acknowledged,
+    /// and stops serving.
+    pub async fn shutdown(mut self) {
+        self.containerizer.shutdown().await;
+        if !self.session.flush(Duration::from_secs(5)).await {
+            warn!("some status updates were not acknowledged before shutdown");
+        }
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Starts an agent: detects resources, serves sandbox files, and registers with the masters.
+pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
+    let work_err = |source| AgentError::WorkDir {
+        dir: config.work_dir.clone(),
+        source,
+    };
+    std::fs::create_dir_all(config.work_dir.join("sandboxes")).map_err(work_err)?;
+    let agent_id =
+        crate::inventory::agent_id(&config.work_dir, &config.hostname).map_err(work_err)?;
+    let resources = match &config.resources {
+        Some(r) => Resources::parse(r)
+            .map_err(|e| AgentError::Resources(e.to_string()))?
+            .to_string(),
+        None => crate::inventory::detect(&config.work_dir),
+    };
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| AgentError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let files_addr = listener.local_addr().map_err(|source| AgentError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+    let files = FilesService::new(config.work_dir.clone());
+    tokio::spawn(async move {
+        let r = tonic::transport::Server::builder()
+            .add_service(FilesServer::new(files))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                let _ = shutdown_rx.await;
+            })
+            .await;
+        if let Err(e) = r {
+            warn!(error = %e, "files service stopped");
+        }
+    });
+
+    let isolator = crate::isolator::detect();
+    info!(isolator = isolator.name(), "isolation");
+    let (containerizer, exits) = Containerizer::new(config.work_dir.clone(), isolator);
+    let containerizer = Arc::new(containerizer);
+    let identity = Identity {
+        agent_id: agent_id.clone(),
+        hostname: config.hostname.clone(),
+        // Reachable by the listen IP when one was given, else by hostname.
+        address: if files_addr.ip().is_unspecified() {
+            format!("{}:{}", config.hostname, files_addr.port())
+        } else {
+            files_addr.to_string()
+        },
+        resources: resources.clone(),
+    };
+    let session = Session::start(
+        identity,
+        MasterClient::new(config.masters.clone()),
+        containerizer.clone(),
+        exits,
+    );
+    info!(agent = %agent_id, %resources, files = %files_addr, "agent started");
+    Ok(AgentHandle {
+        agent_id,
+        files_addr,
+        containerizer,
+        session,
+        shutdown: Some(shutdown_tx),
+    })
+}

@@ -1,0 +1,22 @@
+//! The mesofs agent: registers its resources with the leading master, runs tasks in
+//! sandboxes, each process tree in its own isolation (cgroups when the agent is root, process
+//! groups otherwise), reports how each one ended until the master acknowledges it, and serves
+//! the sandboxes' files.
+
+pub mod containerizer;
+pub mod daemon;
+pub mod files;
+pub mod inventory;
+pub mod isolator;
+pub mod sandbox;
+pub mod session;
+
+mod process;
+mod procfs;
+mod reaper;
+
+pub use containerizer::{
+    bare_launch_cycle, Command, Containerizer, ExitKind, KillError, LaunchError, LaunchSpec,
+    TaskExit,
+};
+pub use isolator::{detect, Isolation, Isolator, IsolatorError, Limits, Usage};

@@ -1,0 +1,366 @@
+//! The agent's session with the leading master: registration, launches and kills from the
+//! master, and status updates to it, each retried until the master acknowledges it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use mesofs_kernel::client::MasterClient;
+use mesofs_kernel::proto::master_client::MasterClient as GrpcMaster;
+use mesofs_kernel::proto::{self, agent_message, master_message, AgentMessage};
+use mesofs_kernel::spec::{TaskCommand, TaskSpec};
+use mesofs_kernel::state::TaskState;
+use tokio::sync::mpsc;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::containerizer::{Command, Containerizer, ExitKind, LaunchSpec, TaskExit};
+
+/// How often unacknowledged status updates are sent again.
+const RETRY_INTERVAL: Duration = Duration::from_secs(2);
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Who this agent is, as it registers.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    /// Cluster-unique id, kept in the work directory.
+    pub agent_id: String,
+    /// Its hostname.
+    pub hostname: String,
+    /// Address of its Files service.
+    pub address: String,
+    /// Resources it offers, Mesos syntax.
+    pub resources: String,
+}
+
+/// Status updates not yet acknowledged, in the order they were made.
+#[derive(Default)]
+struct Outbox {
+    next: AtomicU64,
+    pending: Mutex<BTreeMap<u64, proto::StatusUpdate>>,
+    session: Mutex<Option<mpsc::UnboundedSender<AgentMessage>>>,
+    instance: String,
+}
+
+impl Outbox {
+    fn push(&self, task_id: &str, state: TaskState, reason: &str, message: &str) {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let update = proto::StatusUpdate {
+            update_id: format!("{}-{n}", self.instance),
+            task_id: task_id.to_string(),
+            state: state.as_str().to_string(),
+            reason: reason.to_string(),
+            message: message.to_string(),
+            time_ms: now_ms(),
+        };
+        info!(task = %task_id, state = state.as_str(), reason, message, "status update");
+        self.pending
+            .lock()
+            .expect("outbox lock")
+            .insert(n, update.clone());
+        if let Some(tx) = self.session.lock().expect("session lock").as_ref() {
+            let _ = tx.send(AgentMessage {
+                msg: Some(agent_message::Msg::Status(update)),
+            });
+        }
+    }
+
+    fn ack(&self, update_id: &str) {
+        self.pending
+            .lock()
+            .expect("outbox lock")
+            .retain(|_, u| u.update_id != update_id);
+    }
+
+    fn resend_all(&self, tx: &mpsc::UnboundedSender<AgentMessage>) {
+        for u in self.pending.lock().expect("outbox lock").values() {
+            let _ = tx.send(AgentMessage {
+                msg: Some(agent_message::Msg::Status(u.clone())),
+            });
+        }
+    }
+
+    /// Number of updates still unacknowledged.
+    fn len(&self) -> usize {
+        self.pending.lock().expect("outbox lock").len()
+    }
+}
+
+/// Where a task launched by this session is, so that kills and exits arriving out of step
+/// with the launch are ordered. A task is removed once its exit is reported.
+enum Phase {
+    /// Its launch is under way; a kill that arrives now is carried out once it has started.
+    Launching { kill_requested: bool },
+    /// It runs and TASK_RUNNING was reported.
+    Running,
+}
+
+/// The agent's link to the masters.
+pub struct Session {
+    identity: Identity,
+    masters: MasterClient,
+    containerizer: Arc<Containerizer>,
+    outbox: Arc<Outbox>,
+    phases: Mutex<std::collections::HashMap<String, Phase>>,
+}
+
+impl Session {
+    /// A session for this agent; `exits` is the containerizer's exit channel.
+    pub fn start(
+        identity: Identity,
+        masters: MasterClient,
+        containerizer: Arc<Containerizer>,
+        mut exits: mpsc::UnboundedReceiver<TaskExit>,
+    ) -> Arc<Session> {
+        let outbox = Arc::new(Outbox {
+            instance: format!("{}-{}", identity.agent_id, now_ms()),
+            ..Outbox::default()
+        });
+        let session = Arc::new(Session {
+            identity,
+            masters,
+            containerizer,
+            outbox,
+            phases: Mutex::new(std::collections::HashMap::new()),
+        });
+        let s = session.clone();
+        tokio::spawn(async move {
+            while let Some(exit) = exits.recv().await {
+                let state = match exit.kind {
+                    ExitKind::Finished => TaskState::Finished,
+                    ExitKind::Failed => TaskState::Failed,
+                    ExitKind::Killed => TaskState::Killed,
+                };
+                let mut phases = s.phases.lock().expect("phases lock");
+                // The launch task may not have reported TASK_RUNNING yet: report it first,
+                // so updates reach the master in the order they happened.
+                if let Some(Phase::Launching { .. }) = phases.get(&exit.task_id) {
+                    s.outbox.push(&exit.task_id, TaskState::Running, "", "");
+                }
+                phases.remove(&exit.task_id);
+                s.outbox
+                    .push(&exit.task_id, state, &exit.reason, &exit.message);
+            }
+        });
+        let s = session.clone();
+        tokio::spawn(async move { s.run().await });
+        let s = session.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(RETRY_INTERVAL).await;
+                let tx = s.outbox.session.lock().expect("session lock").clone();
+                if let Some(tx) = tx {
+                    s.outbox.resend_all(&tx);
+                }
+            }
+        });
+        session
+    }
+
+    /// Waits until every status update was acknowledged, or the timeout passes.
+    pub async fn flush(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.outbox.len() > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+
+    async fn run(self: Arc<Self>) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.clone().connect_once().await {
+                Ok(()) => {
+                    info!("master session ended; reconnecting");
+                    backoff = Duration::from_millis(100);
+                }
+                Err(e) => debug!(error = %e, "cannot reach the leading master; retrying"),
+            }
+            *self.outbox.session.lock().expect("session lock") = None;
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    async fn connect_once(self: Arc<Self>) -> Result<(), String> {
+        let ch = self
+            .masters
+            .leader_channel()
+            .await
+            .map_err(|e| e.to_string())?;
+        let (tx, rx) = mpsc::unbounded_channel::<AgentMessage>();
+        let id = &self.identity;
+        tx.send(AgentMessage {
+            msg: Some(agent_message::Msg::Register(proto::RegisterAgent {
+                agent_id: id.agent_id.clone(),
+                hostname: id.hostname.clone(),
+                address: id.address.clone(),
+                resources: id.resources.clone(),
+                running: self.containerizer.running(),
+            })),
+        })
+        .map_err(|e| e.to_string())?;
+        let outbound = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);
+        let mut inbound = GrpcMaster::new(ch)
+            .agent_session(outbound)
+            .await
+            .map_err(|s| s.message().to_string())?
+            .into_inner();
+        while let Some(msg) = inbound
+            .message()
+            .await
+            .map_err(|s| s.message().to_string())?
+        {
+            match msg.msg {
+                Some(master_message::Msg::Registered(_)) => {
+                    info!(agent = %id.agent_id, "registered with the master");
+                    self.outbox.resend_all(&tx);
+                    *self.outbox.session.lock().expect("session lock") = Some(tx.clone());
+                }
+                Some(master_message::Msg::Launch(l)) => {
+                    let me = self.clone();
+                    tokio::spawn(async move { me.launch(l).await });
+                }
+                Some(master_message::Msg::Kill(k)) => {
+                    let me = self.clone();
+                    tokio::spawn(async move { me.kill(&k.task_id).await });
+                }
+                Some(master_message::Msg::Ack(a)) => self.outbox.ack(&a.update_id),
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn launch(&self, l: proto::LaunchTask) {
+        let span = info_span!("task", task = %l.task_id, framework = %l.framework_id);
+        async {
+            let spec: TaskSpec = match serde_json::from_str(&l.spec_json) {
+                Ok(s) => s,
+                Err(e) => {
+                    self.outbox.push(
+                        &l.task_id,
+                        TaskState::Failed,
+                        "REASON_TASK_INVALID",
+                        &format!("the agent could not read the task spec: {e}"),
+                    );
+                    return;
+                }
+            };
+            self.phases.lock().expect("phases lock").insert(
+                l.task_id.clone(),
+                Phase::Launching {
+                    kill_requested: false,
+                },
+            );
+            self.outbox.push(&l.task_id, TaskState::Starting, "", "");
+            let mut env: Vec<(String, String)> = spec.env.clone().into_iter().collect();
+            for (i, p) in l.ports.iter().enumerate() {
+                env.push((format!("PORT{i}"), p.to_string()));
+            }
+            if !l.ports.is_empty() {
+                let all: Vec<String> = l.ports.iter().map(|p| p.to_string()).collect();
+                env.push(("PORTS".into(), all.join(",")));
+            }
+            env.push(("MESOFS_FRAMEWORK_ID".into(), l.framework_id.clone()));
+            let launch = LaunchSpec {
+                task_id: l.task_id.clone(),
+                command: match spec.command {
+                    TaskCommand::Shell(s) => Command::Shell(s),
+                    TaskCommand::Argv(a) => Command::Argv(a),
+                },
+                env,
+                cpus_milli: spec.cpus.milli().max(1) as u64,
+                mem_mb: (spec.mem.milli() as u64).div_ceil(1000).max(1),
+                pids_max: 4096,
+                kill_grace: Duration::from_millis(spec.grace_ms),
+            };
+            let cancelled = matches!(
+                self.phases.lock().expect("phases lock").get(&l.task_id),
+                Some(Phase::Launching {
+                    kill_requested: true
+                })
+            );
+            if cancelled {
+                self.phases.lock().expect("phases lock").remove(&l.task_id);
+                self.outbox.push(
+                    &l.task_id,
+                    TaskState::Killed,
+                    "REASON_TASK_KILLED",
+                    "killed before it started",
+                );
+                return;
+            }
+            match self.containerizer.launch(launch).await {
+                Ok(_sandbox) => {
+                    let kill_now = {
+                        let mut phases = self.phases.lock().expect("phases lock");
+                        match phases.get(&l.task_id) {
+                            Some(Phase::Launching { kill_requested }) => {
+                                let k = *kill_requested;
+                                self.outbox.push(&l.task_id, TaskState::Running, "", "");
+                                phases.insert(l.task_id.clone(), Phase::Running);
+                                k
+                            }
+                            // Already ended: the exit reader reported RUNNING and the end.
+                            _ => false,
+                        }
+                    };
+                    if kill_now {
+                        self.kill(&l.task_id).await;
+                    }
+                }
+                Err(e) => {
+                    self.phases.lock().expect("phases lock").remove(&l.task_id);
+                    warn!(error = %e, "launch failed");
+                    self.outbox.push(
+                        &l.task_id,
+                        TaskState::Failed,
+                        "REASON_CONTAINER_LAUNCH_FAILED",
+                        &e.to_string(),
+                    );
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn kill(&self, task_id: &str) {
+        {
+            let mut phases = self.phases.lock().expect("phases lock");
+            if let Some(Phase::Launching { kill_requested }) = phases.get_mut(task_id) {
+                *kill_requested = true;
+                return;
+            }
+        }
+        if !self.containerizer.running().iter().any(|t| t == task_id) {
+            // Never started here, or already ended (its terminal update is on its way).
+            self.outbox.push(
+                task_id,
+                TaskState::Killed,
+                "REASON_TASK_KILLED",
+                "the task was not running on this agent",
+            );
+            return;
+        }
+        if let Err(e) = self.containerizer.kill(task_id).await {
+            warn!(task = %task_id, error = %e, "kill failed");
+        }
+    }
+
+    /// The sandbox directory of a task, running or not.
+    pub fn sandbox_dir(work_dir: &std::path::Path, task_id: &str) -> PathBuf {
+        work_dir.join("sandboxes").join(task_id)
+    }
+}

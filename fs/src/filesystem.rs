@@ -1,0 +1,951 @@
+//! The FUSE callbacks. Everything answerable from the local copy is answered on the session
+//! thread at once; anything that waits (blocking reads, commands, sandbox reads) runs on the
+//! tokio runtime and replies from there, so the session thread never blocks.
+
+use std::ffi::OsStr;
+use std::future::Future;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, ReplyXattr, Request,
+    TimeOrNow, WriteFlags,
+};
+use mesofs_kernel::client::{LocalCopy, MasterClient};
+use mesofs_kernel::watch::View;
+use tracing::{debug, info, warn};
+
+use crate::blocking::{self, Interrupted, Waiting};
+use crate::commands;
+use crate::events::EventStreams;
+use crate::handles::{slice_at, Awaited, DirEntry, Handle, Handles};
+use crate::inodes::Inodes;
+use crate::permissions;
+use crate::render::{self, UserNames};
+use crate::sandbox::{SandboxError, SandboxFiles, READ_TIMEOUT, SIZE_TIMEOUT};
+use crate::tree::{self, Content, Kind, Node};
+
+/// How long the kernel may cache attributes and entries: not at all, so `stat` and path
+/// lookups always see the local copy as it is now.
+const TTL: Duration = Duration::ZERO;
+
+/// State shared by the session thread, the runtime's tasks and the mount handle.
+pub struct Shared {
+    /// Sends commands to the leader.
+    pub client: MasterClient,
+    /// The local copy every read is served from.
+    pub copy: LocalCopy,
+    /// Where waits and network calls run.
+    pub rt: tokio::runtime::Handle,
+    /// Inode numbers.
+    pub inodes: Mutex<Inodes>,
+    /// Open files and directories.
+    pub handles: Handles,
+    /// Connections to agents for stdout/stderr.
+    pub sandbox: SandboxFiles,
+    /// uid to user name.
+    pub users: UserNames,
+    /// Byte offsets of the `events` files.
+    pub events: EventStreams,
+    /// Set when unmounting: held reads give up.
+    pub unmounting: AtomicBool,
+    /// When the mount started: the time of nodes that have none of their own.
+    pub started: SystemTime,
+}
+
+impl Shared {
+    /// Shared state over a client, a local copy and a runtime.
+    pub fn new(client: MasterClient, copy: LocalCopy, rt: tokio::runtime::Handle) -> Shared {
+        Shared {
+            client,
+            copy,
+            rt,
+            inodes: Mutex::new(Inodes::default()),
+            handles: Handles::default(),
+            sandbox: SandboxFiles::default(),
+            users: UserNames::default(),
+            events: EventStreams::default(),
+            unmounting: AtomicBool::new(false),
+            started: SystemTime::now(),
+        }
+    }
+
+    fn inodes(&self) -> std::sync::MutexGuard<'_, Inodes> {
+        self.inodes.lock().expect("inodes lock")
+    }
+
+    /// The node of an inode number, if it was given out and not swept.
+    pub fn node(&self, ino: INodeNo) -> Option<Node> {
+        self.inodes().node(ino.0)
+    }
+
+    /// The attributes of a node as the view has it; `size` only for sandbox files, whose size
+    /// is not in the view.
+    pub fn attr(&self, view: &View, node: &Node, ino: u64, sandbox_size: u64) -> FileAttr {
+        let (uid, gid) = node.owner(view);
+        let (kind, size, nlink) = match node.kind() {
+            Kind::Dir => {
+                let subdirs = node
+                    .children(view)
+                    .iter()
+                    .filter(|(_, c)| c.kind() == Kind::Dir)
+                    .count();
+                (FileType::Directory, 0, 2 + subdirs as u32)
+            }
+            Kind::Symlink => (
+                FileType::Symlink,
+                render::link_target(view, node).map_or(0, |t| t.len() as u64),
+                1,
+            ),
+            Kind::File => {
+                let size = match node.content() {
+                    Content::Rendered => {
+                        render::render(view, node, &self.users).map_or(0, |t| t.len() as u64)
+                    }
+                    Content::Sandbox { .. } => sandbox_size,
+                    // Grows as lines come: tail -f polls it (see `events`).
+                    Content::Events { framework_id } => self.events.size(view, &framework_id),
+                    _ => 0,
+                };
+                (FileType::RegularFile, size, 1)
+            }
+        };
+        let time = self.time_of(view, node);
+        FileAttr {
+            ino: INodeNo(ino),
+            size,
+            blocks: size.div_ceil(512),
+            atime: time,
+            mtime: time,
+            ctime: time,
+            crtime: time,
+            kind,
+            perm: node.mode(),
+            nlink,
+            uid,
+            gid,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+
+    /// A node's time: when its task last changed, its offer was made, its framework or agent
+    /// registered; the mount's start otherwise.
+    fn time_of(&self, view: &View, node: &Node) -> SystemTime {
+        let ms = match node {
+            Node::Task(f, t) | Node::TaskFile(f, t, _) | Node::TaskAgent(f, t) => {
+                tree::task_of(view, f, t).map(|t| t.last().time_ms)
+            }
+            Node::Offer(_, o) | Node::OfferFile(_, o, _) | Node::OfferAgent(_, o) => {
+                view.offers.get(o).map(|o| o.created_ms)
+            }
+            Node::Agent(a) | Node::AgentFile(a, _) | Node::AgentTasks(a) => {
+                view.state.agents.get(a).map(|a| a.registered_ms)
+            }
+            _ => node
+                .framework_id()
+                .and_then(|f| view.state.frameworks.get(f))
+                .map(|f| f.registered_ms),
+        };
+        ms.map_or(self.started, |ms| UNIX_EPOCH + Duration::from_millis(ms))
+    }
+}
+
+/// Where a sandbox file lives: the agent's Files address, the task id and the file name.
+struct SandboxTarget {
+    address: String,
+    task_id: String,
+    file: &'static str,
+}
+
+fn sandbox_target(view: &View, task_id: &str, file: &'static str) -> Option<SandboxTarget> {
+    let task = view.state.tasks.get(task_id)?;
+    let agent = view.state.agents.get(&task.agent_id)?;
+    Some(SandboxTarget {
+        address: agent.address.clone(),
+        task_id: task_id.to_string(),
+        file,
+    })
+}
+
+/// An entry or attribute reply, answered the same way.
+enum AttrReply {
+    Entry(ReplyEntry),
+    Attr(ReplyAttr),
+}
+
+impl AttrReply {
+    fn send(self, attr: &FileAttr) {
+        match self {
+            AttrReply::Entry(r) => r.entry(&TTL, attr, Generation(0)),
+            AttrReply::Attr(r) => r.attr(&TTL, attr),
+        }
+    }
+}
+
+/// The filesystem fuser runs.
+pub struct MesoFs {
+    shared: Arc<Shared>,
+}
+
+impl MesoFs {
+    /// A filesystem over shared state.
+    pub fn new(shared: Arc<Shared>) -> MesoFs {
+        MesoFs { shared }
+    }
+
+    fn spawn(&self, fut: impl Future<Output = ()> + Send + 'static) {
+        self.shared.rt.spawn(fut);
+    }
+
+    /// Answers with a node's attributes; a sandbox file's size is asked of its agent on the
+    /// runtime first.
+    fn answer_attr(&self, view: &View, node: &Node, ino: u64, reply: AttrReply) {
+        let attr = self.shared.attr(view, node, ino, 0);
+        let target = match node.content() {
+            Content::Sandbox { task_id, file } if node.kind() == Kind::File => {
+                sandbox_target(view, &task_id, file)
+            }
+            _ => None,
+        };
+        let Some(target) = target else {
+            reply.send(&attr);
+            return;
+        };
+        let shared = self.shared.clone();
+        self.spawn(async move {
+            let mut attr = attr;
+            match shared
+                .sandbox
+                .read(
+                    &target.address,
+                    &target.task_id,
+                    target.file,
+                    0,
+                    0,
+                    SIZE_TIMEOUT,
+                )
+                .await
+            {
+                Ok(r) => {
+                    attr.size = r.size;
+                    attr.blocks = r.size.div_ceil(512);
+                }
+                Err(e) => {
+                    debug!(task = %target.task_id, error = %e, "sandbox size unknown; showing 0")
+                }
+            }
+            reply.send(&attr);
+        });
+    }
+
+    /// The node of a parent directory and the child's name, or the errno.
+    fn parent_and_name<'a>(
+        &self,
+        parent: INodeNo,
+        name: &'a OsStr,
+    ) -> Result<(Node, &'a str), i32> {
+        let node = self.shared.node(parent).ok_or(libc::ENOENT)?;
+        let name = name.to_str().ok_or(libc::ENOENT)?;
+        Ok((node, name))
+    }
+}
+
+fn errno(e: i32) -> Errno {
+    Errno::from_i32(e)
+}
+
+impl Filesystem for MesoFs {
+    fn init(&mut self, _req: &Request, _config: &mut KernelConfig) -> std::io::Result<()> {
+        info!("mesofs filesystem initialised");
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        self.shared
+            .unmounting
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let (parent, name) = match self.parent_and_name(parent, name) {
+            Ok(x) => x,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let view = self.shared.copy.view();
+        if parent.kind() != Kind::Dir {
+            return reply.error(Errno::ENOTDIR);
+        }
+        let Some(child) = parent.child(&view, name) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let ino = {
+            let mut inodes = self.shared.inodes();
+            let ino = inodes.ino(&child);
+            inodes.looked_up(ino);
+            ino
+        };
+        self.answer_attr(&view, &child, ino, AttrReply::Entry(reply));
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        let view = self.shared.copy.view();
+        self.shared
+            .inodes()
+            .forget(ino.0, nlookup, |n| n.exists(&view));
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let Some(node) = self.shared.node(ino) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let view = self.shared.copy.view();
+        if !node.exists(&view) {
+            return reply.error(Errno::ENOENT);
+        }
+        self.answer_attr(&view, &node, ino.0, AttrReply::Attr(reply));
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let Some(node) = self.shared.node(ino) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let view = self.shared.copy.view();
+        if !node.exists(&view) {
+            return reply.error(Errno::ENOENT);
+        }
+        if mode.is_some() || uid.is_some() || gid.is_some() {
+            return reply.error(Errno::EPERM);
+        }
+        // `echo x > kill` truncates before it writes: a no-op on control files. Times are
+        // ignored (touch works).
+        if size.is_some() {
+            if let Err(e) = permissions::check_open(&view, &node, req.uid(), false, true) {
+                return reply.error(errno(e));
+            }
+        }
+        self.answer_attr(&view, &node, ino.0, AttrReply::Attr(reply));
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let Some(node) = self.shared.node(ino) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let view = self.shared.copy.view();
+        match render::link_target(&view, &node) {
+            Some(target) => reply.data(target.as_bytes()),
+            None if node.exists(&view) => reply.error(Errno::EINVAL),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EPERM);
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let (parent, name) = match self.parent_and_name(parent, name) {
+            Ok(x) => x,
+            Err(e) => return reply.error(errno(e)),
+        };
+        {
+            let view = self.shared.copy.view();
+            if !parent.exists(&view) {
+                return reply.error(Errno::ENOENT);
+            }
+            if parent.child(&view, name).is_some() {
+                return reply.error(Errno::EEXIST);
+            }
+        }
+        if parent != Node::Frameworks {
+            return reply.error(Errno::EPERM);
+        }
+        if !tree::valid_framework_name(name) {
+            info!(framework = %name, "mkdir refused: invalid framework name");
+            return reply.error(Errno::EINVAL);
+        }
+        let (uid, gid) = (req.uid(), req.gid());
+        let name = name.to_string();
+        let shared = self.shared.clone();
+        self.spawn(async move {
+            let op = commands::register(&name);
+            if let Err(e) = commands::send(&shared.client, &shared.copy, uid, gid, op).await {
+                return reply.error(errno(e.errno));
+            }
+            let view = shared.copy.view();
+            let Some(fw) = view.state.framework_by_name(&name) else {
+                warn!(framework = %name, "registered, but not in the local copy");
+                return reply.error(Errno::EIO);
+            };
+            info!(framework = %name, framework_id = %fw.id, uid, "framework registered");
+            let node = Node::Framework(fw.id.clone());
+            let ino = {
+                let mut inodes = shared.inodes();
+                let ino = inodes.ino(&node);
+                inodes.looked_up(ino);
+                ino
+            };
+            let attr = shared.attr(&view, &node, ino, 0);
+            drop(view);
+            reply.entry(&TTL, &attr, Generation(0));
+        });
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (parent, name) = match self.parent_and_name(parent, name) {
+            Ok(x) => x,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let view = self.shared.copy.view();
+        match parent.child(&view, name) {
+            None => reply.error(Errno::ENOENT),
+            Some(c) if c.kind() == Kind::Dir => reply.error(Errno::EISDIR),
+            Some(_) => reply.error(Errno::EPERM),
+        }
+    }
+
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (parent, name) = match self.parent_and_name(parent, name) {
+            Ok(x) => x,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let uid = req.uid();
+        {
+            let view = self.shared.copy.view();
+            let Some(child) = parent.child(&view, name) else {
+                return reply.error(Errno::ENOENT);
+            };
+            if child.kind() != Kind::Dir {
+                return reply.error(Errno::ENOTDIR);
+            }
+            if parent != Node::Frameworks {
+                return reply.error(Errno::EPERM);
+            }
+            if !permissions::may_remove(&view, &child, uid) {
+                info!(framework = %name, uid, "rmdir refused: not the owner");
+                return reply.error(Errno::EACCES);
+            }
+        }
+        let name = name.to_string();
+        let gid = req.gid();
+        let shared = self.shared.clone();
+        self.spawn(async move {
+            let op = commands::teardown(&name);
+            match commands::send(&shared.client, &shared.copy, uid, gid, op).await {
+                Ok(()) => {
+                    info!(framework = %name, uid, "framework torn down");
+                    reply.ok()
+                }
+                Err(e) => reply.error(errno(e.errno)),
+            }
+        });
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _link_name: &OsStr,
+        _target: &std::path::Path,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EPERM);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        _flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EPERM);
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EPERM);
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let Some(node) = self.shared.node(ino) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let view = self.shared.copy.view();
+        if !node.exists(&view) {
+            return reply.error(Errno::ENOENT);
+        }
+        let (read, write) = match flags.acc_mode() {
+            OpenAccMode::O_RDONLY => (true, false),
+            OpenAccMode::O_WRONLY => (false, true),
+            OpenAccMode::O_RDWR => (true, true),
+        };
+        if let Err(e) = permissions::check_open(&view, &node, req.uid(), read, write) {
+            debug!(?node, uid = req.uid(), write, "open refused");
+            return reply.error(errno(e));
+        }
+        // Direct I/O everywhere: every read reaches us, so no page cache can serve a stale
+        // version, and a read returns exactly what the open's content holds.
+        let open_flags = FopenFlags::FOPEN_DIRECT_IO;
+        let handle = match node.content() {
+            Content::Rendered => {
+                let text = render::render(&view, &node, &self.shared.users).unwrap_or_default();
+                Handle::Content(Arc::from(text.into_bytes()))
+            }
+            Content::Control => Handle::Control(node.clone()),
+            Content::Events { framework_id } => {
+                let cursor = self.shared.events.open(&view, &framework_id);
+                Handle::Events {
+                    framework_id,
+                    cursor: Mutex::new(cursor),
+                }
+            }
+            Content::NextOffer { framework_id } => Handle::Answer {
+                wait: Awaited::NextOffer(framework_id),
+                answer: Mutex::new(None),
+            },
+            Content::Wait { task_id } => Handle::Answer {
+                wait: Awaited::TaskEnd(task_id),
+                answer: Mutex::new(None),
+            },
+            Content::Sandbox { task_id, file } => Handle::Sandbox { task_id, file },
+        };
+        drop(view);
+        let fh = self.shared.handles.insert(handle);
+        reply.opened(FileHandle(fh), open_flags);
+    }
+
+    fn read(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let Some(handle) = self.shared.handles.get(fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
+        // O_NONBLOCK readers (tail -f sets it) get EAGAIN instead of a wait.
+        let wait = Waiting {
+            pid: req.pid(),
+            nonblocking: flags.0 & libc::O_NONBLOCK != 0,
+        };
+        match &*handle {
+            Handle::Content(data) => reply.data(slice_at(data, offset, size)),
+            Handle::Control(_) => reply.data(&[]),
+            Handle::Dir(_) => reply.error(Errno::EISDIR),
+            Handle::Answer { answer, .. } => {
+                if let Some(a) = answer.lock().expect("answer lock").clone() {
+                    return reply.data(slice_at(&a, offset, size));
+                }
+                let shared = self.shared.clone();
+                self.spawn(
+                    async move { read_answer(shared, handle, wait, offset, size, reply).await },
+                );
+            }
+            Handle::Events { .. } => {
+                let shared = self.shared.clone();
+                self.spawn(
+                    async move { read_events(shared, handle, wait, offset, size, reply).await },
+                );
+            }
+            Handle::Sandbox { .. } => {
+                let shared = self.shared.clone();
+                self.spawn(async move { read_sandbox(shared, handle, offset, size, reply).await });
+            }
+        }
+    }
+
+    fn write(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let Some(handle) = self.shared.handles.get(fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
+        let Handle::Control(node) = &*handle else {
+            return reply.error(Errno::EBADF);
+        };
+        let op = {
+            let view = self.shared.copy.view();
+            commands::control_op(&view, node, data)
+        };
+        let op = match op {
+            Ok(op) => op,
+            Err(e) => {
+                info!(framework_id = node.framework_id().unwrap_or_default(), ?node, errno = e.errno, reason = %e.message, "write refused");
+                return reply.error(errno(e.errno));
+            }
+        };
+        let len = data.len() as u32;
+        let (uid, gid) = (req.uid(), req.gid());
+        let shared = self.shared.clone();
+        self.spawn(async move {
+            match commands::send(&shared.client, &shared.copy, uid, gid, op).await {
+                Ok(()) => reply.written(len),
+                Err(e) => reply.error(errno(e.errno)),
+            }
+        });
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.shared.handles.remove(fh.0);
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let Some(node) = self.shared.node(ino) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let view = self.shared.copy.view();
+        if !node.exists(&view) {
+            return reply.error(Errno::ENOENT);
+        }
+        if node.kind() != Kind::Dir {
+            return reply.error(Errno::ENOTDIR);
+        }
+        // The listing is taken once per opendir, so a directory read in several calls while
+        // offers come and go neither skips nor repeats entries.
+        let children = node.children(&view);
+        let mut inodes = self.shared.inodes();
+        let parent_ino = inodes.ino(&node.parent());
+        let mut entries = vec![
+            DirEntry {
+                ino: ino.0,
+                kind: FileType::Directory,
+                name: ".".into(),
+            },
+            DirEntry {
+                ino: parent_ino,
+                kind: FileType::Directory,
+                name: "..".into(),
+            },
+        ];
+        for (name, child) in children {
+            entries.push(DirEntry {
+                ino: inodes.ino(&child),
+                kind: match child.kind() {
+                    Kind::Dir => FileType::Directory,
+                    Kind::File => FileType::RegularFile,
+                    Kind::Symlink => FileType::Symlink,
+                },
+                name,
+            });
+        }
+        inodes.sweep_if_grown(|n| n.exists(&view));
+        drop(inodes);
+        drop(view);
+        let fh = self.shared.handles.insert(Handle::Dir(entries));
+        reply.opened(FileHandle(fh), FopenFlags::empty());
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let Some(handle) = self.shared.handles.get(fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
+        let Handle::Dir(entries) = &*handle else {
+            return reply.error(Errno::ENOTDIR);
+        };
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        for (i, e) in entries.iter().enumerate().skip(start) {
+            if reply.add(INodeNo(e.ino), (i + 1) as u64, e.kind, &e.name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.shared.handles.remove(fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: ReplyXattr,
+    ) {
+        reply.error(errno(libc::ENODATA));
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if size == 0 {
+            reply.size(0);
+        } else {
+            reply.data(&[]);
+        }
+    }
+
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let Some(node) = self.shared.node(ino) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let view = self.shared.copy.view();
+        if !node.exists(&view) {
+            return reply.error(Errno::ENOENT);
+        }
+        match permissions::check_access(&view, &node, req.uid(), mask.bits()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let exists = self
+            .shared
+            .node(parent)
+            .is_some_and(|p| p.exists(&self.shared.copy.view()));
+        reply.error(if exists { Errno::EPERM } else { Errno::ENOENT });
+    }
+}
+
+fn interrupted_errno(e: Interrupted) -> Errno {
+    errno(e.errno())
+}
+
+/// A read of `offers/next` or `wait`: waits for the answer, keeps it for the open, and
+/// answers from it at the read's offset.
+async fn read_answer(
+    shared: Arc<Shared>,
+    handle: Arc<Handle>,
+    waiting: Waiting,
+    offset: u64,
+    size: u32,
+    reply: ReplyData,
+) {
+    let Handle::Answer { wait, answer } = &*handle else {
+        return reply.error(Errno::EBADF);
+    };
+    let found = blocking::wait_for(
+        &shared.copy,
+        &shared.unmounting,
+        waiting,
+        |view| match wait {
+            Awaited::NextOffer(f) => match render::next_offer(view, f) {
+                Some(o) => Some(Ok(format!("{}\n", o.id))),
+                None if tree::active_framework(view, f).is_none() => Some(Err(libc::ENOENT)),
+                None => None,
+            },
+            Awaited::TaskEnd(t) => match render::wait_result(view, t) {
+                Some(text) => Some(Ok(text)),
+                None if !view.state.tasks.contains_key(t) => Some(Err(libc::ENOENT)),
+                None => None,
+            },
+        },
+    )
+    .await;
+    match found {
+        Ok(Ok(text)) => {
+            // Two reads racing on one open agree on the first answer found.
+            let data = answer
+                .lock()
+                .expect("answer lock")
+                .get_or_insert_with(|| Arc::from(text.into_bytes()))
+                .clone();
+            reply.data(slice_at(&data, offset, size));
+        }
+        Ok(Err(e)) => reply.error(errno(e)),
+        Err(e) => {
+            debug!(?wait, pid = waiting.pid, reason = %e, "held read ended");
+            reply.error(interrupted_errno(e));
+        }
+    }
+}
+
+/// A read of `events`: the next lines, waiting for one if there is none; end of stream once
+/// the framework is torn down.
+async fn read_events(
+    shared: Arc<Shared>,
+    handle: Arc<Handle>,
+    waiting: Waiting,
+    offset: u64,
+    size: u32,
+    reply: ReplyData,
+) {
+    let Handle::Events {
+        framework_id,
+        cursor,
+    } = &*handle
+    else {
+        return reply.error(Errno::EBADF);
+    };
+    let found = blocking::wait_for(&shared.copy, &shared.unmounting, waiting, |view| {
+        let mut cursor = cursor.lock().expect("cursor lock");
+        shared
+            .events
+            .read(view, framework_id, &mut cursor, offset, size as usize)
+    })
+    .await;
+    match found {
+        Ok(data) => reply.data(&data),
+        Err(e) => {
+            debug!(framework_id = %framework_id, pid = waiting.pid, reason = %e, "events read ended");
+            reply.error(interrupted_errno(e));
+        }
+    }
+}
+
+/// A read of `stdout`/`stderr` at an offset, from the task's agent.
+async fn read_sandbox(
+    shared: Arc<Shared>,
+    handle: Arc<Handle>,
+    offset: u64,
+    size: u32,
+    reply: ReplyData,
+) {
+    let Handle::Sandbox { task_id, file } = &*handle else {
+        return reply.error(Errno::EBADF);
+    };
+    let target = sandbox_target(&shared.copy.view(), task_id, file);
+    let Some(target) = target else {
+        return reply.error(Errno::ENOENT);
+    };
+    match shared
+        .sandbox
+        .read(
+            &target.address,
+            &target.task_id,
+            target.file,
+            offset,
+            u64::from(size),
+            READ_TIMEOUT,
+        )
+        .await
+    {
+        Ok(r) => reply.data(slice_at(&r.data, 0, size)),
+        Err(SandboxError::Refused { status, .. }) if status.code() == tonic::Code::NotFound => {
+            reply.data(&[])
+        }
+        Err(e) => {
+            warn!(task = %task_id, file, error = %e, "sandbox read failed");
+            reply.error(Errno::EIO);
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! Nothing acknowledged is lost when `mesofs dev` is SIGKILLed and started again on the same
+//! data directory.
+
+use mesofs_tests::{can_run, Dev};
+
+#[test]
+fn frameworks_and_final_task_states_survive_a_sigkill_of_mesofs_dev() {
+    if !can_run() {
+        return;
+    }
+    let mut dev = Dev::start();
+    dev.sh_ok("mkdir frameworks/keep");
+    let offer = dev
+        .sh_ok("cat frameworks/keep/offers/next")
+        .trim()
+        .to_string();
+    dev.sh_ok(&format!(
+        "/usr/bin/printf 'name=ok -- echo done\\nname=bad -- exit 3\\n' > frameworks/keep/offers/{offer}/launch"
+    ));
+    assert_eq!(
+        dev.sh_ok("cat frameworks/keep/tasks/ok/wait").trim(),
+        "TASK_FINISHED"
+    );
+    assert_eq!(
+        dev.sh_ok("cat frameworks/keep/tasks/bad/wait").trim(),
+        "TASK_FAILED"
+    );
+    let id_before = dev.read("frameworks/keep/id");
+
+    dev.kill9();
+    dev.restart();
+
+    assert_eq!(dev.read("frameworks/keep/id"), id_before);
+    assert_eq!(dev.read("frameworks/keep/tasks/ok/state"), "TASK_FINISHED");
+    assert_eq!(dev.read("frameworks/keep/tasks/bad/state"), "TASK_FAILED");
+    let status: serde_json::Value =
+        serde_json::from_str(&dev.read("frameworks/keep/tasks/bad/status.json")).unwrap();
+    assert!(
+        status["message"].as_str().unwrap_or("").contains('3'),
+        "the exit status survives: {status}"
+    );
+    // The restarted cluster works: its agent offers again.
+    let offer = dev
+        .sh_ok("cat frameworks/keep/offers/next")
+        .trim()
+        .to_string();
+    assert!(!offer.is_empty());
+}
+
+#[test]
+fn sigterm_stops_tasks_unmounts_and_exits_cleanly() {
+    if !can_run() {
+        return;
+    }
+    let mut dev = Dev::start();
+    dev.sh_ok("mkdir frameworks/f");
+    let offer = dev.sh_ok("cat frameworks/f/offers/next").trim().to_string();
+    dev.sh_ok(&format!(
+        "echo 'name=s -- sleep 602' > frameworks/f/offers/{offer}/launch"
+    ));
+    let mount = dev.mount.clone();
+    dev.wait_for(
+        "the task to run",
+        std::time::Duration::from_secs(30),
+        || {
+            std::fs::read_to_string(mount.join("frameworks/f/tasks/s/state"))
+                .map(|s| s.trim() == "TASK_RUNNING")
+                .unwrap_or(false)
+        },
+    );
+    let status = dev.stop();
+    assert!(
+        status.success(),
+        "clean exit, got {}",
+        mesofs_tests::describe(status)
+    );
+    assert!(
+        !mesofs_tests::process_running("sleep 602"),
+        "its task was stopped"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(!mounts.contains(&*mount.to_string_lossy()), "it unmounted");
+}

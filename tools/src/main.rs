@@ -1,0 +1,268 @@
+//! `mesofs`: the one binary. Runs a master, an agent, a mount, a whole one-machine cluster
+//! (`dev`), or the launch benchmark.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use mesofs_agent::daemon::{self as agent, AgentConfig};
+use mesofs_kernel::client::MasterClient;
+use mesofs_kernel::master::{self, LeaderConfig, MasterConfig};
+use tracing::info;
+
+mod bench;
+
+#[derive(Parser)]
+#[command(
+    name = "mesofs",
+    version,
+    about = "A cluster resource manager whose interface is a filesystem"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a master: a Raft node that, while it leads, makes offers and runs tasks on agents.
+    Master(MasterArgs),
+    /// Run an agent: offers this machine's resources and runs tasks in cgroups.
+    Agent(AgentArgs),
+    /// Mount the cluster as a filesystem.
+    Mount(MountArgs),
+    /// Run a whole one-machine cluster (master, agent and mount) in one process.
+    Dev(DevArgs),
+    /// Measure launch throughput and latency through the mount against a bare cgroup+exec loop.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Args, Clone)]
+struct LeaderArgs {
+    /// Seconds an unused offer stays outstanding before it is rescinded.
+    #[arg(long, default_value = "30", value_name = "SECONDS")]
+    offer_timeout: f64,
+    /// Seconds a declined agent is not offered to the same framework, when `decline` says no duration.
+    #[arg(long, default_value = "5", value_name = "SECONDS")]
+    refuse_default: f64,
+}
+
+impl LeaderArgs {
+    fn config(&self) -> Result<LeaderConfig> {
+        Ok(LeaderConfig {
+            offer_timeout: seconds(self.offer_timeout, "--offer-timeout")?,
+            default_refuse: seconds(self.refuse_default, "--refuse-default")?,
+        })
+    }
+}
+
+fn seconds(v: f64, flag: &str) -> Result<Duration> {
+    Duration::try_from_secs_f64(v)
+        .with_context(|| format!("{flag} must be a non-negative number of seconds"))
+}
+
+#[derive(Args)]
+struct MasterArgs {
+    /// This master's Raft node id.
+    #[arg(long, default_value = "1")]
+    id: u64,
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0:5050")]
+    listen: SocketAddr,
+    /// Directory of the Raft log, vote and snapshots.
+    #[arg(long, default_value = "/var/lib/mesofs/master")]
+    data_dir: PathBuf,
+    #[command(flatten)]
+    leader: LeaderArgs,
+}
+
+#[derive(Args)]
+struct AgentArgs {
+    /// Master addresses, comma-separated (host:port).
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:5050")]
+    master: Vec<String>,
+    /// Directory of sandboxes and the agent's id.
+    #[arg(long, default_value = "/var/lib/mesofs/agent")]
+    work_dir: PathBuf,
+    /// Address of the agent's file service.
+    #[arg(long, default_value = "0.0.0.0:5051")]
+    listen: SocketAddr,
+    /// Host name to register with (defaults to this machine's).
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Resources to offer in Mesos syntax, e.g. "cpus:2;mem:1024;ports:[31000-31999]" (detected when absent).
+    #[arg(long)]
+    resources: Option<String>,
+}
+
+#[derive(Args)]
+struct MountArgs {
+    /// Master addresses, comma-separated (host:port).
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:5050")]
+    master: Vec<String>,
+    /// Where to mount.
+    #[arg(long, default_value = "/mnt/mesofs")]
+    mount: PathBuf,
+}
+
+#[derive(Args)]
+struct DevArgs {
+    /// Where to mount the cluster.
+    #[arg(long, default_value = "/mnt/mesofs")]
+    mount: PathBuf,
+    /// Where the master's and the agent's data live; reuse it to keep the cluster's state.
+    #[arg(long, default_value = "/var/lib/mesofs/dev")]
+    data_dir: PathBuf,
+    /// The master's address (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:5050")]
+    listen: SocketAddr,
+    /// Resources the agent offers, Mesos syntax (detected when absent).
+    #[arg(long)]
+    resources: Option<String>,
+    #[command(flatten)]
+    leader: LeaderArgs,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async {
+        match cli.command {
+            Cmd::Master(a) => run_master(a).await,
+            Cmd::Agent(a) => run_agent(a).await,
+            Cmd::Mount(a) => run_mount(a).await,
+            Cmd::Dev(a) => run_dev(a).await,
+            Cmd::Bench(a) => bench::run(a).await,
+        }
+    })
+}
+
+/// Waits for SIGINT or SIGTERM.
+async fn stop_signal() -> Result<&'static str> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    Ok(tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    })
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+async fn run_master(a: MasterArgs) -> Result<()> {
+    let handle = master::start(MasterConfig {
+        id: a.id,
+        listen: a.listen,
+        data_dir: a.data_dir,
+        leader: a.leader.config()?,
+    })
+    .await?;
+    let sig = stop_signal().await?;
+    info!(signal = sig, "stopping the master");
+    handle.shutdown().await;
+    Ok(())
+}
+
+async fn run_agent(a: AgentArgs) -> Result<()> {
+    let handle = agent::start(AgentConfig {
+        masters: a.master,
+        work_dir: a.work_dir,
+        listen: a.listen,
+        hostname: a.hostname.unwrap_or_else(hostname),
+        resources: a.resources,
+    })
+    .await?;
+    let sig = stop_signal().await?;
+    info!(signal = sig, "stopping the agent: killing its tasks");
+    handle.shutdown().await;
+    Ok(())
+}
+
+/// Clears a mount left behind by a process that died without unmounting (its mountpoint
+/// then fails with ENOTCONN).
+fn clear_stale_mount(path: &Path) {
+    if let Err(e) = std::fs::metadata(path) {
+        if e.raw_os_error() == Some(libc::ENOTCONN) {
+            info!(path = %path.display(), "clearing a stale mount left by a previous run");
+            let _ = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+fn prepare_mountpoint(path: &Path) -> Result<()> {
+    clear_stale_mount(path);
+    std::fs::create_dir_all(path)
+        .with_context(|| format!("creating the mountpoint {}", path.display()))?;
+    Ok(())
+}
+
+async fn run_mount(a: MountArgs) -> Result<()> {
+    prepare_mountpoint(&a.mount)?;
+    let client = MasterClient::new(a.master);
+    let copy = client.spawn_local_copy();
+    let mount = mesofs_fs::mount(&a.mount, client, copy, tokio::runtime::Handle::current())
+        .with_context(|| format!("mounting at {}", a.mount.display()))?;
+    println!("mesofs mounted at {}", a.mount.display());
+    let sig = stop_signal().await?;
+    info!(signal = sig, "unmounting");
+    tokio::task::spawn_blocking(move || mount.unmount()).await??;
+    Ok(())
+}
+
+async fn run_dev(a: DevArgs) -> Result<()> {
+    if a.data_dir.as_os_str().is_empty() {
+        bail!("--data-dir must not be empty");
+    }
+    prepare_mountpoint(&a.mount)?;
+    let master = master::start(MasterConfig {
+        id: 1,
+        listen: a.listen,
+        data_dir: a.data_dir.join("master"),
+        leader: a.leader.config()?,
+    })
+    .await?;
+    let master_addr = master.addr.to_string();
+    let agent = agent::start(AgentConfig {
+        masters: vec![master_addr.clone()],
+        work_dir: a.data_dir.join("agent"),
+        listen: SocketAddr::new(master.addr.ip(), 0),
+        hostname: hostname(),
+        resources: a.resources,
+    })
+    .await?;
+    let client = MasterClient::new(vec![master_addr.clone()]);
+    let copy = client.spawn_local_copy();
+    let mount = mesofs_fs::mount(&a.mount, client, copy, tokio::runtime::Handle::current())
+        .with_context(|| format!("mounting at {}", a.mount.display()))?;
+    println!(
+        "mesofs dev: mounted at {} (master {master_addr}, agent {}, data in {})",
+        a.mount.display(),
+        agent.agent_id,
+        a.data_dir.display()
+    );
+    let sig = stop_signal().await?;
+    info!(signal = sig, "stopping: killing tasks, unmounting");
+    agent.shutdown().await;
+    tokio::task::spawn_blocking(move || mount.unmount()).await??;
+    master.shutdown().await;
+    info!("stopped cleanly");
+    Ok(())
+}
