@@ -11,7 +11,7 @@ use mesofs_kernel::proto::files_server::FilesServer;
 use mesofs_kernel::resources::Resources;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
 
 use crate::containerizer::Containerizer;
@@ -112,9 +112,13 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
     tokio::spawn(async move {
         let r = tonic::transport::Server::builder()
             .add_service(FilesServer::new(files))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-                let _ = shutdown_rx.await;
-            })
+            .serve_with_incoming_shutdown(
+                // Without nodelay, small replies wait out the peer's delayed ACK (~40 ms).
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                async {
+                    let _ = shutdown_rx.await;
+                },
+            )
             .await;
         if let Err(e) = r {
             warn!(error = %e, "files service stopped");

@@ -84,3 +84,31 @@ fn a_shell_framework_launches_kills_and_sees_a_memory_kill_through_the_mount() {
     dev.sh_ok("rmdir frameworks/hello");
     assert!(!dev.mount.join("frameworks/hello").exists());
 }
+
+#[test]
+fn appending_launches_like_writing_and_tail_follows_a_running_tasks_stdout() {
+    if !can_run() {
+        return;
+    }
+    let dev = Dev::start();
+    dev.sh_ok("mkdir frameworks/app");
+    let offer = dev
+        .sh_ok("cat frameworks/app/offers/next")
+        .trim()
+        .to_string();
+    dev.sh_ok(&format!(
+        "echo 'name=ticker -- for i in 1 2 3 4 5 6; do echo tick $i; sleep 0.3; done' \
+         >> frameworks/app/offers/{offer}/launch"
+    ));
+    // tail -f sees lines written after it started following, then we stop it.
+    let out = dev.sh_ok("timeout 4 tail -n +1 -f frameworks/app/tasks/ticker/stdout | head -n 6");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        ["tick 1", "tick 2", "tick 3", "tick 4", "tick 5", "tick 6"]
+    );
+    assert_eq!(
+        dev.sh_ok("cat frameworks/app/tasks/ticker/wait").trim(),
+        "TASK_FINISHED"
+    );
+}

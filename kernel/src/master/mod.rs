@@ -12,8 +12,9 @@ use futures::Stream;
 use openraft::{BasicNode, Config, SnapshotPolicy};
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, oneshot};
-use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::StreamExt;
+use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
@@ -169,9 +170,13 @@ pub async fn start(config: MasterConfig) -> Result<MasterHandle, MasterError> {
             .tcp_nodelay(true)
             .add_service(MasterServer::new(service))
             .add_service(RaftServer::new(raft_service))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-                let _ = shutdown_rx.await;
-            })
+            .serve_with_incoming_shutdown(
+                // Without nodelay, small replies wait out the peer's delayed ACK (~40 ms).
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                async {
+                    let _ = shutdown_rx.await;
+                },
+            )
             .await;
         if let Err(e) = result {
             warn!(error = %e, "master server stopped");
