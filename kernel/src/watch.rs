@@ -15,7 +15,7 @@ use crate::state::{task_id, ClusterState, Command, FrameworkId};
 /// or rescinded. Offers live only on the leader and are not replicated.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Offer {
-    /// Unique id (`<leader term>-<n>`).
+    /// Unique id (`<log index where the leadership began>-<n>`).
     pub id: String,
     /// The framework it is made to.
     pub framework_id: FrameworkId,

@@ -63,6 +63,7 @@ pub struct Dev {
     /// The data directory (reuse it to restart with the same state).
     pub data: PathBuf,
     log: PathBuf,
+    extra_args: Vec<String>,
     _tmp: tempfile::TempDir,
 }
 
@@ -70,6 +71,11 @@ impl Dev {
     /// Starts a dev cluster on fresh directories and waits until it is mounted with its agent
     /// registered.
     pub fn start() -> Dev {
+        Dev::start_with(&[])
+    }
+
+    /// Like [`Dev::start`], with extra `mesofs dev` flags (e.g. `--offer-timeout 1`).
+    pub fn start_with(extra_args: &[&str]) -> Dev {
         let tmp = tempfile::Builder::new()
             .prefix("mesofs-test-")
             .tempdir()
@@ -82,6 +88,7 @@ impl Dev {
             mount,
             data,
             log,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             _tmp: tmp,
         };
         dev.spawn();
@@ -106,6 +113,7 @@ impl Dev {
             .arg(&self.mount)
             .arg("--data-dir")
             .arg(&self.data)
+            .args(&self.extra_args)
             .env("RUST_LOG", "info,mesofs_kernel=debug")
             .stdout(Stdio::null())
             .stderr(log)

@@ -82,7 +82,7 @@ pub struct Leader {
     raft: Raft,
     hub: Arc<Hub>,
     config: LeaderConfig,
-    term: u64,
+    epoch: u64,
     sessions: Mutex<HashMap<String, Session>>,
     session_seq: AtomicU64,
     alloc: Mutex<Allocation>,
@@ -90,13 +90,13 @@ pub struct Leader {
 }
 
 impl Leader {
-    /// A runtime for the leader elected in `term`.
-    pub fn new(raft: Raft, hub: Arc<Hub>, config: LeaderConfig, term: u64) -> Arc<Leader> {
+    /// A runtime for a leadership that began at log index `epoch`, which prefixes its offer ids.
+    pub fn new(raft: Raft, hub: Arc<Hub>, config: LeaderConfig, epoch: u64) -> Arc<Leader> {
         Arc::new_cyclic(|me| Leader {
             raft,
             hub,
             config,
-            term,
+            epoch,
             sessions: Mutex::new(HashMap::new()),
             session_seq: AtomicU64::new(0),
             alloc: Mutex::new(Allocation::default()),
@@ -693,7 +693,7 @@ impl Leader {
         alloc.offer_seq += 1;
         alloc.last_framework = Some(framework_id.clone());
         let offer = Offer {
-            id: format!("{}-{}", self.term, alloc.offer_seq),
+            id: format!("{}-{}", self.epoch, alloc.offer_seq),
             framework_id,
             agent_id: agent_id.to_string(),
             hostname,

@@ -166,8 +166,11 @@ pub async fn start(config: MasterConfig) -> Result<MasterHandle, MasterError> {
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let raft_service = RaftService::new(raft.clone());
     let server = tokio::spawn(async move {
+        // Keepalive pings end the streams of agents and mounts whose host vanished without
+        // closing the connection, so their sessions end and their offers are rescinded.
         let result = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(5)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .add_service(MasterServer::new(service))
             .add_service(RaftServer::new(raft_service))
             .serve_with_incoming_shutdown(
@@ -210,12 +213,15 @@ async fn follow_leadership(service: MasterService, config: LeaderConfig) {
                 .wait(Some(Duration::from_secs(10)))
                 .applied_index_at_least(last_log, "leader caught up")
                 .await;
-            info!(term, "this master leads");
+            // The term alone does not tell leaderships apart (a lone master restarted keeps
+            // its term); the log index at which this one began does, and names its offers.
+            let epoch = last_log.unwrap_or(0);
+            info!(term, epoch, "this master leads");
             let runtime = Leader::new(
                 service.raft.clone(),
                 service.hub.clone(),
                 config.clone(),
-                term,
+                epoch,
             );
             *service.leader.lock().expect("leader lock") = Some(runtime);
             service
