@@ -164,10 +164,12 @@ impl Session {
         session
     }
 
-    /// Waits until every status update was acknowledged, or the timeout passes.
+    /// Waits until every task's end has been reported and every status update acknowledged,
+    /// or the timeout passes.
     pub async fn flush(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
-        while self.outbox.len() > 0 {
+        // A task stays in `phases` until its exit has gone into the outbox.
+        while self.outbox.len() > 0 || !self.phases.lock().expect("phases lock").is_empty() {
             if tokio::time::Instant::now() >= deadline {
                 return false;
             }
@@ -206,7 +208,7 @@ impl Session {
                 hostname: id.hostname.clone(),
                 address: id.address.clone(),
                 resources: id.resources.clone(),
-                running: self.containerizer.running(),
+                running: self.running(),
             })),
         })
         .map_err(|e| e.to_string())?;
@@ -222,10 +224,17 @@ impl Session {
             .map_err(|s| s.message().to_string())?
         {
             match msg.msg {
-                Some(master_message::Msg::Registered(_)) => {
-                    info!(agent = %id.agent_id, "registered with the master");
+                Some(master_message::Msg::Registered(r)) => {
+                    info!(agent = %id.agent_id, heartbeat_ms = r.heartbeat_interval_ms, "registered with the master");
                     self.outbox.resend_all(&tx);
                     *self.outbox.session.lock().expect("session lock") = Some(tx.clone());
+                    if r.heartbeat_interval_ms > 0 {
+                        tokio::spawn(heartbeat(
+                            self.outbox.clone(),
+                            tx.clone(),
+                            Duration::from_millis(r.heartbeat_interval_ms),
+                        ));
+                    }
                 }
                 Some(master_message::Msg::Launch(l)) => {
                     let me = self.clone();
@@ -240,6 +249,15 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// Ids of the tasks this agent runs or is starting, as it reports them when registering.
+    fn running(&self) -> Vec<String> {
+        let mut ids = self.containerizer.running();
+        ids.extend(self.phases.lock().expect("phases lock").keys().cloned());
+        ids.sort();
+        ids.dedup();
+        ids
     }
 
     async fn launch(&self, l: proto::LaunchTask) {
@@ -362,5 +380,31 @@ impl Session {
     /// The sandbox directory of a task, running or not.
     pub fn sandbox_dir(work_dir: &std::path::Path, task_id: &str) -> PathBuf {
         work_dir.join("sandboxes").join(task_id)
+    }
+}
+
+/// Sends a heartbeat every interval for as long as `tx` is the current session's.
+async fn heartbeat(
+    outbox: Arc<Outbox>,
+    tx: mpsc::UnboundedSender<AgentMessage>,
+    interval: Duration,
+) {
+    loop {
+        tokio::time::sleep(interval).await;
+        let current = outbox
+            .session
+            .lock()
+            .expect("session lock")
+            .as_ref()
+            .is_some_and(|s| s.same_channel(&tx));
+        if !current {
+            return;
+        }
+        let beat = AgentMessage {
+            msg: Some(agent_message::Msg::Heartbeat(proto::Heartbeat {})),
+        };
+        if tx.send(beat).is_err() {
+            return;
+        }
     }
 }

@@ -117,6 +117,27 @@ pub async fn wait_for<T>(
     }
 }
 
+/// Runs `work` unless the caller gets a signal, or the mount is unmounted, first; checks
+/// every [`SIGNAL_CHECK`].
+pub async fn unless_interrupted<T>(
+    pid: u32,
+    unmounting: &AtomicBool,
+    work: impl std::future::Future<Output = T>,
+) -> Result<T, Interrupted> {
+    tokio::pin!(work);
+    loop {
+        if let Ok(value) = tokio::time::timeout(SIGNAL_CHECK, &mut work).await {
+            return Ok(value);
+        }
+        if unmounting.load(Ordering::Relaxed) {
+            return Err(Interrupted::Unmounting);
+        }
+        if caller_interrupted(pid) {
+            return Err(Interrupted::Signal);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,7 +14,8 @@ use fuser::{
     ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, ReplyXattr, Request,
     TimeOrNow, WriteFlags,
 };
-use mesofs_kernel::client::{LocalCopy, MasterClient};
+use mesofs_kernel::client::{LocalCopy, MasterClient, WriteError};
+use mesofs_kernel::proto::write_request::Op;
 use mesofs_kernel::watch::View;
 use tracing::{debug, info, warn};
 
@@ -70,6 +71,22 @@ impl Shared {
             events: EventStreams::default(),
             unmounting: AtomicBool::new(false),
             started: SystemTime::now(),
+        }
+    }
+
+    /// Sends a command for the caller `pid` (see [`commands::send`]); a signal to the caller
+    /// ends the wait with EINTR, though the command may still take effect.
+    pub async fn send(&self, pid: u32, uid: u32, gid: u32, op: Op) -> Result<(), WriteError> {
+        let sending = commands::send(&self.client, &self.copy, uid, gid, op);
+        match blocking::unless_interrupted(pid, &self.unmounting, sending).await {
+            Ok(result) => result,
+            Err(i) => {
+                info!(pid, uid, reason = %i, "command interrupted before its answer");
+                Err(WriteError::new(
+                    i.errno(),
+                    format!("{i} before the master answered; the command may still take effect"),
+                ))
+            }
         }
     }
 
@@ -402,12 +419,12 @@ impl Filesystem for MesoFs {
             info!(framework = %name, "mkdir refused: invalid framework name");
             return reply.error(Errno::EINVAL);
         }
-        let (uid, gid) = (req.uid(), req.gid());
+        let (uid, gid, pid) = (req.uid(), req.gid(), req.pid());
         let name = name.to_string();
         let shared = self.shared.clone();
         self.spawn(async move {
             let op = commands::register(&name);
-            if let Err(e) = commands::send(&shared.client, &shared.copy, uid, gid, op).await {
+            if let Err(e) = shared.send(pid, uid, gid, op).await {
                 return reply.error(errno(e.errno));
             }
             let view = shared.copy.view();
@@ -465,11 +482,11 @@ impl Filesystem for MesoFs {
             }
         }
         let name = name.to_string();
-        let gid = req.gid();
+        let (gid, pid) = (req.gid(), req.pid());
         let shared = self.shared.clone();
         self.spawn(async move {
             let op = commands::teardown(&name);
-            match commands::send(&shared.client, &shared.copy, uid, gid, op).await {
+            match shared.send(pid, uid, gid, op).await {
                 Ok(()) => {
                     info!(framework = %name, uid, "framework torn down");
                     reply.ok()
@@ -637,10 +654,10 @@ impl Filesystem for MesoFs {
             }
         };
         let len = data.len() as u32;
-        let (uid, gid) = (req.uid(), req.gid());
+        let (uid, gid, pid) = (req.uid(), req.gid(), req.pid());
         let shared = self.shared.clone();
         self.spawn(async move {
-            match commands::send(&shared.client, &shared.copy, uid, gid, op).await {
+            match shared.send(pid, uid, gid, op).await {
                 Ok(()) => reply.written(len),
                 Err(e) => reply.error(errno(e.errno)),
             }

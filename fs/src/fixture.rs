@@ -60,6 +60,7 @@ impl Cluster {
                 resources: Resources::parse(resources).expect("test resources parse"),
                 state: AgentState::Active,
                 registered_ms: 1_700_000_000_000,
+                registration: 0,
             },
             running: Vec::new(),
         });

@@ -12,6 +12,9 @@ use crate::proto::master_client::MasterClient as GrpcMaster;
 use crate::proto::{self, write_request::Op, LeaderRequest, WatchRequest, WriteRequest};
 use crate::watch::{View, WatchEvent};
 
+/// How long a write waits for a leader to answer before it fails with EIO.
+pub const LEADER_WAIT: Duration = Duration::from_secs(30);
+
 /// Why a write failed: an errno for the writer and a reason for humans.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
@@ -98,36 +101,74 @@ impl MasterClient {
     }
 
     /// Sends one framework write; returns the watch sequence number at which it is visible.
+    ///
+    /// While no leader answers (a master restarting, an election) the write waits for one, up
+    /// to [`LEADER_WAIT`]; it is sent again only when it surely did not take effect.
     pub async fn write(&self, uid: u32, gid: u32, op: Op) -> Result<u64, WriteError> {
-        let mut attempt = 0;
+        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+        let mut backoff = Duration::from_millis(50);
         loop {
-            let ch = self.leader_channel().await?;
-            let req = WriteRequest {
-                uid,
-                gid,
-                op: Some(op.clone()),
-            };
-            match GrpcMaster::new(ch).write(req).await {
-                Ok(reply) => {
-                    let reply = reply.into_inner();
-                    if reply.errno != 0 {
-                        return Err(WriteError {
-                            errno: reply.errno,
-                            message: reply.error,
-                            seq: reply.seq,
-                        });
+            let err: WriteError = match self.leader_channel().await {
+                Ok(ch) => {
+                    let req = WriteRequest {
+                        uid,
+                        gid,
+                        op: Some(op.clone()),
+                    };
+                    match GrpcMaster::new(ch).write(req).await {
+                        Ok(reply) => {
+                            let reply = reply.into_inner();
+                            let refusal = WriteError {
+                                errno: reply.errno,
+                                message: reply.error,
+                                seq: reply.seq,
+                            };
+                            match reply.errno {
+                                0 => return Ok(reply.seq),
+                                // The leader lost its leadership before committing.
+                                libc::EAGAIN => refusal,
+                                _ => return Err(refusal),
+                            }
+                        }
+                        // Unavailable: the connection failed before the request went out;
+                        // FailedPrecondition: this master does not lead. Neither applied it.
+                        Err(status)
+                            if matches!(
+                                status.code(),
+                                tonic::Code::Unavailable | tonic::Code::FailedPrecondition
+                            ) =>
+                        {
+                            WriteError::unreachable(status.message())
+                        }
+                        Err(status) => {
+                            self.forget_leader();
+                            return Err(WriteError::new(
+                                libc::EIO,
+                                format!(
+                                    "the master did not answer ({}); the write may or may not have taken effect: look at the tree before writing again",
+                                    status.message()
+                                ),
+                            ));
+                        }
                     }
-                    return Ok(reply.seq);
                 }
-                // Not the leader any more, or gone: find the leader again, a few times.
-                Err(status) if attempt < 3 => {
-                    warn!(error = %status.message(), "write to the leader failed; looking for the leader again");
-                    self.forget_leader();
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
-                }
-                Err(status) => return Err(WriteError::unreachable(status.message())),
+                Err(e) => e,
+            };
+            self.forget_leader();
+            if tokio::time::Instant::now() + backoff > deadline {
+                warn!(error = %err.message, "no leader answered in time; the write fails");
+                return Err(WriteError::new(
+                    libc::EIO,
+                    format!(
+                        "no master leader answered within {}s ({}); check that the masters run",
+                        LEADER_WAIT.as_secs(),
+                        err.message
+                    ),
+                ));
             }
+            debug!(error = %err.message, "no leader yet; the write waits for one");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
         }
     }
 

@@ -27,8 +27,12 @@ pub fn task_id(framework_id: &str, name: &str) -> String {
 pub enum AgentState {
     /// Registered and connected.
     Active,
-    /// Its session ended; its tasks are kept until it re-registers.
+    /// Its session ended; its tasks are kept until it re-registers or the re-registration
+    /// timeout passes.
     Disconnected,
+    /// It did not come back within the re-registration timeout: its tasks were marked
+    /// TASK_LOST. It may still register again, and is then told to kill what it still runs.
+    Lost,
 }
 
 impl AgentState {
@@ -37,6 +41,7 @@ impl AgentState {
         match self {
             AgentState::Active => "active",
             AgentState::Disconnected => "disconnected",
+            AgentState::Lost => "lost",
         }
     }
 }
@@ -56,6 +61,10 @@ pub struct AgentInfo {
     pub state: AgentState,
     /// When it first registered (unix ms).
     pub registered_ms: u64,
+    /// The log index of its latest registration: names the session that disconnect and
+    /// removal commands refer to, so a stale one cannot undo a newer registration.
+    #[serde(default)]
+    pub registration: u64,
 }
 
 /// A registered framework.
@@ -213,6 +222,20 @@ pub enum Command {
     DisconnectAgent {
         /// Which agent.
         agent_id: AgentId,
+        /// The registration whose session ended; refused if the agent registered since.
+        #[serde(default)]
+        registration: Option<u64>,
+        /// When (unix ms).
+        time_ms: u64,
+    },
+    /// An agent stayed away past the re-registration timeout: its live tasks are lost.
+    RemoveAgent {
+        /// Which agent.
+        agent_id: AgentId,
+        /// The registration that went away; refused if the agent registered since.
+        registration: u64,
+        /// Why, for the tasks' TASK_LOST message.
+        message: String,
         /// When (unix ms).
         time_ms: u64,
     },
@@ -282,6 +305,9 @@ pub enum StateError {
     /// The task has ended already.
     #[error("task {0:?} has already ended")]
     TaskEnded(String),
+    /// The agent registered again after the session a command refers to.
+    #[error("agent {0:?} has registered again since; the command refers to an older session")]
+    StaleRegistration(String),
 }
 
 /// The result of applying one command.
@@ -291,7 +317,8 @@ pub struct Applied {
     pub error: Option<StateError>,
     /// The framework id a registration created.
     pub framework_id: Option<FrameworkId>,
-    /// Tasks that must now be killed on their agents (after a teardown or kill).
+    /// Tasks that must now be killed on their agents (after a teardown or kill, or tasks a
+    /// re-registering agent runs that have ended here or are unknown).
     pub to_kill: Vec<String>,
 }
 
@@ -365,6 +392,7 @@ impl ClusterState {
                     info.registered_ms = old.registered_ms;
                 }
                 info.state = AgentState::Active;
+                info.registration = index;
                 self.agents.insert(agent.id.clone(), info);
                 let lost: Vec<String> = self
                     .agent_tasks(&agent.id)
@@ -382,15 +410,69 @@ impl ClusterState {
                         },
                     );
                 }
-                Applied::default()
+                // What it runs that has ended here (lost while it was away, or never known)
+                // must not keep running unseen.
+                let to_kill = running
+                    .iter()
+                    .filter(|id| {
+                        self.tasks
+                            .get(*id)
+                            .is_none_or(|t| t.state().is_terminal() || t.agent_id != agent.id)
+                    })
+                    .cloned()
+                    .collect();
+                Applied {
+                    to_kill,
+                    ..Applied::default()
+                }
             }
-            Command::DisconnectAgent { agent_id, .. } => match self.agents.get_mut(agent_id) {
+            Command::DisconnectAgent {
+                agent_id,
+                registration,
+                ..
+            } => match self.agents.get_mut(agent_id) {
+                Some(a) if registration.is_some_and(|r| r != a.registration) => {
+                    Applied::refused(StateError::StaleRegistration(agent_id.clone()))
+                }
                 Some(a) => {
-                    a.state = AgentState::Disconnected;
+                    if a.state == AgentState::Active {
+                        a.state = AgentState::Disconnected;
+                    }
                     Applied::default()
                 }
                 None => Applied::refused(StateError::NoAgent(agent_id.clone())),
             },
+            Command::RemoveAgent {
+                agent_id,
+                registration,
+                message,
+                time_ms,
+            } => {
+                match self.agents.get_mut(agent_id) {
+                    None => return Applied::refused(StateError::NoAgent(agent_id.clone())),
+                    Some(a) if a.registration != *registration || a.state == AgentState::Active => {
+                        return Applied::refused(StateError::StaleRegistration(agent_id.clone()))
+                    }
+                    Some(a) => a.state = AgentState::Lost,
+                }
+                let live: Vec<String> = self
+                    .agent_tasks(agent_id)
+                    .filter(|t| !t.state().is_terminal())
+                    .map(|t| t.id.clone())
+                    .collect();
+                for id in live {
+                    self.push_transition(
+                        &id,
+                        Transition {
+                            state: TaskState::Lost,
+                            reason: "REASON_AGENT_REMOVED".into(),
+                            message: message.clone(),
+                            time_ms: *time_ms,
+                        },
+                    );
+                }
+                Applied::default()
+            }
             Command::RegisterFramework {
                 name,
                 uid,
@@ -536,6 +618,7 @@ mod tests {
             resources: Resources::parse("cpus:2;mem:1024").unwrap(),
             state: AgentState::Active,
             registered_ms: 1,
+            registration: 0,
         }
     }
 
@@ -691,6 +774,106 @@ mod tests {
         );
         assert_eq!(s.tasks[&task_id(&fw, "gone")].state(), TaskState::Lost);
         assert_eq!(s.tasks[&task_id(&fw, "kept")].state(), TaskState::Staging);
+    }
+
+    fn finish(s: &mut ClusterState, index: u64, id: &str) {
+        s.apply(
+            index,
+            &Command::UpdateTask {
+                task_id: id.into(),
+                transition: Transition {
+                    state: TaskState::Finished,
+                    reason: String::new(),
+                    message: String::new(),
+                    time_ms: index,
+                },
+            },
+        );
+    }
+
+    fn disconnect(registration: u64) -> Command {
+        Command::DisconnectAgent {
+            agent_id: "a1".into(),
+            registration: Some(registration),
+            time_ms: 9,
+        }
+    }
+
+    fn remove(registration: u64) -> Command {
+        Command::RemoveAgent {
+            agent_id: "a1".into(),
+            registration,
+            message: "gone for good".into(),
+            time_ms: 10,
+        }
+    }
+
+    #[test]
+    fn removing_a_disconnected_agent_loses_its_live_tasks_and_keeps_ended_ones() {
+        let (mut s, fw) = cluster_with_framework();
+        s.apply(3, &launch(&fw, "a1", "name=live -- sleep 9"));
+        s.apply(4, &launch(&fw, "a1", "name=done -- true"));
+        finish(&mut s, 5, &task_id(&fw, "done"));
+        assert_eq!(s.apply(6, &disconnect(1)).error, None);
+        assert_eq!(s.agents["a1"].state, AgentState::Disconnected);
+        assert_eq!(s.apply(7, &remove(1)).error, None);
+        assert_eq!(s.agents["a1"].state, AgentState::Lost);
+        let live = s.tasks[&task_id(&fw, "live")].last();
+        assert_eq!(live.state, TaskState::Lost);
+        assert_eq!(live.reason, "REASON_AGENT_REMOVED");
+        assert_eq!(live.message, "gone for good");
+        assert_eq!(s.tasks[&task_id(&fw, "done")].state(), TaskState::Finished);
+        assert!(s.allocated_on("a1").is_empty());
+    }
+
+    #[test]
+    fn disconnect_and_removal_of_an_older_registration_are_refused_and_change_nothing() {
+        let (mut s, fw) = cluster_with_framework();
+        s.apply(3, &launch(&fw, "a1", "name=t -- sleep 9"));
+        s.apply(4, &disconnect(1));
+        // It came back (registration 5) before the removal of registration 1 committed.
+        s.apply(
+            5,
+            &Command::RegisterAgent {
+                agent: agent("a1"),
+                running: vec![task_id(&fw, "t")],
+            },
+        );
+        let before = s.clone();
+        let r = s.apply(6, &remove(1));
+        assert_eq!(r.error, Some(StateError::StaleRegistration("a1".into())));
+        let r = s.apply(7, &disconnect(1));
+        assert_eq!(r.error, Some(StateError::StaleRegistration("a1".into())));
+        assert_eq!(s.agents, before.agents);
+        assert_eq!(s.tasks, before.tasks);
+    }
+
+    #[test]
+    fn a_connected_agent_cannot_be_removed() {
+        let (mut s, fw) = cluster_with_framework();
+        s.apply(3, &launch(&fw, "a1", "name=t -- sleep 9"));
+        let r = s.apply(4, &remove(1));
+        assert_eq!(r.error, Some(StateError::StaleRegistration("a1".into())));
+        assert_eq!(s.tasks[&task_id(&fw, "t")].state(), TaskState::Staging);
+    }
+
+    #[test]
+    fn an_agent_returning_with_tasks_that_ended_here_is_told_to_kill_them() {
+        let (mut s, fw) = cluster_with_framework();
+        s.apply(3, &launch(&fw, "a1", "name=t -- sleep 9"));
+        s.apply(4, &disconnect(1));
+        s.apply(5, &remove(1));
+        let r = s.apply(
+            6,
+            &Command::RegisterAgent {
+                agent: agent("a1"),
+                running: vec![task_id(&fw, "t"), "nobody.knows".into()],
+            },
+        );
+        assert_eq!(r.to_kill, vec![task_id(&fw, "t"), "nobody.knows".into()]);
+        assert_eq!(s.agents["a1"].state, AgentState::Active);
+        assert_eq!(s.agents["a1"].registration, 6);
+        assert_eq!(s.tasks[&task_id(&fw, "t")].state(), TaskState::Lost);
     }
 
     #[test]

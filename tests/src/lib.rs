@@ -1,12 +1,17 @@
-//! The integration-test harness: starts real `mesofs dev` processes on temporary directories
-//! and drives them through their real FUSE mount with shell commands, as a user would.
+//! The integration-test harness: starts real `mesofs` processes (`dev`, or a master, an agent
+//! and a mount apart) on temporary directories and drives them through their real FUSE mount
+//! with shell commands, as a user would.
 
+use std::ffi::OsString;
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
 
 /// Resources the dev agent offers in tests: small and fixed, so tests do not depend on the
 /// machine.
@@ -55,15 +60,259 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// One `mesofs` process started by a test, logging to its own file.
+pub struct Process {
+    name: String,
+    args: Vec<OsString>,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Process {
+    /// Starts `mesofs` with these arguments, logging to `log`.
+    pub fn start(name: &str, args: Vec<OsString>, log: PathBuf) -> Process {
+        let mut p = Process {
+            name: name.to_string(),
+            args,
+            child: None,
+            log,
+        };
+        p.spawn();
+        p
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let child = Command::new(mesofs_bin())
+            .args(&self.args)
+            .env("RUST_LOG", "info,mesofs_kernel=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting mesofs {}: {e}", self.name));
+        self.child = Some(child);
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    fn signal(&self, sig: Signal) {
+        nix::sys::signal::kill(Pid::from_raw(self.pid() as i32), sig)
+            .unwrap_or_else(|e| panic!("sending {sig} to mesofs {}: {e}", self.name));
+    }
+
+    /// SIGKILLs it (no cleanup at all) and waits for it to die.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Freezes it with SIGSTOP: alive, connected, and silent.
+    pub fn pause(&self) {
+        self.signal(Signal::SIGSTOP);
+    }
+
+    /// Lets a paused process go on with SIGCONT.
+    pub fn resume(&self) {
+        self.signal(Signal::SIGCONT);
+    }
+
+    /// Sends SIGTERM and waits up to 30 s for it to exit; returns how it exited.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        self.signal(Signal::SIGTERM);
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "mesofs {} did not exit within 30 s of SIGTERM\n{}",
+                    self.name,
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts it again with the same arguments (after [`Process::kill9`] or [`Process::stop`]).
+    pub fn restart(&mut self) {
+        assert!(
+            self.child.is_none(),
+            "stop or kill mesofs {} first",
+            self.name
+        );
+        self.spawn();
+    }
+
+    /// How it ended, if it has.
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Its log so far.
+    pub fn log_text(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        format!(
+            "---- mesofs {} log ----\n{s}---- end of log ----\n",
+            self.name
+        )
+    }
+
+    /// SIGTERM (after SIGCONT, should it be paused), then SIGKILL if it lingers past 15 s.
+    fn terminate(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let pid = Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, Signal::SIGCONT);
+        let _ = nix::sys::signal::kill(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+/// A cluster mounted for a test and driven through the mount with shell commands.
+pub trait Mounted {
+    /// Where the cluster is mounted.
+    fn mountpoint(&self) -> &Path;
+
+    /// The processes behind the mount, for their logs.
+    fn processes(&self) -> Vec<&Process>;
+
+    /// The processes behind the mount, to notice one exiting.
+    fn processes_mut(&mut self) -> Vec<&mut Process>;
+
+    /// Every process's log so far.
+    fn log_text(&self) -> String {
+        self.processes().iter().map(|p| p.log_text()).collect()
+    }
+
+    /// Polls `ready` every 20 ms until it holds; fails the test with the logs after `timeout`,
+    /// or as soon as one of the processes exits.
+    fn wait_for(&mut self, what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if ready() {
+                return;
+            }
+            let exited = self
+                .processes_mut()
+                .into_iter()
+                .find_map(|p| p.exited().map(|status| (p.name.clone(), status)));
+            if let Some((name, status)) = exited {
+                panic!(
+                    "mesofs {name} exited ({}) while waiting for {what}\n{}",
+                    describe(status),
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("timed out waiting for {what}\n{}", self.log_text());
+    }
+
+    /// Waits until reading `rel` under the mount gives `want` (trimmed).
+    fn wait_for_file(&mut self, rel: &str, want: &str, timeout: Duration) {
+        let path = self.mountpoint().join(rel);
+        self.wait_for(&format!("{rel} to read {want:?}"), timeout, || {
+            std::fs::read_to_string(&path).is_ok_and(|s| s.trim() == want)
+        });
+    }
+
+    /// Runs a bash script with the mount as its working directory.
+    fn sh(&self, script: &str) -> Output {
+        Command::new("bash")
+            .args(["-c", script])
+            .current_dir(self.mountpoint())
+            .output()
+            .expect("running bash")
+    }
+
+    /// Runs a bash script that must succeed; returns its stdout.
+    fn sh_ok(&self, script: &str) -> String {
+        let out = self.sh(script);
+        if !out.status.success() {
+            panic!(
+                "script failed ({}):\n{script}\nstdout:\n{}\nstderr:\n{}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                self.log_text()
+            );
+        }
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Reads a file under the mount, trimmed.
+    fn read(&self, rel: &str) -> String {
+        match std::fs::read_to_string(self.mountpoint().join(rel)) {
+            Ok(s) => s.trim().to_string(),
+            Err(e) => panic!("reading {rel}: {e}\n{}", self.log_text()),
+        }
+    }
+}
+
+fn temp_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("mesofs-test-")
+        .tempdir()
+        .expect("temp dir")
+}
+
+/// Waits for a fresh mount to show a leader and a registered agent.
+fn wait_until_ready(m: &mut impl Mounted) {
+    let mount = m.mountpoint().to_path_buf();
+    m.wait_for(
+        "the mount to show a leader and an agent",
+        Duration::from_secs(60),
+        || {
+            let leader = std::fs::read_to_string(mount.join("cluster/leader")).unwrap_or_default();
+            let agents = std::fs::read_dir(mount.join("agents"))
+                .map(|d| d.count())
+                .unwrap_or(0);
+            !leader.trim().is_empty() && agents > 0
+        },
+    );
+}
+
 /// A running `mesofs dev`: master, agent and mount in one process.
 pub struct Dev {
-    child: Option<Child>,
+    /// The `mesofs dev` process.
+    pub process: Process,
     /// Where the cluster is mounted.
     pub mount: PathBuf,
     /// The data directory (reuse it to restart with the same state).
     pub data: PathBuf,
-    log: PathBuf,
-    extra_args: Vec<String>,
     _tmp: tempfile::TempDir,
 }
 
@@ -76,186 +325,159 @@ impl Dev {
 
     /// Like [`Dev::start`], with extra `mesofs dev` flags (e.g. `--offer-timeout 1`).
     pub fn start_with(extra_args: &[&str]) -> Dev {
-        let tmp = tempfile::Builder::new()
-            .prefix("mesofs-test-")
-            .tempdir()
-            .expect("temp dir");
+        let tmp = temp_dir();
         let mount = tmp.path().join("mnt");
         let data = tmp.path().join("data");
-        let log = tmp.path().join("dev.log");
+        let mut args: Vec<OsString> = [
+            "dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--resources",
+            TEST_RESOURCES,
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect();
+        args.extend(["--mount".into(), mount.clone().into_os_string()]);
+        args.extend(["--data-dir".into(), data.clone().into_os_string()]);
+        args.extend(extra_args.iter().map(OsString::from));
+        let process = Process::start("dev", args, tmp.path().join("dev.log"));
         let mut dev = Dev {
-            child: None,
+            process,
             mount,
             data,
-            log,
-            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             _tmp: tmp,
         };
-        dev.spawn();
+        wait_until_ready(&mut dev);
         dev
-    }
-
-    fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("log file");
-        let child = Command::new(mesofs_bin())
-            .args([
-                "dev",
-                "--listen",
-                "127.0.0.1:0",
-                "--resources",
-                TEST_RESOURCES,
-            ])
-            .arg("--mount")
-            .arg(&self.mount)
-            .arg("--data-dir")
-            .arg(&self.data)
-            .args(&self.extra_args)
-            .env("RUST_LOG", "info,mesofs_kernel=debug")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("starting mesofs dev");
-        self.child = Some(child);
-        let mount = self.mount.clone();
-        self.wait_for(
-            "the mount to show a leader and an agent",
-            Duration::from_secs(60),
-            || {
-                let leader =
-                    std::fs::read_to_string(mount.join("cluster/leader")).unwrap_or_default();
-                let agents = std::fs::read_dir(mount.join("agents"))
-                    .map(|d| d.count())
-                    .unwrap_or(0);
-                !leader.trim().is_empty() && agents > 0
-            },
-        );
-    }
-
-    /// Polls `ready` every 20 ms until it holds; fails the test with the log after `timeout`.
-    pub fn wait_for(&mut self, what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if ready() {
-                return;
-            }
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    panic!(
-                        "mesofs dev exited ({status}) while waiting for {what}\n{}",
-                        self.log_text()
-                    );
-                }
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("timed out waiting for {what}\n{}", self.log_text());
-    }
-
-    /// The process's log so far.
-    pub fn log_text(&self) -> String {
-        let mut s = String::new();
-        if let Ok(mut f) = std::fs::File::open(&self.log) {
-            let _ = f.read_to_string(&mut s);
-        }
-        format!("---- mesofs dev log ----\n{s}---- end of log ----")
-    }
-
-    /// Runs a bash script with the mount as its working directory.
-    pub fn sh(&self, script: &str) -> Output {
-        Command::new("bash")
-            .args(["-c", script])
-            .current_dir(&self.mount)
-            .output()
-            .expect("running bash")
-    }
-
-    /// Runs a bash script that must succeed; returns its stdout.
-    pub fn sh_ok(&self, script: &str) -> String {
-        let out = self.sh(script);
-        assert!(
-            out.status.success(),
-            "script failed ({}):\n{script}\nstdout:\n{}\nstderr:\n{}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            self.log_text()
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Reads a file under the mount, trimmed.
-    pub fn read(&self, rel: &str) -> String {
-        std::fs::read_to_string(self.mount.join(rel))
-            .unwrap_or_else(|e| panic!("reading {rel}: {e}\n{}", self.log_text()))
-            .trim()
-            .to_string()
     }
 
     /// The process id of `mesofs dev`.
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
+        self.process.pid()
     }
 
-    /// SIGKILLs the process (no cleanup at all) and waits for it to die.
+    /// SIGKILLs `mesofs dev` and waits for it to die.
     pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.process.kill9();
     }
 
-    /// Sends SIGTERM and waits for a clean exit; returns its exit status code.
+    /// Sends SIGTERM and waits for a clean exit; returns how it exited.
     pub fn stop(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("running");
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .expect("sending SIGTERM");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!(
-                    "mesofs dev did not exit within 30 s of SIGTERM\n{}",
-                    self.log_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.process.stop()
     }
 
     /// Starts `mesofs dev` again on the same data directory and mountpoint.
     pub fn restart(&mut self) {
-        assert!(self.child.is_none(), "stop or kill it first");
-        self.spawn();
+        self.process.restart();
+        wait_until_ready(self);
+    }
+}
+
+impl Mounted for Dev {
+    fn mountpoint(&self) -> &Path {
+        &self.mount
+    }
+
+    fn processes(&self) -> Vec<&Process> {
+        vec![&self.process]
+    }
+
+    fn processes_mut(&mut self) -> Vec<&mut Process> {
+        vec![&mut self.process]
     }
 }
 
 impl Drop for Dev {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.process.terminate();
+        let _ = nix::mount::umount2(&self.mount, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// A cluster of separate processes: `mesofs master`, `mesofs agent` and `mesofs mount`, so
+/// that each can be stopped, paused or killed on its own.
+pub struct Cluster {
+    /// The master.
+    pub master: Process,
+    /// The agent.
+    pub agent: Process,
+    /// The mount.
+    pub mounter: Process,
+    /// Where the cluster is mounted.
+    pub mount: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts a master (with extra `mesofs master` flags), an agent and a mount on fresh
+    /// directories, and waits until the mount shows the agent registered.
+    pub fn start(master_args: &[&str]) -> Cluster {
+        let tmp = temp_dir();
+        // A fixed port, so that a restarted master is found where the agent and mount look.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let master_addr = format!("127.0.0.1:{port}");
+        let mount = tmp.path().join("mnt");
+        let os = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
+        let mut args = os(&["master", "--listen", &master_addr, "--data-dir"]);
+        args.push(tmp.path().join("master").into_os_string());
+        args.extend(master_args.iter().map(OsString::from));
+        let master = Process::start("master", args, tmp.path().join("master.log"));
+        let mut args = os(&[
+            "agent",
+            "--master",
+            &master_addr,
+            "--listen",
+            "127.0.0.1:0",
+            "--resources",
+            TEST_RESOURCES,
+            "--work-dir",
+        ]);
+        args.push(tmp.path().join("agent").into_os_string());
+        let agent = Process::start("agent", args, tmp.path().join("agent.log"));
+        let mut args = os(&["mount", "--master", &master_addr, "--mount"]);
+        args.push(mount.clone().into_os_string());
+        let mounter = Process::start("mount", args, tmp.path().join("mount.log"));
+        let mut cluster = Cluster {
+            master,
+            agent,
+            mounter,
+            mount,
+            _tmp: tmp,
+        };
+        wait_until_ready(&mut cluster);
+        cluster
+    }
+
+    /// The id of the one agent.
+    pub fn agent_id(&self) -> String {
+        self.sh_ok("ls agents").trim().to_string()
+    }
+}
+
+impl Mounted for Cluster {
+    fn mountpoint(&self) -> &Path {
+        &self.mount
+    }
+
+    fn processes(&self) -> Vec<&Process> {
+        vec![&self.master, &self.agent, &self.mounter]
+    }
+
+    fn processes_mut(&mut self) -> Vec<&mut Process> {
+        vec![&mut self.master, &mut self.agent, &mut self.mounter]
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // The agent first, while the master can still take its tasks' last updates.
+        self.agent.terminate();
+        self.mounter.terminate();
+        self.master.terminate();
         let _ = nix::mount::umount2(&self.mount, nix::mount::MntFlags::MNT_DETACH);
     }
 }

@@ -4,7 +4,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mesofs_tests::{can_run, Dev};
+use mesofs_tests::{can_run, Dev, Mounted};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 

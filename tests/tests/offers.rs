@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use mesofs_tests::{can_run, process_running, Dev};
+use mesofs_tests::{can_run, process_running, Dev, Mounted};
 
 #[test]
 fn a_declined_offer_goes_to_the_next_framework() {

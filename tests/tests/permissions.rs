@@ -1,7 +1,7 @@
 //! A framework directory belongs to the user who made it; other users may read it but not
 //! write it; tools such as ls -l, find and stat see consistent sizes and entries.
 
-use mesofs_tests::{can_run, Dev};
+use mesofs_tests::{can_run, Dev, Mounted};
 
 #[test]
 fn another_user_can_read_but_not_write_a_framework() {

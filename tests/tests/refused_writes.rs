@@ -1,7 +1,7 @@
 //! Bad writes fail with a distinct errno the shell shows, say why in the tree, and launch
 //! nothing.
 
-use mesofs_tests::{can_run, Dev};
+use mesofs_tests::{can_run, Dev, Mounted};
 
 /// Writes `text` to the offer's launch file; returns bash's stderr (the errno's text).
 fn launch_err(dev: &Dev, offer: &str, text: &str) -> String {

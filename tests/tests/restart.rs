@@ -1,7 +1,7 @@
 //! Nothing acknowledged is lost when `mesofs dev` is SIGKILLed and started again on the same
 //! data directory.
 
-use mesofs_tests::{can_run, Dev};
+use mesofs_tests::{can_run, Dev, Mounted};
 
 #[test]
 fn frameworks_and_final_task_states_survive_a_sigkill_of_mesofs_dev() {

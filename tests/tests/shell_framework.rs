@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use mesofs_tests::{can_run, process_running, Dev};
+use mesofs_tests::{can_run, process_running, Dev, Mounted};
 
 #[test]
 fn a_shell_framework_launches_kills_and_sees_a_memory_kill_through_the_mount() {

@@ -47,6 +47,12 @@ struct LeaderArgs {
     /// Seconds a declined agent is not offered to the same framework, when `decline` says no duration.
     #[arg(long, default_value = "5", value_name = "SECONDS")]
     refuse_default: f64,
+    /// Seconds an agent may stay silent before its session is closed and it is marked disconnected (agents heartbeat at a third of it).
+    #[arg(long, default_value = "15", value_name = "SECONDS")]
+    agent_timeout: f64,
+    /// Seconds a disconnected agent has to register again before its tasks are TASK_LOST and it is marked lost.
+    #[arg(long, default_value = "60", value_name = "SECONDS")]
+    agent_reregister_timeout: f64,
 }
 
 impl LeaderArgs {
@@ -54,6 +60,11 @@ impl LeaderArgs {
         Ok(LeaderConfig {
             offer_timeout: seconds(self.offer_timeout, "--offer-timeout")?,
             default_refuse: seconds(self.refuse_default, "--refuse-default")?,
+            agent_timeout: positive_seconds(self.agent_timeout, "--agent-timeout")?,
+            agent_reregister_timeout: seconds(
+                self.agent_reregister_timeout,
+                "--agent-reregister-timeout",
+            )?,
         })
     }
 }
@@ -61,6 +72,14 @@ impl LeaderArgs {
 fn seconds(v: f64, flag: &str) -> Result<Duration> {
     Duration::try_from_secs_f64(v)
         .with_context(|| format!("{flag} must be a non-negative number of seconds"))
+}
+
+fn positive_seconds(v: f64, flag: &str) -> Result<Duration> {
+    let d = seconds(v, flag)?;
+    if d.is_zero() {
+        bail!("{flag} must be more than 0 seconds");
+    }
+    Ok(d)
 }
 
 #[derive(Args)]

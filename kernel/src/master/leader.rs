@@ -36,6 +36,11 @@ pub struct LeaderConfig {
     pub offer_timeout: Duration,
     /// How long a declined agent is not offered to that framework again, by default.
     pub default_refuse: Duration,
+    /// How long an agent's session may stay silent before it is closed; agents heartbeat at
+    /// a third of it.
+    pub agent_timeout: Duration,
+    /// How long a disconnected agent has to register again before its tasks are TASK_LOST.
+    pub agent_reregister_timeout: Duration,
 }
 
 impl Default for LeaderConfig {
@@ -43,6 +48,8 @@ impl Default for LeaderConfig {
         LeaderConfig {
             offer_timeout: Duration::from_secs(30),
             default_refuse: Duration::from_secs(5),
+            agent_timeout: Duration::from_secs(15),
+            agent_reregister_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -501,13 +508,21 @@ impl Leader {
                     resources,
                     state: AgentState::Active,
                     registered_ms: now_ms(),
+                    registration: 0,
                 },
                 running: reg.running.clone(),
             };
-            if let Err(e) = self.propose(cmd).await {
-                warn!(reason = %e.message, "could not register agent");
-                return;
-            }
+            let applied = match self.propose(cmd).await {
+                Ok(r) => r.applied,
+                Err(e) => {
+                    warn!(reason = %e.message, "could not register agent");
+                    return;
+                }
+            };
+            let registration = self
+                .hub
+                .read(|s, _| s.agents.get(&agent_id).map(|a| a.registration))
+                .unwrap_or_default();
             self.sessions.lock().expect("sessions lock").insert(
                 agent_id.clone(),
                 Session {
@@ -518,9 +533,18 @@ impl Leader {
             let _ = tx.send(MasterMessage {
                 msg: Some(master_message::Msg::Registered(proto::Registered {
                     master_id: String::new(),
+                    heartbeat_interval_ms: (self.config.agent_timeout / 3).as_millis() as u64,
                 })),
             });
-            info!(address = %reg.address, resources = %reg.resources, running = reg.running.len(), "agent registered");
+            info!(address = %reg.address, resources = %reg.resources, running = reg.running.len(), registration, "agent registered");
+            for id in &applied.to_kill {
+                warn!(task = %id, "the agent runs a task that has ended here (lost while it was away, or unknown); killing it");
+                let _ = tx.send(MasterMessage {
+                    msg: Some(master_message::Msg::Kill(proto::KillTask {
+                        task_id: id.clone(),
+                    })),
+                });
+            }
             // Kills requested while it was away are sent again.
             let pending_kills: Vec<String> = self.hub.read(|s, _| {
                 s.agent_tasks(&agent_id)
@@ -531,7 +555,21 @@ impl Leader {
             self.send_kills(&pending_kills);
             self.allocate([agent_id.clone()]);
 
-            while let Some(first) = inbound.recv().await {
+            loop {
+                // Any message, heartbeats included, shows the agent is alive.
+                let first = match tokio::time::timeout(self.config.agent_timeout, inbound.recv())
+                    .await
+                {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break,
+                    Err(_) => {
+                        warn!(
+                            timeout_s = self.config.agent_timeout.as_secs_f64(),
+                            "no heartbeat from the agent in time; closing its session"
+                        );
+                        break;
+                    }
+                };
                 // Drain what has arrived so its updates commit together.
                 let mut batch = vec![first];
                 while let Ok(more) = inbound.try_recv() {
@@ -566,13 +604,100 @@ impl Leader {
                 let _ = self
                     .propose(Command::DisconnectAgent {
                         agent_id: agent_id.clone(),
+                        registration: Some(registration),
                         time_ms: now_ms(),
                     })
                     .await;
+                self.remove_agent_later(agent_id.clone(), registration);
             }
         }
         .instrument(span)
         .await
+    }
+
+    /// Gives every agent the state knows and no session holds (after this master became
+    /// leader) the usual time to register: an agent recorded as connected is marked
+    /// disconnected after the agent timeout, and removed after the re-registration timeout.
+    pub fn watch_absent_agents(&self) {
+        let agents: Vec<(String, u64, AgentState)> = self.hub.read(|s, _| {
+            s.agents
+                .values()
+                .filter(|a| a.state != AgentState::Lost)
+                .map(|a| (a.id.clone(), a.registration, a.state))
+                .collect()
+        });
+        for (agent_id, registration, state) in agents {
+            let me = self.me.clone();
+            let timeout = self.config.agent_timeout;
+            tokio::spawn(async move {
+                if state == AgentState::Active {
+                    tokio::time::sleep(timeout).await;
+                    let Some(me) = me.upgrade() else { return };
+                    if me.connected(&agent_id) {
+                        return;
+                    }
+                    info!(agent = %agent_id, "the agent did not register with this leader in time; marking it disconnected");
+                    match me
+                        .propose(Command::DisconnectAgent {
+                            agent_id: agent_id.clone(),
+                            registration: Some(registration),
+                            time_ms: now_ms(),
+                        })
+                        .await
+                    {
+                        Ok(r) if r.applied.error.is_none() => {}
+                        _ => return,
+                    }
+                    me.remove_agent_later(agent_id, registration);
+                } else if let Some(me) = me.upgrade() {
+                    me.remove_agent_later(agent_id, registration);
+                }
+            });
+        }
+    }
+
+    fn connected(&self, agent_id: &str) -> bool {
+        self.sessions
+            .lock()
+            .expect("sessions lock")
+            .contains_key(agent_id)
+    }
+
+    /// After the re-registration timeout, marks the agent lost (and its live tasks
+    /// TASK_LOST) unless it registered again meanwhile.
+    fn remove_agent_later(&self, agent_id: String, registration: u64) {
+        let me = self.me.clone();
+        let timeout = self.config.agent_reregister_timeout;
+        tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            let Some(me) = me.upgrade() else { return };
+            if me.connected(&agent_id) {
+                return;
+            }
+            let message = format!(
+                "agent {agent_id} did not register again within {}s of losing its connection",
+                timeout.as_secs_f64()
+            );
+            match me
+                .propose(Command::RemoveAgent {
+                    agent_id: agent_id.clone(),
+                    registration,
+                    message: message.clone(),
+                    time_ms: now_ms(),
+                })
+                .await
+            {
+                Ok(r) if r.applied.error.is_none() => {
+                    warn!(agent = %agent_id, "{message}; its tasks are lost")
+                }
+                Ok(r) => {
+                    debug!(agent = %agent_id, reason = ?r.applied.error, "agent removal not needed")
+                }
+                Err(e) => {
+                    warn!(agent = %agent_id, reason = %e.message, "could not remove the agent")
+                }
+            }
+        });
     }
 
     /// Commits a batch of status updates in order, then acknowledges each; false if the
@@ -643,12 +768,7 @@ impl Leader {
     }
 
     fn allocate_agent(&self, agent_id: &str) {
-        let connected = self
-            .sessions
-            .lock()
-            .expect("sessions lock")
-            .contains_key(agent_id);
-        if !connected {
+        if !self.connected(agent_id) {
             return;
         }
         let mut alloc = self.alloc.lock().expect("alloc lock");

@@ -223,6 +223,7 @@ async fn follow_leadership(service: MasterService, config: LeaderConfig) {
                 config.clone(),
                 epoch,
             );
+            runtime.watch_absent_agents();
             *service.leader.lock().expect("leader lock") = Some(runtime);
             service
                 .hub

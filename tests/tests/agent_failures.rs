@@ -1,0 +1,131 @@
+//! Agents and masters failing apart: a silent agent is disconnected and, if it stays away, its
+//! tasks are lost (and killed when it returns); a master restart leaves running tasks alone.
+
+use std::time::Duration;
+
+use mesofs_tests::{can_run, process_running, Cluster, Mounted};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Registers framework `f`, launches one task from its next offer and waits until it runs.
+fn launch_running(c: &mut Cluster, task: &str) {
+    c.sh_ok("mkdir -p frameworks/f");
+    let offer = c.sh_ok("cat frameworks/f/offers/next").trim().to_string();
+    c.sh_ok(&format!(
+        "echo '{task}' > frameworks/f/offers/{offer}/launch"
+    ));
+    let name = task
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("name="))
+        .expect("the spec names its task");
+    c.wait_for_file(
+        &format!("frameworks/f/tasks/{name}/state"),
+        "TASK_RUNNING",
+        WAIT,
+    );
+}
+
+#[test]
+fn a_silent_agent_is_disconnected_then_its_tasks_lost_and_killed_when_it_returns() {
+    if !can_run() {
+        return;
+    }
+    let mut c = Cluster::start(&["--agent-timeout", "2", "--agent-reregister-timeout", "2"]);
+    let agent = c.agent_id();
+    launch_running(&mut c, "name=s -- sleep 613");
+
+    c.agent.pause();
+    c.wait_for_file(&format!("agents/{agent}/state"), "disconnected", WAIT);
+    // The task's own processes still run; only the agent is frozen.
+    assert!(process_running("sleep 613"));
+    assert_eq!(c.sh_ok("cat frameworks/f/tasks/s/wait").trim(), "TASK_LOST");
+    let status: serde_json::Value =
+        serde_json::from_str(&c.read("frameworks/f/tasks/s/status.json")).unwrap();
+    assert_eq!(status["reason"], "REASON_AGENT_REMOVED", "{status}");
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("did not register again"),
+        "{status}"
+    );
+    assert_eq!(c.read(&format!("agents/{agent}/state")), "lost");
+
+    c.agent.resume();
+    c.wait_for_file(&format!("agents/{agent}/state"), "active", WAIT);
+    c.wait_for("the lost task's processes to be killed", WAIT, || {
+        !process_running("sleep 613")
+    });
+    assert_eq!(c.read("frameworks/f/tasks/s/state"), "TASK_LOST");
+    // Its resources are free again: the whole agent is offered.
+    let offer = c.sh_ok("cat frameworks/f/offers/next").trim().to_string();
+    assert_eq!(c.read(&format!("frameworks/f/offers/{offer}/cpus")), "4");
+}
+
+#[test]
+fn running_tasks_survive_a_sigkill_and_restart_of_the_master() {
+    if !can_run() {
+        return;
+    }
+    let mut c = Cluster::start(&[]);
+    let agent = c.agent_id();
+    launch_running(&mut c, "name=s -- sleep 614");
+
+    c.master.kill9();
+    // Reads are served from the mount's copy while no master runs.
+    assert_eq!(c.read("frameworks/f/tasks/s/state"), "TASK_RUNNING");
+    c.master.restart();
+
+    // A write waits for the restarted leader. The task was not lost: the agent registers
+    // again with it, and the kill reaches it.
+    c.sh_ok("echo > frameworks/f/tasks/s/kill");
+    assert_eq!(
+        c.sh_ok("cat frameworks/f/tasks/s/wait").trim(),
+        "TASK_KILLED"
+    );
+    assert!(!process_running("sleep 614"));
+    assert_eq!(c.read(&format!("agents/{agent}/state")), "active");
+}
+
+#[test]
+fn an_agent_that_does_not_return_after_a_master_restart_has_its_tasks_lost() {
+    if !can_run() {
+        return;
+    }
+    let mut c = Cluster::start(&["--agent-timeout", "2", "--agent-reregister-timeout", "2"]);
+    let agent = c.agent_id();
+    launch_running(&mut c, "name=s -- sleep 615");
+
+    c.agent.kill9();
+    c.master.kill9();
+    c.master.restart();
+    // The restarted master knows the agent as connected until it fails to register in time.
+    assert_eq!(c.sh_ok("cat frameworks/f/tasks/s/wait").trim(), "TASK_LOST");
+    assert_eq!(c.read(&format!("agents/{agent}/state")), "lost");
+
+    // The agent, started again on its work directory, clears what its dead instance left.
+    c.agent.restart();
+    c.wait_for_file(&format!("agents/{agent}/state"), "active", WAIT);
+    c.wait_for("the orphaned task to be killed", WAIT, || {
+        !process_running("sleep 615")
+    });
+    assert_eq!(c.read("frameworks/f/tasks/s/state"), "TASK_LOST");
+}
+
+#[test]
+fn a_stopped_agent_kills_its_tasks_and_reports_them_before_it_exits() {
+    if !can_run() {
+        return;
+    }
+    let mut c = Cluster::start(&[]);
+    launch_running(&mut c, "name=s -- sleep 616");
+
+    let status = c.agent.stop();
+    assert!(status.success(), "{}", mesofs_tests::describe(status));
+    assert!(!process_running("sleep 616"));
+    // Its last update was acknowledged before it exited: nothing is left to the timeouts.
+    assert_eq!(
+        c.sh_ok("cat frameworks/f/tasks/s/wait").trim(),
+        "TASK_KILLED"
+    );
+}
