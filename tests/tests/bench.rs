@@ -1,0 +1,52 @@
+//! The launch benchmark runs small in CI, so that it keeps working; its figures are printed,
+//! never asserted (these machines are shared and noisy).
+
+use std::process::Command;
+
+use mesofs_tests::{can_run, mesofs_bin};
+
+/// The number just before `unit` on the line that contains `label`.
+fn figure(out: &str, label: &str, unit: &str) -> f64 {
+    let line = out
+        .lines()
+        .find(|l| l.contains(label))
+        .unwrap_or_else(|| panic!("no line with {label:?} in:\n{out}"));
+    let before = &line[..line
+        .find(unit)
+        .unwrap_or_else(|| panic!("no {unit:?} in {line:?}"))];
+    before
+        .split_whitespace()
+        .last()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no number before {unit:?} in {line:?}"))
+}
+
+#[test]
+fn the_benchmark_launches_its_tasks_and_prints_every_figure() {
+    if !can_run() {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let out = Command::new(mesofs_bin())
+        .args(["bench", "--tasks", "20", "--batch", "4", "--dir"])
+        .arg(tmp.path())
+        .output()
+        .expect("running mesofs bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "mesofs bench failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{stdout}");
+    assert!(figure(&stdout, "through the mount", "tasks/s") > 0.0);
+    assert!(figure(&stdout, "TASK_RUNNING visible", "ms,") > 0.0);
+    assert!(figure(&stdout, "bare cgroup", "tasks/s") > 0.0);
+    let ratio: f64 = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("ratio mesofs / bare:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no ratio in:\n{stdout}"));
+    assert!(ratio > 0.0);
+}
