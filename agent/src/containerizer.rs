@@ -7,10 +7,19 @@
 //! monitor kills whatever is left in the isolation, reads the OOM-kill count, removes the
 //! isolation and then reports. `kill` sends SIGTERM to every process of the task and SIGKILL
 //! to all of them once the task's grace period has passed.
+//!
+//! The main process is a supervisor (see [`crate::process`]) that outlives the agent and
+//! records how the command ended; each running task is checkpointed. A restarted agent
+//! [recovers](Containerizer::recover) them: it re-attaches to the tasks still running (their
+//! end is seen through a pidfd, the status read from the supervisor's exit file) and reports
+//! those that ended while it was down.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
 use std::io;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,8 +29,10 @@ use nix::sys::signal::Signal;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use crate::checkpoint::{Checkpoints, TaskCheckpoint};
 use crate::isolator::{validate_id, Isolation, Isolator, IsolatorError, Limits, Usage};
-use crate::process::{spawn_isolated, Ended};
+use crate::process::{read_exit_file, spawn_isolated, Ended};
+use crate::procfs;
 use crate::reaper::{Reaper, Watch};
 use crate::sandbox::{self, Sandbox};
 
@@ -179,6 +190,8 @@ pub struct Containerizer {
 
 struct Inner {
     work_dir: PathBuf,
+    /// Where running tasks are recorded for a restarted agent; `None` if unusable.
+    checkpoints: Option<Arc<Checkpoints>>,
     isolator: Box<dyn Isolator>,
     tasks: Mutex<HashMap<String, Slot>>,
     exits: mpsc::UnboundedSender<TaskExit>,
@@ -221,7 +234,15 @@ impl Containerizer {
             warn!(error = %e, "cannot become a child subreaper: orphans of tasks will not be reaped by the agent");
         }
         let (exits, rx) = mpsc::unbounded_channel();
+        let checkpoints = match Checkpoints::open(&work_dir) {
+            Ok(c) => Some(Arc::new(c)),
+            Err(e) => {
+                warn!(error = %e, "cannot keep checkpoints: tasks will not survive a restart of the agent");
+                None
+            }
+        };
         let inner = Arc::new(Inner {
+            checkpoints,
             work_dir,
             isolator,
             tasks: Mutex::new(HashMap::new()),
@@ -275,6 +296,94 @@ impl Containerizer {
             }
             changed.await;
         }
+    }
+
+    /// Finds the tasks an earlier run of this agent left (from its checkpoints): re-attaches
+    /// to those still running, and reports on the channel those that ended meanwhile, as if
+    /// they had been launched here. Removes every other isolation the earlier run left.
+    /// Returns the ids of the tasks found. Call once, before launching anything.
+    pub async fn recover(&self) -> Vec<String> {
+        let inner = self.inner.clone();
+        let saved = inner
+            .checkpoints
+            .as_ref()
+            .map(|c| c.tasks())
+            .unwrap_or_default();
+        let keep: BTreeSet<String> = saved.iter().map(|t| t.task_id.clone()).collect();
+        let sweeper = inner.clone();
+        let _ = tokio::task::spawn_blocking(move || sweeper.isolator.sweep(&keep)).await;
+        let mut found = Vec::new();
+        for saved in saved {
+            let span = info_span!("task", task = %saved.task_id);
+            let isolation = match inner.isolator.recover(&saved.task_id, saved.pid) {
+                Ok(i) => Arc::<dyn Isolation>::from(i),
+                Err(e) => {
+                    span.in_scope(
+                        || warn!(error = %e, "cannot recover the task's isolation; forgetting it"),
+                    );
+                    if let Some(c) = &inner.checkpoints {
+                        c.forget_task(&saved.task_id);
+                    }
+                    continue;
+                }
+            };
+            let alive = same_process(saved.pid, saved.start_ticks);
+            span.in_scope(|| {
+                if alive {
+                    info!(
+                        pid = saved.pid,
+                        "re-attached to a task left running by an earlier run of the agent"
+                    )
+                } else {
+                    info!(
+                        pid = saved.pid,
+                        "found a task that ended while the agent was down"
+                    )
+                }
+            });
+            let task = Arc::new(Task {
+                id: saved.task_id.clone(),
+                pid: saved.pid,
+                isolation,
+                mem_mb: saved.mem_mb,
+                kill_grace: Duration::from_millis(saved.kill_grace_ms),
+                kill_requested: AtomicBool::new(false),
+                exited: AtomicBool::new(false),
+                ended: Notify::new(),
+            });
+            inner
+                .tasks
+                .lock()
+                .expect("tasks lock")
+                .insert(saved.task_id.clone(), Slot::Running(task.clone()));
+            let exit_file = inner
+                .checkpoints
+                .as_ref()
+                .map(|c| c.exit_file(&saved.task_id));
+            let ended = Box::pin(adopted_end(saved.pid, saved.start_ticks, exit_file));
+            let (launched_tx, launched_rx) = oneshot::channel();
+            let _ = launched_tx.send(());
+            tokio::spawn(
+                inner
+                    .clone()
+                    .monitor(task, ended, None, launched_rx)
+                    .instrument(span),
+            );
+            found.push(saved.task_id);
+        }
+        found
+    }
+
+    /// Forgets the checkpoint of a task whose end has been recorded as a status update.
+    pub fn forget(&self, task_id: &str) {
+        if let Some(c) = &self.inner.checkpoints {
+            c.forget_task(task_id);
+        }
+    }
+
+    /// The agent's checkpoint directory, if it is usable.
+    pub fn checkpoints(&self) -> Option<Arc<Checkpoints>> {
+        self.inner.checkpoints.clone()
     }
 
     /// The sandbox directory of a task, if it exists (running or not).
@@ -403,10 +512,13 @@ impl Inner {
                 .insert(id.clone(), Slot::Running(task.clone())),
             Some(Slot::Launching { killed: true })
         );
+        self.checkpoint(&spec, pid);
         let (launched_tx, launched_rx) = oneshot::channel();
+        let token = watch.token;
+        let ended = Box::pin(async move { watch.ended.await.unwrap_or(Ended::Unknown) });
         tokio::spawn(
             self.clone()
-                .monitor(task, watch, launched_rx)
+                .monitor(task, ended, Some(token), launched_rx)
                 .instrument(tracing::Span::current()),
         );
         info!(pid, sandbox = %sandbox.display(), elapsed_us = started.elapsed().as_micros() as u64, "task running");
@@ -415,6 +527,27 @@ impl Inner {
         }
         let _ = launched_tx.send(());
         Ok(sandbox)
+    }
+
+    /// Records a task that runs, so that a restarted agent finds it.
+    fn checkpoint(&self, spec: &LaunchSpec, pid: i32) {
+        let Some(checkpoints) = &self.checkpoints else {
+            return;
+        };
+        // Gone already: it ends while this agent watches, nothing to recover.
+        let Some(stat) = procfs::stat(pid) else {
+            return;
+        };
+        let saved = TaskCheckpoint {
+            task_id: spec.task_id.clone(),
+            pid,
+            start_ticks: stat.start_ticks,
+            mem_mb: spec.mem_mb,
+            kill_grace_ms: spec.kill_grace.as_millis() as u64,
+        };
+        if let Err(e) = checkpoints.save_task(&saved) {
+            warn!(error = %e, "cannot checkpoint the task: it will not survive a restart of the agent");
+        }
     }
 
     /// The blocking part of a launch: sandbox, isolation, spawn, and registration with the
@@ -430,11 +563,17 @@ impl Inner {
                 source,
             })?;
         let isolation: Arc<dyn Isolation> = self.isolator.create(id, &spec.limits())?.into();
+        let exit_file = self.checkpoints.as_ref().map(|c| c.exit_file(id));
+        if let Some(f) = &exit_file {
+            let _ = std::fs::remove_file(f);
+        }
         let spawned = command(spec, &sandbox).and_then(|mut cmd| {
             let joiner = isolation.joiner()?;
-            spawn_isolated(&mut cmd, joiner).map_err(|source| LaunchError::Spawn {
-                program: program(&spec.command).to_string(),
-                source,
+            spawn_isolated(&mut cmd, joiner, exit_file.as_deref()).map_err(|source| {
+                LaunchError::Spawn {
+                    program: program(&spec.command).to_string(),
+                    source,
+                }
             })
         });
         let child = match spawned {
@@ -454,14 +593,16 @@ impl Inner {
         Ok((sandbox.dir().to_path_buf(), pid, isolation, watch))
     }
 
-    /// Waits for the main process, cleans up, and reports.
+    /// Waits for the main process to end (`ended`), cleans up, and reports. `token` is its
+    /// registration with the reaper, for a process this agent spawned.
     async fn monitor(
         self: Arc<Self>,
         task: Arc<Task>,
-        watch: Watch,
+        ended: Pin<Box<dyn Future<Output = Ended> + Send>>,
+        token: Option<u64>,
         launched: oneshot::Receiver<()>,
     ) {
-        let ended = watch.ended.await.unwrap_or(Ended::Unknown);
+        let ended = ended.await;
         let killed = task.kill_requested.load(Ordering::SeqCst);
         task.exited.store(true, Ordering::SeqCst);
         task.ended.notify_waiters();
@@ -492,7 +633,9 @@ impl Inner {
         })
         .await
         .unwrap_or(false);
-        self.reaper.release(task.pid, watch.token);
+        if let Some(token) = token {
+            self.reaper.release(task.pid, token);
+        }
         let exit = report(&task, ended, killed, oom);
         info!(kind = ?exit.kind, reason = %exit.reason, detail = %exit.message, "task ended");
         {
@@ -602,6 +745,49 @@ fn report(task: &Task, ended: Ended, killed: bool, oom: bool) -> TaskExit {
     }
 }
 
+/// Whether `pid` still names the process that started at `start_ticks`, and it has not ended.
+fn same_process(pid: i32, start_ticks: u64) -> bool {
+    procfs::stat(pid).is_some_and(|s| s.start_ticks == start_ticks && s.state != 'Z')
+}
+
+/// The end of a supervisor this agent did not spawn (an earlier run did): waits until it is
+/// gone, then reads how its command ended from the exit file it wrote.
+async fn adopted_end(pid: i32, start_ticks: u64, exit_file: Option<PathBuf>) -> Ended {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    // Checked after opening: the pidfd then surely refers to the process we know.
+    if raw >= 0 {
+        // SAFETY: a fresh descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        if same_process(pid, start_ticks) {
+            // SAFETY: the AsyncFd owns the descriptor, which stays open until it is dropped.
+            let registered = unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+            };
+            match registered {
+                // Readable once the process has exited.
+                Ok(afd) => {
+                    let _ = afd.readable().await;
+                }
+                Err(_) => poll_until_gone(pid, start_ticks).await,
+            }
+        }
+    } else {
+        poll_until_gone(pid, start_ticks).await;
+    }
+    exit_file
+        .as_deref()
+        .and_then(read_exit_file)
+        .unwrap_or(Ended::Unknown)
+}
+
+/// Without pidfds: looks every 100 ms.
+async fn poll_until_gone(pid: i32, start_ticks: u64) {
+    while same_process(pid, start_ticks) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn program(command: &Command) -> &str {
     match command {
         Command::Shell(_) => "/bin/sh",
@@ -662,7 +848,7 @@ pub fn bare_launch_cycle(isolator: &dyn Isolator, id: &str) -> Result<Duration, 
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        let mut child = spawn_isolated(&mut cmd, isolation.joiner()?).map_err(spawn_err)?;
+        let mut child = spawn_isolated(&mut cmd, isolation.joiner()?, None).map_err(spawn_err)?;
         isolation.started(child.id() as i32);
         // Its own pgid is registered with no reaper, so this wait is the only one.
         child.wait().map_err(spawn_err)?;

@@ -29,6 +29,9 @@ pub enum AgentError {
         /// The cause.
         source: std::io::Error,
     },
+    /// Another agent uses the work directory.
+    #[error("another agent runs on the work directory {0} (it holds agent.lock there); stop it, or give this one its own --work-dir")]
+    Locked(PathBuf),
     /// `--resources` did not parse.
     #[error("invalid --resources: {0}")]
     Resources(String),
@@ -66,6 +69,9 @@ pub struct AgentHandle {
     containerizer: Arc<Containerizer>,
     session: Arc<Session>,
     shutdown: Option<oneshot::Sender<()>>,
+    /// Held (flock) while the agent runs: two agents on one work directory would take each
+    /// other's tasks for leftovers.
+    _lock: std::fs::File,
 }
 
 impl AgentHandle {
@@ -89,6 +95,7 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
         source,
     };
     std::fs::create_dir_all(config.work_dir.join("sandboxes")).map_err(work_err)?;
+    let lock = lock_work_dir(&config.work_dir)?;
     let agent_id =
         crate::inventory::agent_id(&config.work_dir, &config.hostname).map_err(work_err)?;
     let resources = match &config.resources {
@@ -125,10 +132,11 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
         }
     });
 
-    let isolator = crate::isolator::detect();
+    let isolator = crate::isolator::detect_for_agent(&agent_id);
     info!(isolator = isolator.name(), "isolation");
     let (containerizer, exits) = Containerizer::new(config.work_dir.clone(), isolator);
     let containerizer = Arc::new(containerizer);
+    let recovered = containerizer.recover().await;
     let identity = Identity {
         agent_id: agent_id.clone(),
         hostname: config.hostname.clone(),
@@ -145,6 +153,7 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
         MasterClient::new(config.masters.clone()),
         containerizer.clone(),
         exits,
+        recovered,
     );
     info!(agent = %agent_id, %resources, files = %files_addr, "agent started");
     Ok(AgentHandle {
@@ -153,5 +162,31 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
         containerizer,
         session,
         shutdown: Some(shutdown_tx),
+        _lock: lock,
     })
+}
+
+/// Takes the work directory's lock, or says who holds it.
+fn lock_work_dir(work_dir: &std::path::Path) -> Result<std::fs::File, AgentError> {
+    let path = work_dir.join("agent.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| AgentError::WorkDir {
+            dir: work_dir.to_path_buf(),
+            source,
+        })?;
+    // SAFETY: flock on a descriptor we own; released when the file is closed.
+    let r = unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    };
+    if r != 0 {
+        return Err(AgentError::Locked(work_dir.to_path_buf()));
+    }
+    Ok(file)
 }

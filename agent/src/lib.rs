@@ -1,8 +1,10 @@
 //! The mesofs agent: registers its resources with the leading master, runs tasks in
 //! sandboxes, each process tree in its own isolation (cgroups when the agent is root, process
 //! groups otherwise), reports how each one ended until the master acknowledges it, and serves
-//! the sandboxes' files.
+//! the sandboxes' files. It checkpoints what it runs, so that restarted after a crash it takes
+//! its running tasks back and loses no status update.
 
+pub mod checkpoint;
 pub mod containerizer;
 pub mod daemon;
 pub mod files;

@@ -15,6 +15,7 @@ use mesofs_kernel::state::TaskState;
 use tokio::sync::mpsc;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use crate::checkpoint::{Checkpoints, UpdateCheckpoint};
 use crate::containerizer::{Command, Containerizer, ExitKind, LaunchSpec, TaskExit};
 
 /// How often unacknowledged status updates are sent again.
@@ -40,16 +41,54 @@ pub struct Identity {
     pub resources: String,
 }
 
-/// Status updates not yet acknowledged, in the order they were made.
+/// Status updates not yet acknowledged, in the order they were made, each checkpointed until
+/// it is acknowledged.
 #[derive(Default)]
 struct Outbox {
     next: AtomicU64,
     pending: Mutex<BTreeMap<u64, proto::StatusUpdate>>,
     session: Mutex<Option<mpsc::UnboundedSender<AgentMessage>>>,
     instance: String,
+    checkpoints: Option<Arc<Checkpoints>>,
 }
 
 impl Outbox {
+    /// An outbox holding the updates an earlier run of the agent left unacknowledged.
+    fn load(instance: String, checkpoints: Option<Arc<Checkpoints>>) -> Outbox {
+        let saved = checkpoints
+            .as_ref()
+            .map(|c| c.updates())
+            .unwrap_or_default();
+        if !saved.is_empty() {
+            info!(
+                count = saved.len(),
+                "status updates of an earlier run are still to be acknowledged"
+            );
+        }
+        let next = saved.last().map_or(0, |(n, _)| n + 1);
+        let pending = saved
+            .into_iter()
+            .map(|(n, u)| {
+                let update = proto::StatusUpdate {
+                    update_id: u.update_id,
+                    task_id: u.task_id,
+                    state: u.state,
+                    reason: u.reason,
+                    message: u.message,
+                    time_ms: u.time_ms,
+                };
+                (n, update)
+            })
+            .collect();
+        Outbox {
+            next: AtomicU64::new(next),
+            pending: Mutex::new(pending),
+            session: Mutex::new(None),
+            instance,
+            checkpoints,
+        }
+    }
+
     fn push(&self, task_id: &str, state: TaskState, reason: &str, message: &str) {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let update = proto::StatusUpdate {
@@ -61,6 +100,19 @@ impl Outbox {
             time_ms: now_ms(),
         };
         info!(task = %task_id, state = state.as_str(), reason, message, "status update");
+        if let Some(c) = &self.checkpoints {
+            let saved = UpdateCheckpoint {
+                update_id: update.update_id.clone(),
+                task_id: update.task_id.clone(),
+                state: update.state.clone(),
+                reason: update.reason.clone(),
+                message: update.message.clone(),
+                time_ms: update.time_ms,
+            };
+            if let Err(e) = c.save_update(n, &saved) {
+                warn!(task = %task_id, error = %e, "cannot checkpoint a status update: it is lost if the agent restarts before it is acknowledged");
+            }
+        }
         self.pending
             .lock()
             .expect("outbox lock")
@@ -73,10 +125,28 @@ impl Outbox {
     }
 
     fn ack(&self, update_id: &str) {
+        let mut pending = self.pending.lock().expect("outbox lock");
+        let acked: Vec<u64> = pending
+            .iter()
+            .filter(|(_, u)| u.update_id == update_id)
+            .map(|(n, _)| *n)
+            .collect();
+        for n in acked {
+            pending.remove(&n);
+            if let Some(c) = &self.checkpoints {
+                c.forget_update(n);
+            }
+        }
+    }
+
+    /// Tasks with an update still unacknowledged.
+    fn tasks(&self) -> Vec<String> {
         self.pending
             .lock()
             .expect("outbox lock")
-            .retain(|_, u| u.update_id != update_id);
+            .values()
+            .map(|u| u.task_id.clone())
+            .collect()
     }
 
     fn resend_all(&self, tx: &mpsc::UnboundedSender<AgentMessage>) {
@@ -112,23 +182,29 @@ pub struct Session {
 }
 
 impl Session {
-    /// A session for this agent; `exits` is the containerizer's exit channel.
+    /// A session for this agent; `exits` is the containerizer's exit channel, `recovered` the
+    /// tasks the containerizer found running from an earlier run of the agent.
     pub fn start(
         identity: Identity,
         masters: MasterClient,
         containerizer: Arc<Containerizer>,
         mut exits: mpsc::UnboundedReceiver<TaskExit>,
+        recovered: Vec<String>,
     ) -> Arc<Session> {
-        let outbox = Arc::new(Outbox {
-            instance: format!("{}-{}", identity.agent_id, now_ms()),
-            ..Outbox::default()
-        });
+        let outbox = Arc::new(Outbox::load(
+            format!("{}-{}", identity.agent_id, now_ms()),
+            containerizer.checkpoints(),
+        ));
+        let phases = recovered
+            .into_iter()
+            .map(|id| (id, Phase::Running))
+            .collect();
         let session = Arc::new(Session {
             identity,
             masters,
             containerizer,
             outbox,
-            phases: Mutex::new(std::collections::HashMap::new()),
+            phases: Mutex::new(phases),
         });
         let s = session.clone();
         tokio::spawn(async move {
@@ -147,6 +223,8 @@ impl Session {
                 phases.remove(&exit.task_id);
                 s.outbox
                     .push(&exit.task_id, state, &exit.reason, &exit.message);
+                // Its end is now kept as an update: the task's own checkpoint can go.
+                s.containerizer.forget(&exit.task_id);
             }
         });
         let s = session.clone();
@@ -251,10 +329,13 @@ impl Session {
         Ok(())
     }
 
-    /// Ids of the tasks this agent runs or is starting, as it reports them when registering.
+    /// Ids of the tasks this agent runs or is starting, or whose updates are not yet
+    /// acknowledged, as it reports them when registering: the master must not take them for
+    /// lost before the updates arrive.
     fn running(&self) -> Vec<String> {
         let mut ids = self.containerizer.running();
         ids.extend(self.phases.lock().expect("phases lock").keys().cloned());
+        ids.extend(self.outbox.tasks());
         ids.sort();
         ids.dedup();
         ids

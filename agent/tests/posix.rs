@@ -79,6 +79,16 @@ impl Isolator for Slow {
         std::thread::sleep(Duration::from_millis(300));
         self.0.create(id, limits)
     }
+    fn recover(
+        &self,
+        id: &str,
+        pid: i32,
+    ) -> Result<Box<dyn mesofs_agent::Isolation>, mesofs_agent::IsolatorError> {
+        self.0.recover(id, pid)
+    }
+    fn sweep(&self, keep: &std::collections::BTreeSet<String>) {
+        self.0.sweep(keep)
+    }
 }
 
 #[tokio::test]

@@ -1,5 +1,6 @@
 //! Agents and masters failing apart: a silent agent is disconnected and, if it stays away, its
-//! tasks are lost (and killed when it returns); a master restart leaves running tasks alone.
+//! tasks are lost (and killed when it returns); a master restart leaves running tasks alone;
+//! an agent restarted after a crash takes its tasks and unacknowledged updates back.
 
 use std::time::Duration;
 
@@ -103,7 +104,8 @@ fn an_agent_that_does_not_return_after_a_master_restart_has_its_tasks_lost() {
     assert_eq!(c.sh_ok("cat frameworks/f/tasks/s/wait").trim(), "TASK_LOST");
     assert_eq!(c.read(&format!("agents/{agent}/state")), "lost");
 
-    // The agent, started again on its work directory, clears what its dead instance left.
+    // The agent, started again on its work directory, finds the task still running; the
+    // master, for which it is lost, has it killed.
     c.agent.restart();
     c.wait_for_file(&format!("agents/{agent}/state"), "active", WAIT);
     c.wait_for("the orphaned task to be killed", WAIT, || {
@@ -128,4 +130,26 @@ fn a_stopped_agent_kills_its_tasks_and_reports_them_before_it_exits() {
         c.sh_ok("cat frameworks/f/tasks/s/wait").trim(),
         "TASK_KILLED"
     );
+}
+
+#[test]
+fn an_update_the_master_never_acknowledged_survives_a_crash_of_the_agent() {
+    if !can_run() {
+        return;
+    }
+    let mut c = Cluster::start(&[]);
+    launch_running(&mut c, "name=short -- sleep 2.52; echo back");
+
+    // No master to acknowledge the end: the agent keeps the update, then dies.
+    c.master.kill9();
+    c.wait_for("the task to end", WAIT, || !process_running("sleep 2.52"));
+    c.agent.kill9();
+    c.master.restart();
+    c.agent.restart();
+
+    assert_eq!(
+        c.sh_ok("cat frameworks/f/tasks/short/wait").trim(),
+        "TASK_FINISHED"
+    );
+    assert_eq!(c.read("frameworks/f/tasks/short/stdout"), "back");
 }

@@ -6,7 +6,9 @@
 //! confines the agent. On v2, one group at `/mesofs/<instance>/<task>` of the unified
 //! hierarchy: v2 forbids enabling controllers below a group that holds processes, and the
 //! agent's own group holds the agent. The agent never joins a task group; only the forked
-//! child does, before exec.
+//! child does, before exec. An agent's instance is `agent-<agent id>`, the same across its
+//! restarts so that it finds its tasks again; other isolators (tests, benchmarks) use
+//! `<pid>-<n>`, swept once that process is gone.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -133,6 +135,15 @@ impl CgroupsIsolator {
             bases,
             base_dirs,
         })
+    }
+
+    /// The isolator of the agent `agent_id`: its groups are at `mesofs/agent-<agent_id>`, the
+    /// same for every run of that agent, so that a restarted agent finds the groups of the
+    /// tasks it left running. Also cleans up after dead agents of the per-process kind.
+    pub fn for_agent(agent_id: &str) -> Result<CgroupsIsolator, IsolatorError> {
+        let isolator = CgroupsIsolator::with_instance(&format!("agent-{agent_id}"))?;
+        isolator.sweep_dead_instances();
+        Ok(isolator)
     }
 
     /// This isolator's instance name (the directory below `mesofs/`).
@@ -325,6 +336,41 @@ impl Isolator for CgroupsIsolator {
             "cgroups-v2"
         } else {
             "cgroups-v1"
+        }
+    }
+
+    fn recover(&self, id: &str, _pid: i32) -> Result<Box<dyn Isolation>, IsolatorError> {
+        validate_id(id)?;
+        Ok(Box::new(CgroupIsolation {
+            id: id.to_string(),
+            v2: self.v2,
+            groups: self.bases.iter().map(|b| b.load(id)).collect(),
+        }))
+    }
+
+    fn sweep(&self, keep: &BTreeSet<String>) {
+        let mut left = BTreeSet::new();
+        for dir in &self.base_dirs {
+            if let Ok(entries) = fs::read_dir(dir) {
+                left.extend(
+                    entries
+                        .flatten()
+                        .filter(|e| e.path().is_dir())
+                        .filter_map(|e| e.file_name().into_string().ok())
+                        .filter(|name| !keep.contains(name)),
+                );
+            }
+        }
+        for task in left {
+            let leftover = CgroupIsolation {
+                id: task.clone(),
+                v2: self.v2,
+                groups: self.bases.iter().map(|b| b.load(&task)).collect(),
+            };
+            warn!(%task, processes = leftover.procs().len(), "removing the cgroups of a task an earlier run of this agent left");
+            if let Err(e) = leftover.destroy() {
+                warn!(%task, error = %e, "cannot remove the leftover cgroups");
+            }
         }
     }
 

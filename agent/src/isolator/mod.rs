@@ -8,6 +8,7 @@
 mod cgroups;
 mod posix;
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -102,6 +103,14 @@ pub trait Isolator: Send + Sync {
     /// Creates the isolation of task `id` with `limits`, verifying that the limits took.
     /// Blocking (file-system work); `id` must be unique among live isolations of this isolator.
     fn create(&self, id: &str, limits: &Limits) -> Result<Box<dyn Isolation>, IsolatorError>;
+
+    /// The isolation of task `id`, created by an earlier run of this agent, whose main
+    /// process `pid` may still run. Blocking.
+    fn recover(&self, id: &str, pid: i32) -> Result<Box<dyn Isolation>, IsolatorError>;
+
+    /// Kills and removes every isolation an earlier run of this agent left, except those of
+    /// the tasks in `keep`. Blocking.
+    fn sweep(&self, keep: &BTreeSet<String>);
 }
 
 /// One task's isolation. Every method is blocking but short, and safe to call again after
@@ -193,7 +202,17 @@ pub(crate) fn validate_id(id: &str) -> Result<(), IsolatorError> {
 /// The best isolator this process can use: cgroups when it is root and the controllers are
 /// mounted and writable, else process groups without limits (and a warning saying so).
 pub fn detect() -> Box<dyn Isolator> {
-    match CgroupsIsolator::new() {
+    fallback(CgroupsIsolator::new())
+}
+
+/// Like [`detect`], for the agent `agent_id`: its cgroups are at a place of their own that a
+/// restarted agent of the same id finds again (see [`CgroupsIsolator::for_agent`]).
+pub fn detect_for_agent(agent_id: &str) -> Box<dyn Isolator> {
+    fallback(CgroupsIsolator::for_agent(agent_id))
+}
+
+fn fallback(cgroups: Result<CgroupsIsolator, IsolatorError>) -> Box<dyn Isolator> {
+    match cgroups {
         Ok(c) => Box::new(c),
         Err(e) => {
             warn!(error = %e, "cgroups unusable: tasks run in process groups WITHOUT cpu, memory or pids limits");

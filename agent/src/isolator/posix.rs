@@ -36,6 +36,18 @@ impl Isolator for PosixIsolator {
             pgid: AtomicI32::new(0),
         }))
     }
+
+    fn recover(&self, id: &str, pid: i32) -> Result<Box<dyn Isolation>, IsolatorError> {
+        validate_id(id)?;
+        Ok(Box::new(ProcessGroup {
+            id: id.to_string(),
+            pgid: AtomicI32::new(pid),
+        }))
+    }
+
+    fn sweep(&self, _keep: &std::collections::BTreeSet<String>) {
+        // Process groups leave no trace to find: what escaped a dead agent is not known here.
+    }
 }
 
 /// A task's process group, known once its main process has started.
