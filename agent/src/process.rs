@@ -13,10 +13,11 @@ use crate::isolator::Joiner;
 /// Makes `cmd` start its child in a new session (so its pid is its process group id) and
 /// join the isolation behind `joiner` before exec; then spawns it.
 ///
-/// With `exit_file`, the child forks once more before exec: the new process runs the command,
-/// and the child stays as its supervisor (see [`supervise`]), which outlives the agent if the
-/// agent dies and records in `exit_file` how the command ended. The pid returned is the
-/// supervisor's; it ends exactly as the command did.
+/// With `exit_file`, the child forks once more before joining: the new process joins the
+/// isolation and runs the command, and the child stays as its supervisor (see [`supervise`])
+/// outside the isolation, which outlives the agent if the agent dies and records in
+/// `exit_file` how the command ended. The pid returned is the supervisor's; it ends exactly as
+/// the command did.
 pub(crate) fn spawn_isolated(
     cmd: &mut Command,
     joiner: Joiner,
@@ -46,11 +47,13 @@ pub(crate) fn spawn_isolated(
             if libc::setsid() < 0 {
                 return Err(io::Error::last_os_error());
             }
-            hook.join_self()?;
+            // Before joining: the supervisor stays in the agent's cgroups, so the fork (a copy
+            // of the agent's page tables) is not throttled by the task's cpu quota, and the
+            // supervisor is no candidate for the task's OOM kill nor counted in its pids.
             if let Some((file, title)) = &supervision {
                 supervise(file, title)?;
             }
-            Ok(())
+            hook.join_self()
         });
     }
     let child = cmd.spawn();
@@ -59,13 +62,13 @@ pub(crate) fn spawn_isolated(
     child
 }
 
-/// Runs between fork and exec. Forks the process that will exec the command, and returns in
-/// it; the calling process becomes its supervisor and never returns: it ignores the signals
-/// a kill sends first (the agent's SIGTERM is for the command), cannot be chosen by the OOM
-/// killer, closes every descriptor it inherited (so the spawning parent's exec-error pipe
-/// closes once the command has exec'd), waits for the command, writes `exited N` or
-/// `signaled N` to `exit_file`, and ends the same way the command did. It shows in `ps` as
-/// `title` (its command line would otherwise be the agent's).
+/// Runs between fork and exec. Forks the process that will join the isolation and exec the
+/// command, and returns in it; the calling process becomes its supervisor and never returns:
+/// it closes every descriptor it inherited (so the spawning parent's exec-error pipe closes
+/// once the command has exec'd), ignores the signals a kill sends first (the agent's SIGTERM is
+/// for the command), waits for the command, writes `exited N` or `signaled N` to `exit_file`,
+/// and ends the same way the command did. It shows in `ps` as `title` (its command line would
+/// otherwise be the agent's).
 ///
 /// # Safety
 /// Only between fork and exec in a child process.
@@ -77,6 +80,9 @@ unsafe fn supervise(exit_file: &CStr, title: &CStr) -> io::Result<()> {
     if pid == 0 {
         return Ok(());
     }
+    // First, so that the spawning parent, reading its exec-error pipe until every copy is
+    // closed, goes on as soon as the command has exec'd.
+    libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32);
     // The title goes over the agent's own argument strings, which this process has a private
     // copy of: /proc/<pid>/cmdline reads them from there. Moving them elsewhere
     // (PR_SET_MM) would need CAP_SYS_RESOURCE.
@@ -102,12 +108,6 @@ unsafe fn supervise(exit_file: &CStr, title: &CStr) -> io::Result<()> {
         };
         libc::signal(sig, disposition);
     }
-    let adj = libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY);
-    if adj >= 0 {
-        libc::write(adj, b"-1000".as_ptr().cast(), 5);
-        libc::close(adj);
-    }
-    libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32);
     let mut status = 0;
     loop {
         let r = libc::waitpid(pid, &mut status, 0);
