@@ -139,6 +139,20 @@ impl Outbox {
         }
     }
 
+    /// Tasks whose latest unacknowledged update is not a terminal state.
+    fn unfinished(&self) -> Vec<String> {
+        let mut latest: BTreeMap<String, bool> = BTreeMap::new();
+        for u in self.pending.lock().expect("outbox lock").values() {
+            let terminal = TaskState::parse(&u.state).is_some_and(|s| s.is_terminal());
+            latest.insert(u.task_id.clone(), terminal);
+        }
+        latest
+            .into_iter()
+            .filter(|(_, terminal)| !terminal)
+            .map(|(id, _)| id)
+            .collect()
+    }
+
     /// Tasks with an update still unacknowledged.
     fn tasks(&self) -> Vec<String> {
         self.pending
@@ -195,6 +209,18 @@ impl Session {
             format!("{}-{}", identity.agent_id, now_ms()),
             containerizer.checkpoints(),
         ));
+        // A task whose latest saved update is not terminal and that was not found running
+        // was being launched when the earlier run died: nothing will ever report its end.
+        for task_id in outbox.unfinished() {
+            if !recovered.contains(&task_id) {
+                outbox.push(
+                    &task_id,
+                    TaskState::Lost,
+                    "REASON_AGENT_RESTARTED",
+                    "the agent restarted while launching the task",
+                );
+            }
+        }
         let phases = recovered
             .into_iter()
             .map(|id| (id, Phase::Running))
@@ -487,5 +513,47 @@ async fn heartbeat(
         if tx.send(beat).is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn saved(c: &Checkpoints, n: u64, task: &str, state: &str) {
+        let u = UpdateCheckpoint {
+            update_id: format!("old-{n}"),
+            task_id: task.into(),
+            state: state.into(),
+            reason: String::new(),
+            message: String::new(),
+            time_ms: n,
+        };
+        c.save_update(n, &u).unwrap();
+    }
+
+    #[test]
+    fn an_outbox_takes_back_saved_updates_in_order_and_numbers_after_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Arc::new(Checkpoints::open(dir.path()).unwrap());
+        saved(&c, 4, "f.done", "TASK_FINISHED");
+        saved(&c, 1, "f.done", "TASK_RUNNING");
+        saved(&c, 2, "f.launching", "TASK_STARTING");
+        let outbox = Outbox::load("new".into(), Some(c.clone()));
+        let states: Vec<String> = outbox
+            .pending
+            .lock()
+            .unwrap()
+            .values()
+            .map(|u| u.state.clone())
+            .collect();
+        assert_eq!(states, ["TASK_RUNNING", "TASK_STARTING", "TASK_FINISHED"]);
+        assert_eq!(outbox.unfinished(), vec!["f.launching".to_string()]);
+
+        outbox.push("f.launching", TaskState::Lost, "R", "m");
+        assert!(outbox.unfinished().is_empty());
+        assert_eq!(c.updates().last().unwrap().0, 5);
+        outbox.ack("old-1");
+        assert_eq!(c.updates().len(), 3);
     }
 }
