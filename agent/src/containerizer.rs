@@ -8,17 +8,19 @@
 //! isolation and then reports. `kill` sends SIGTERM to every process of the task and SIGKILL
 //! to all of them once the task's grace period has passed.
 //!
-//! The main process is a supervisor (see [`crate::process`]) that outlives the agent and
-//! records how the command ended; each running task is checkpointed. A restarted agent
+//! With a supervisor program, the main process is a supervisor (see [`crate::supervisor`])
+//! that outlives the agent and records how the command ended; each running task is
+//! checkpointed. A restarted agent
 //! [recovers](Containerizer::recover) them: it re-attaches to the tasks still running (their
 //! end is seen through a pidfd, the status read from the supervisor's exit file) and reports
 //! those that ended while it was down.
 
 use std::collections::{BTreeSet, HashMap};
+use std::ffi::{OsStr, OsString};
 use std::future::Future;
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,11 +32,12 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::checkpoint::{Checkpoints, TaskCheckpoint};
-use crate::isolator::{validate_id, Isolation, Isolator, IsolatorError, Limits, Usage};
-use crate::process::{read_exit_file, spawn_isolated, Ended};
+use crate::isolator::{validate_id, Isolation, Isolator, IsolatorError, Joiner, Limits, Usage};
+use crate::process::{spawn_isolated, Ended};
 use crate::procfs;
 use crate::reaper::{Reaper, Watch};
 use crate::sandbox::{self, Sandbox};
+use crate::supervisor::{read_exit_file, Plan};
 
 /// Reason of a task whose command exited on its own (successfully or not).
 pub const REASON_COMMAND_EXITED: &str = "REASON_COMMAND_EXITED";
@@ -192,6 +195,9 @@ struct Inner {
     work_dir: PathBuf,
     /// Where running tasks are recorded for a restarted agent; `None` if unusable.
     checkpoints: Option<Arc<Checkpoints>>,
+    /// The `mesofs` binary, run as each task's supervisor; `None`: the command is the main
+    /// process, and tasks do not survive the agent.
+    supervisor: Option<PathBuf>,
     isolator: Box<dyn Isolator>,
     tasks: Mutex<HashMap<String, Slot>>,
     exits: mpsc::UnboundedSender<TaskExit>,
@@ -224,11 +230,13 @@ struct Task {
 impl Containerizer {
     /// A containerizer keeping sandboxes under `work_dir/sandboxes`, isolating tasks with
     /// `isolator`; task ends are reported on the returned channel. Makes this process a child
-    /// subreaper, so orphaned task processes are reparented to it and reaped. Must be called
-    /// within a Tokio runtime.
+    /// subreaper, so orphaned task processes are reparented to it and reaped. With
+    /// `supervisor` (the `mesofs` binary), each task runs under a supervisor and survives a
+    /// restart of the agent. Must be called within a Tokio runtime.
     pub fn new(
         work_dir: PathBuf,
         isolator: Box<dyn Isolator>,
+        supervisor: Option<PathBuf>,
     ) -> (Containerizer, mpsc::UnboundedReceiver<TaskExit>) {
         if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
             warn!(error = %e, "cannot become a child subreaper: orphans of tasks will not be reaped by the agent");
@@ -243,6 +251,7 @@ impl Containerizer {
         };
         let inner = Arc::new(Inner {
             checkpoints,
+            supervisor,
             work_dir,
             isolator,
             tasks: Mutex::new(HashMap::new()),
@@ -563,19 +572,36 @@ impl Inner {
                 source,
             })?;
         let isolation: Arc<dyn Isolation> = self.isolator.create(id, &spec.limits())?.into();
-        let exit_file = self.checkpoints.as_ref().map(|c| c.exit_file(id));
-        if let Some(f) = &exit_file {
-            let _ = std::fs::remove_file(f);
-        }
-        let spawned = command(spec, &sandbox).and_then(|mut cmd| {
-            let joiner = isolation.joiner()?;
-            spawn_isolated(&mut cmd, joiner, exit_file.as_deref()).map_err(|source| {
-                LaunchError::Spawn {
-                    program: program(&spec.command).to_string(),
-                    source,
+        let spawn_err = |source| LaunchError::Spawn {
+            program: program(&spec.command).to_string(),
+            source,
+        };
+        let spawned = (|| {
+            let supervision = match (&self.supervisor, &self.checkpoints) {
+                (Some(bin), Some(c)) => {
+                    let exit_file = c.exit_file(id);
+                    let _ = std::fs::remove_file(&exit_file);
+                    let mut argv = task_argv(spec);
+                    // Found now, so that a missing program fails the launch, not the task.
+                    argv[0] = resolve_program(&argv[0], &task_path(spec), sandbox.dir())
+                        .map_err(spawn_err)?;
+                    let plan = Plan {
+                        exit_file,
+                        joins: isolation.cgroup_dirs(),
+                        argv,
+                    };
+                    Some((bin.as_path(), plan))
                 }
-            })
-        });
+                _ => None,
+            };
+            // A supervised command joins by itself, from the supervisor's fork.
+            let joiner = match supervision {
+                Some(_) => Joiner::none(),
+                None => isolation.joiner()?,
+            };
+            let mut cmd = command(spec, &sandbox, supervision)?;
+            spawn_isolated(&mut cmd, joiner).map_err(spawn_err)
+        })();
         let child = match spawned {
             Ok(c) => c,
             Err(e) => {
@@ -795,15 +821,63 @@ fn program(command: &Command) -> &str {
     }
 }
 
-/// The task's command: environment, working directory and standard streams.
-fn command(spec: &LaunchSpec, sandbox: &Sandbox) -> Result<std::process::Command, LaunchError> {
-    let mut cmd = match &spec.command {
-        Command::Shell(line) => {
-            let mut c = std::process::Command::new("/bin/sh");
-            c.arg("-c").arg(line);
+/// The task's command line, program first.
+fn task_argv(spec: &LaunchSpec) -> Vec<OsString> {
+    match &spec.command {
+        Command::Shell(line) => vec!["/bin/sh".into(), "-c".into(), line.into()],
+        Command::Argv(argv) => argv.iter().map(OsString::from).collect(),
+    }
+}
+
+/// The PATH the task's command is looked up in.
+fn task_path(spec: &LaunchSpec) -> OsString {
+    spec.env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "PATH")
+        .map_or_else(|| DEFAULT_PATH.into(), |(_, v)| v.into())
+}
+
+/// The program `name` as exec would find it from `cwd`: itself when it holds a `/`, else the
+/// first executable file of that name in `path`.
+fn resolve_program(name: &OsStr, path: &OsStr, cwd: &Path) -> io::Result<OsString> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if name.as_bytes().contains(&b'/') {
+        return if executable(&cwd.join(name)) {
+            Ok(name.to_os_string())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "no executable file there",
+            ))
+        };
+    }
+    std::env::split_paths(path)
+        .map(|dir| cwd.join(dir).join(name))
+        .find(|p| executable(p))
+        .map(PathBuf::into_os_string)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "not found in the task's PATH"))
+}
+
+/// The task's process: its command, or the supervisor that runs it; with the environment,
+/// working directory and standard streams of the task.
+fn command(
+    spec: &LaunchSpec,
+    sandbox: &Sandbox,
+    supervision: Option<(&Path, Plan)>,
+) -> Result<std::process::Command, LaunchError> {
+    let mut cmd = match supervision {
+        Some((bin, plan)) => {
+            let mut c = std::process::Command::new(bin);
+            c.args(plan.to_args());
             c
         }
-        Command::Argv(argv) => {
+        None => {
+            let argv = task_argv(spec);
             let mut c = std::process::Command::new(&argv[0]);
             c.args(&argv[1..]);
             c
@@ -848,7 +922,7 @@ pub fn bare_launch_cycle(isolator: &dyn Isolator, id: &str) -> Result<Duration, 
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        let mut child = spawn_isolated(&mut cmd, isolation.joiner()?, None).map_err(spawn_err)?;
+        let mut child = spawn_isolated(&mut cmd, isolation.joiner()?).map_err(spawn_err)?;
         isolation.started(child.id() as i32);
         // Its own pgid is registered with no reaper, so this wait is the only one.
         child.wait().map_err(spawn_err)?;
@@ -889,6 +963,21 @@ mod tests {
         shared::<LaunchError>();
         shared::<KillError>();
         shared::<IsolatorError>();
+    }
+
+    #[test]
+    fn programs_are_found_as_exec_would_find_them() {
+        let cwd = Path::new("/");
+        let path = OsStr::new("/nonexistent:/bin:/usr/bin");
+        let sh = resolve_program(OsStr::new("sh"), path, cwd).expect("sh is in /bin");
+        assert!(Path::new(&sh).is_absolute(), "{sh:?}");
+        assert_eq!(
+            resolve_program(OsStr::new("/bin/sh"), path, cwd).unwrap(),
+            "/bin/sh"
+        );
+        assert!(resolve_program(OsStr::new("no-such-program"), path, cwd).is_err());
+        assert!(resolve_program(OsStr::new("/etc/passwd"), path, cwd).is_err());
+        assert!(resolve_program(OsStr::new("sh"), OsStr::new("/nonexistent"), cwd).is_err());
     }
 
     #[test]

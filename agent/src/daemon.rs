@@ -58,6 +58,9 @@ pub struct AgentConfig {
     pub hostname: String,
     /// Resources to offer, Mesos syntax; detected when absent.
     pub resources: Option<String>,
+    /// The `mesofs` binary, run (`mesofs supervise`) as each task's supervisor so that tasks
+    /// survive a restart of the agent; `None`: tasks end with the agent.
+    pub supervisor: Option<PathBuf>,
 }
 
 /// A running agent.
@@ -134,7 +137,8 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
 
     let isolator = crate::isolator::detect_for_agent(&agent_id);
     info!(isolator = isolator.name(), "isolation");
-    let (containerizer, exits) = Containerizer::new(config.work_dir.clone(), isolator);
+    let (containerizer, exits) =
+        Containerizer::new(config.work_dir.clone(), isolator, config.supervisor.clone());
     let containerizer = Arc::new(containerizer);
     let recovered = containerizer.recover().await;
     let identity = Identity {

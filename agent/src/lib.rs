@@ -12,6 +12,7 @@ pub mod inventory;
 pub mod isolator;
 pub mod sandbox;
 pub mod session;
+pub mod supervisor;
 
 mod process;
 mod procfs;

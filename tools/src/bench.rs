@@ -62,6 +62,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         listen: SocketAddr::new(master.addr.ip(), 0),
         hostname: "localhost".into(),
         resources: Some(resources),
+        supervisor: std::env::current_exe().ok(),
     })
     .await?;
     let client = MasterClient::new(vec![master.addr.to_string()]);

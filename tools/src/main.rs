@@ -145,6 +145,11 @@ struct DevArgs {
 }
 
 fn main() -> Result<()> {
+    // A task's supervisor, exec'd by the agent: nothing else of the binary runs in it.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if mesofs_agent::supervisor::is_supervisor_invocation(&args) {
+        mesofs_agent::supervisor::main(args.into_iter().skip(2));
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -207,6 +212,7 @@ async fn run_agent(a: AgentArgs) -> Result<()> {
         listen: a.listen,
         hostname: a.hostname.unwrap_or_else(hostname),
         resources: a.resources,
+        supervisor: std::env::current_exe().ok(),
     })
     .await?;
     let sig = stop_signal().await?;
@@ -265,6 +271,7 @@ async fn run_dev(a: DevArgs) -> Result<()> {
         listen: SocketAddr::new(master.addr.ip(), 0),
         hostname: hostname(),
         resources: a.resources,
+        supervisor: std::env::current_exe().ok(),
     })
     .await?;
     let client = MasterClient::new(vec![master_addr.clone()]);

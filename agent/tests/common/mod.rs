@@ -68,7 +68,7 @@ impl Agent {
     pub fn new(isolator: Box<dyn Isolator>) -> Agent {
         logs();
         let work = tempfile::tempdir().expect("work dir");
-        let (containerizer, exits) = Containerizer::new(work.path().to_path_buf(), isolator);
+        let (containerizer, exits) = Containerizer::new(work.path().to_path_buf(), isolator, None);
         Agent {
             containerizer,
             exits,

@@ -1,0 +1,245 @@
+//! The supervisor: each task's main process when the agent checkpoints. It is the `mesofs`
+//! binary itself, exec'd as `mesofs supervise`, so it is small and shares no memory with the
+//! agent. It forks the command, which joins the task's cgroups and execs; the supervisor stays
+//! outside them (not throttled by the task's cpu quota, no candidate for its OOM kill, not
+//! counted in its pids), ignores the signals a kill sends first (SIGTERM is for the command),
+//! waits, records how the command ended in its exit file, and ends the same way. If the agent
+//! dies, the supervisor lives on, and the restarted agent reads the exit file.
+
+use std::ffi::{OsStr, OsString};
+use std::fs;
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+
+use crate::process::Ended;
+
+/// The subcommand of the `mesofs` binary that runs a supervisor.
+pub const SUBCOMMAND: &str = "supervise";
+
+/// What a supervisor does: where to record the end, which cgroups the command joins, and the
+/// command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// Where to write `exited N` or `signaled N`.
+    pub exit_file: PathBuf,
+    /// Cgroup directories the command joins (writing to their `cgroup.procs`) before exec.
+    pub joins: Vec<PathBuf>,
+    /// The command; its first element is a path to the program.
+    pub argv: Vec<OsString>,
+}
+
+impl Plan {
+    /// The arguments that follow the program name: `supervise --exit-file F [--join DIR]...
+    /// -- ARGV...`.
+    pub fn to_args(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec![SUBCOMMAND.into(), "--exit-file".into()];
+        args.push(self.exit_file.clone().into());
+        for dir in &self.joins {
+            args.push("--join".into());
+            args.push(dir.clone().into());
+        }
+        args.push("--".into());
+        args.extend(self.argv.iter().cloned());
+        args
+    }
+
+    /// Parses what [`Plan::to_args`] wrote, after the subcommand.
+    pub fn parse(mut args: impl Iterator<Item = OsString>) -> Result<Plan, String> {
+        let mut exit_file = None;
+        let mut joins = Vec::new();
+        loop {
+            let arg = args.next().ok_or("missing `--` before the command")?;
+            match arg.to_str() {
+                Some("--exit-file") => {
+                    exit_file = Some(PathBuf::from(
+                        args.next().ok_or("--exit-file needs a path")?,
+                    ))
+                }
+                Some("--join") => joins.push(PathBuf::from(
+                    args.next().ok_or("--join needs a cgroup directory")?,
+                )),
+                Some("--") => break,
+                _ => return Err(format!("unexpected argument {arg:?}")),
+            }
+        }
+        let argv: Vec<OsString> = args.collect();
+        if argv.is_empty() {
+            return Err("no command after `--`".into());
+        }
+        Ok(Plan {
+            exit_file: exit_file.ok_or("missing --exit-file")?,
+            joins,
+            argv,
+        })
+    }
+}
+
+/// Runs as `mesofs supervise ...` (the arguments after the subcommand); never returns.
+pub fn main(args: impl Iterator<Item = OsString>) -> ! {
+    match Plan::parse(args) {
+        Ok(plan) => run(&plan),
+        Err(e) => {
+            eprintln!("mesofs supervise: {e}; this subcommand is the agent's, not for people");
+            std::process::exit(2)
+        }
+    }
+}
+
+fn run(plan: &Plan) -> ! {
+    // SAFETY: this process is single-threaded (no runtime was started), so the child may do
+    // anything before exec.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        eprintln!(
+            "mesofs: cannot fork the task: {}",
+            io::Error::last_os_error()
+        );
+        std::process::exit(126);
+    }
+    if pid == 0 {
+        exec_command(plan);
+    }
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT] {
+        // SAFETY: setting a signal to be ignored.
+        unsafe { libc::signal(sig, libc::SIG_IGN) };
+    }
+    let ended = wait_for(pid);
+    if let Err(e) = write_exit_file(&plan.exit_file, ended) {
+        eprintln!(
+            "mesofs: cannot record how the task ended in {}: {e}",
+            plan.exit_file.display()
+        );
+    }
+    end_like(ended)
+}
+
+/// In the forked child: joins the cgroups, then execs the command (inheriting environment,
+/// working directory and standard streams).
+fn exec_command(plan: &Plan) -> ! {
+    for dir in &plan.joins {
+        if let Err(e) = fs::write(dir.join("cgroup.procs"), "0") {
+            eprintln!(
+                "mesofs: cannot join the task's cgroup {}: {e}",
+                dir.display()
+            );
+            // SAFETY: leaving the forked child without running the parent's exit handlers.
+            unsafe { libc::_exit(126) };
+        }
+    }
+    let err = std::process::Command::new(&plan.argv[0])
+        .args(&plan.argv[1..])
+        .exec();
+    eprintln!("mesofs: cannot run {:?}: {err}", plan.argv[0]);
+    // SAFETY: as above.
+    unsafe { libc::_exit(127) }
+}
+
+fn wait_for(pid: i32) -> Ended {
+    let mut status = 0;
+    loop {
+        // SAFETY: waiting for our own child.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r == pid {
+            break;
+        }
+        if r < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return Ended::Unknown;
+        }
+    }
+    if libc::WIFSIGNALED(status) {
+        Ended::Signaled(libc::WTERMSIG(status))
+    } else {
+        Ended::Exited(libc::WEXITSTATUS(status))
+    }
+}
+
+/// Ends this process the way the command ended, so the agent's wait sees the same.
+fn end_like(ended: Ended) -> ! {
+    match ended {
+        Ended::Exited(code) => std::process::exit(code),
+        Ended::Signaled(sig) => {
+            // SAFETY: no core for the supervisor; default action for the signal, then raise it.
+            unsafe {
+                let none = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                libc::setrlimit(libc::RLIMIT_CORE, &none);
+                libc::signal(sig, libc::SIG_DFL);
+                libc::kill(libc::getpid(), sig);
+            }
+            std::process::exit(128 + sig)
+        }
+        Ended::Unknown => std::process::exit(127),
+    }
+}
+
+fn write_exit_file(path: &Path, ended: Ended) -> io::Result<()> {
+    let line = match ended {
+        Ended::Exited(code) => format!("exited {code}\n"),
+        Ended::Signaled(sig) => format!("signaled {sig}\n"),
+        Ended::Unknown => "unknown\n".to_string(),
+    };
+    let tmp = path.with_extension("exit-tmp");
+    fs::write(&tmp, line)?;
+    fs::rename(&tmp, path)
+}
+
+/// How a supervised command ended, from its exit file; `None` when the file is missing or
+/// says nothing usable (the supervisor was killed before the command ended).
+pub(crate) fn read_exit_file(path: &Path) -> Option<Ended> {
+    let text = fs::read_to_string(path).ok()?;
+    let (word, n) = text.trim().split_once(' ')?;
+    let n: i32 = n.parse().ok()?;
+    match word {
+        "exited" => Some(Ended::Exited(n)),
+        "signaled" => Some(Ended::Signaled(n)),
+        _ => None,
+    }
+}
+
+/// Whether `args` (a process's arguments, program first) start a supervisor.
+pub fn is_supervisor_invocation(args: &[OsString]) -> bool {
+    args.get(1).map(OsString::as_os_str) == Some(OsStr::new(SUBCOMMAND))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plan_survives_its_trip_through_the_command_line() {
+        let plan = Plan {
+            exit_file: "/w/meta/tasks/f-1.t.exit".into(),
+            joins: vec![
+                "/sys/fs/cgroup/memory/x".into(),
+                "/sys/fs/cgroup/pids/x".into(),
+            ],
+            argv: vec!["/bin/sh".into(), "-c".into(), "echo -- --join".into()],
+        };
+        let args = plan.to_args();
+        assert_eq!(args[0], SUBCOMMAND);
+        assert_eq!(Plan::parse(args.into_iter().skip(1)), Ok(plan));
+    }
+
+    #[test]
+    fn a_malformed_plan_is_refused() {
+        let parse = |a: &[&str]| Plan::parse(a.iter().map(OsString::from));
+        assert!(parse(&["--exit-file", "/x", "--"]).is_err());
+        assert!(parse(&["--join", "/c", "--", "true"]).is_err());
+        assert!(parse(&["--exit-file"]).is_err());
+        assert!(parse(&["--bogus", "--", "true"]).is_err());
+    }
+
+    #[test]
+    fn exit_files_say_how_the_command_ended() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("t.exit");
+        assert_eq!(read_exit_file(&f), None);
+        for ended in [Ended::Exited(0), Ended::Exited(7), Ended::Signaled(9)] {
+            write_exit_file(&f, ended).unwrap();
+            assert_eq!(read_exit_file(&f), Some(ended));
+        }
+    }
+}
