@@ -54,26 +54,57 @@ pub fn caller_interrupted(pid: u32) -> bool {
     signal_pending(&status)
 }
 
-/// The decision of [`caller_interrupted`] over the text of a `/proc/<pid>/status`.
-pub fn signal_pending(status: &str) -> bool {
-    let field = |name: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-            .unwrap_or(0)
+/// Whether the thread `pid` is being killed: a signal is pending that it neither blocks nor
+/// catches and that does not merely stop it (so it dies of it), or SIGKILL, or it is gone.
+/// A caller that catches the signal (SIGCHLD in a shell, any handler) is not dying, and its
+/// command must not end with EINTR: it may have taken effect, and EINTR invites a retry.
+pub fn caller_dying(pid: u32) -> bool {
+    if pid == 0 {
+        return false;
+    }
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return true;
     };
-    let state_exiting = status
+    fatal_signal_pending(&status)
+}
+
+/// The decision of [`caller_dying`] over the text of a `/proc/<pid>/status`.
+pub fn fatal_signal_pending(status: &str) -> bool {
+    let field = |name: &str| status_mask(status, name);
+    let stops = [libc::SIGSTOP, libc::SIGTSTP, libc::SIGTTIN, libc::SIGTTOU]
+        .iter()
+        .fold(0u64, |m, s| m | 1u64 << (s - 1));
+    let pending = field("SigPnd:") | field("ShdPnd:");
+    let deadly = pending & !field("SigBlk:") & !field("SigCgt:") & !stops;
+    let sigkill = 1u64 << (libc::SIGKILL - 1);
+    exiting(status) || deadly != 0 || pending & sigkill != 0
+}
+
+fn status_mask(status: &str, name: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0)
+}
+
+fn exiting(status: &str) -> bool {
+    status
         .lines()
         .find_map(|l| l.strip_prefix("State:"))
         .is_some_and(|s| {
             let s = s.trim_start();
             s.starts_with('Z') || s.starts_with('X')
-        });
+        })
+}
+
+/// The decision of [`caller_interrupted`] over the text of a `/proc/<pid>/status`.
+pub fn signal_pending(status: &str) -> bool {
+    let field = |name: &str| status_mask(status, name);
     let pending = field("SigPnd:") | field("ShdPnd:");
     let blocked = field("SigBlk:");
     let sigkill = 1u64 << (libc::SIGKILL - 1);
-    state_exiting || pending & (!blocked | sigkill) != 0
+    exiting(status) || pending & (!blocked | sigkill) != 0
 }
 
 /// Who waits for a held read, and whether they wait at all.
@@ -117,9 +148,9 @@ pub async fn wait_for<T>(
     }
 }
 
-/// Runs `work` unless the caller gets a signal, or the mount is unmounted, first; checks
-/// every [`SIGNAL_CHECK`].
-pub async fn unless_interrupted<T>(
+/// Runs `work` unless the caller is being killed ([`caller_dying`]), or the mount is
+/// unmounted, first; checks every [`SIGNAL_CHECK`].
+pub async fn unless_caller_dies<T>(
     pid: u32,
     unmounting: &AtomicBool,
     work: impl std::future::Future<Output = T>,
@@ -132,7 +163,7 @@ pub async fn unless_interrupted<T>(
         if unmounting.load(Ordering::Relaxed) {
             return Err(Interrupted::Unmounting);
         }
-        if caller_interrupted(pid) {
+        if caller_dying(pid) {
             return Err(Interrupted::Signal);
         }
     }
@@ -156,6 +187,47 @@ mod tests {
             .replace("SigBlk:\t0000000000000000", "SigBlk:\tffffffffffffffff");
         assert!(signal_pending(&sigkill));
         assert!(signal_pending(&QUIET.replace("S (sleeping)", "Z (zombie)")));
+    }
+
+    #[test]
+    fn only_a_signal_the_caller_dies_of_ends_its_command() {
+        let with = |pending: &str, caught: &str| {
+            QUIET
+                .replace("ShdPnd:\t0000000000000000", &format!("ShdPnd:\t{pending}"))
+                .replace(
+                    "SigBlk:\t0000000000000000",
+                    &format!("SigBlk:\t0000000000000000\nSigCgt:\t{caught}"),
+                )
+        };
+        assert!(!fatal_signal_pending(QUIET));
+        // SIGINT (2) with the default action: the caller dies of it.
+        assert!(fatal_signal_pending(&with(
+            "0000000000000002",
+            "0000000000000000"
+        )));
+        // SIGINT caught by a handler (a shell's): it lives on and gets the real outcome.
+        assert!(!fatal_signal_pending(&with(
+            "0000000000000002",
+            "0000000000000002"
+        )));
+        // SIGCHLD (17) caught, as in any shell running jobs.
+        assert!(!fatal_signal_pending(&with(
+            "0000000000010000",
+            "0000000000010000"
+        )));
+        // SIGTSTP (20) only stops it.
+        assert!(!fatal_signal_pending(&with(
+            "0000000000080000",
+            "0000000000000000"
+        )));
+        // SIGKILL (9) always.
+        assert!(fatal_signal_pending(&with(
+            "0000000000000100",
+            "ffffffffffffffff"
+        )));
+        assert!(fatal_signal_pending(
+            &QUIET.replace("S (sleeping)", "Z (zombie)")
+        ));
     }
 
     #[test]

@@ -74,11 +74,12 @@ impl Shared {
         }
     }
 
-    /// Sends a command for the caller `pid` (see [`commands::send`]); a signal to the caller
-    /// ends the wait with EINTR, though the command may still take effect.
+    /// Sends a command for the caller `pid` (see [`commands::send`]). Only a caller being
+    /// killed ends the wait early (EINTR, and the command may still take effect): a caller
+    /// that lives on gets the command's real outcome.
     pub async fn send(&self, pid: u32, uid: u32, gid: u32, op: Op) -> Result<(), WriteError> {
         let sending = commands::send(&self.client, &self.copy, uid, gid, op);
-        match blocking::unless_interrupted(pid, &self.unmounting, sending).await {
+        match blocking::unless_caller_dies(pid, &self.unmounting, sending).await {
             Ok(result) => result,
             Err(i) => {
                 info!(pid, uid, reason = %i, "command interrupted before its answer");
