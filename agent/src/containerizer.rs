@@ -45,6 +45,8 @@ pub const REASON_COMMAND_EXITED: &str = "REASON_COMMAND_EXITED";
 pub const REASON_CONTAINER_LIMITATION_MEMORY: &str = "REASON_CONTAINER_LIMITATION_MEMORY";
 /// Reason of a task killed on request.
 pub const REASON_TASK_KILLED: &str = "REASON_TASK_KILLED";
+/// Reason of a task whose end the agent could not learn because it was down.
+pub const REASON_AGENT_RESTARTED: &str = "REASON_AGENT_RESTARTED";
 
 /// Processes a task may have at once unless its spec says otherwise.
 pub const DEFAULT_PIDS_MAX: u64 = 4096;
@@ -115,6 +117,8 @@ pub enum ExitKind {
     Failed,
     /// It was killed on request.
     Killed,
+    /// It ended while the agent was down, and how is not known.
+    Lost,
 }
 
 /// The report of a task's end.
@@ -225,6 +229,8 @@ struct Task {
     exited: AtomicBool,
     /// Notified when the main process has exited.
     ended: Notify,
+    /// Taken back from an earlier run of the agent.
+    recovered: bool,
 }
 
 impl Containerizer {
@@ -359,6 +365,7 @@ impl Containerizer {
                 kill_requested: AtomicBool::new(false),
                 exited: AtomicBool::new(false),
                 ended: Notify::new(),
+                recovered: true,
             });
             inner
                 .tasks
@@ -513,6 +520,7 @@ impl Inner {
             kill_requested: AtomicBool::new(false),
             exited: AtomicBool::new(false),
             ended: Notify::new(),
+            recovered: false,
         });
         let killed_meanwhile = matches!(
             self.tasks
@@ -756,6 +764,12 @@ fn report(task: &Task, ended: Ended, killed: bool, oom: bool) -> TaskExit {
                 ended.describe()
             ),
         )
+    } else if ended == Ended::Unknown && task.recovered {
+        (
+            ExitKind::Lost,
+            REASON_AGENT_RESTARTED,
+            "it ended while the agent was down, and its supervisor left no record of how (killed, or the machine restarted)".to_string(),
+        )
     } else if ended == Ended::Exited(0) {
         (ExitKind::Finished, REASON_COMMAND_EXITED, ended.describe())
     } else {
@@ -953,7 +967,26 @@ mod tests {
             kill_requested: AtomicBool::new(false),
             exited: AtomicBool::new(false),
             ended: Notify::new(),
+            recovered: false,
         }
+    }
+
+    #[test]
+    fn an_unknown_end_is_a_failure_here_and_lost_for_a_task_taken_back_after_a_restart() {
+        let mut t = task(64);
+        assert_eq!(
+            report(&t, Ended::Unknown, false, false).kind,
+            ExitKind::Failed
+        );
+        t.recovered = true;
+        let r = report(&t, Ended::Unknown, false, false);
+        assert_eq!(r.kind, ExitKind::Lost);
+        assert_eq!(r.reason, REASON_AGENT_RESTARTED);
+        // A known end is reported as it was, restart or not.
+        assert_eq!(
+            report(&t, Ended::Exited(0), false, false).kind,
+            ExitKind::Finished
+        );
     }
 
     #[test]

@@ -216,7 +216,7 @@ impl Session {
                 outbox.push(
                     &task_id,
                     TaskState::Lost,
-                    "REASON_AGENT_RESTARTED",
+                    crate::containerizer::REASON_AGENT_RESTARTED,
                     "the agent restarted while launching the task",
                 );
             }
@@ -239,6 +239,7 @@ impl Session {
                     ExitKind::Finished => TaskState::Finished,
                     ExitKind::Failed => TaskState::Failed,
                     ExitKind::Killed => TaskState::Killed,
+                    ExitKind::Lost => TaskState::Lost,
                 };
                 let mut phases = s.phases.lock().expect("phases lock");
                 // The launch task may not have reported TASK_RUNNING yet: report it first,
