@@ -331,6 +331,12 @@ impl Applied {
     }
 }
 
+/// Ended tasks kept per framework; older ones leave the state (as in Mesos's
+/// `max_completed_tasks_per_framework`), so it does not grow without bound.
+pub const MAX_COMPLETED_TASKS_PER_FRAMEWORK: usize = 1000;
+/// Torn-down frameworks kept, with their tasks, once all their tasks have ended.
+pub const MAX_COMPLETED_FRAMEWORKS: usize = 50;
+
 /// The whole replicated state.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterState {
@@ -516,6 +522,7 @@ impl ClusterState {
                         to_kill.push(t.id.clone());
                     }
                 }
+                self.prune_completed_frameworks();
                 Applied {
                     to_kill,
                     ..Applied::default()
@@ -593,14 +600,71 @@ impl ClusterState {
     }
 
     /// Records a transition unless the task is terminal or already in that state (updates are
-    /// retried, so duplicates are normal).
+    /// retried, so duplicates are normal). A task that ends may push old history out.
     fn push_transition(&mut self, id: &str, transition: Transition) {
-        if let Some(t) = self.tasks.get_mut(id) {
-            let current = t.state();
-            if current.is_terminal() || current == transition.state {
-                return;
+        let Some(t) = self.tasks.get_mut(id) else {
+            return;
+        };
+        let current = t.state();
+        if current.is_terminal() || current == transition.state {
+            return;
+        }
+        let ended = transition.state.is_terminal();
+        t.history.push(transition);
+        if ended {
+            let framework_id = t.framework_id.clone();
+            self.prune_completed_tasks(&framework_id);
+            self.prune_completed_frameworks();
+        }
+    }
+
+    /// The tasks of one framework, found by their id prefix.
+    fn tasks_of<'a>(&'a self, framework_id: &'a str) -> impl Iterator<Item = &'a TaskInfo> {
+        let prefix = format!("{framework_id}.");
+        self.tasks
+            .range(prefix.clone()..)
+            .take_while(move |(id, _)| id.starts_with(&prefix))
+            .map(|(_, t)| t)
+            .filter(move |t| t.framework_id == framework_id)
+    }
+
+    /// Keeps a framework's newest [`MAX_COMPLETED_TASKS_PER_FRAMEWORK`] ended tasks.
+    fn prune_completed_tasks(&mut self, framework_id: &str) {
+        let mut done: Vec<(u64, String)> = self
+            .tasks_of(framework_id)
+            .filter(|t| t.state().is_terminal())
+            .map(|t| (t.last().time_ms, t.id.clone()))
+            .collect();
+        if done.len() <= MAX_COMPLETED_TASKS_PER_FRAMEWORK {
+            return;
+        }
+        done.sort();
+        let excess = done.len() - MAX_COMPLETED_TASKS_PER_FRAMEWORK;
+        for (_, id) in done.into_iter().take(excess) {
+            self.tasks.remove(&id);
+        }
+    }
+
+    /// Keeps the newest [`MAX_COMPLETED_FRAMEWORKS`] torn-down frameworks whose tasks have all
+    /// ended; older ones go, with their tasks.
+    fn prune_completed_frameworks(&mut self) {
+        let mut gone: Vec<(u64, String)> = self
+            .frameworks
+            .values()
+            .filter_map(|f| Some((f.removed_ms?, f.id.clone())))
+            .filter(|(_, id)| self.tasks_of(id).all(|t| t.state().is_terminal()))
+            .collect();
+        if gone.len() <= MAX_COMPLETED_FRAMEWORKS {
+            return;
+        }
+        gone.sort();
+        let excess = gone.len() - MAX_COMPLETED_FRAMEWORKS;
+        for (_, id) in gone.into_iter().take(excess) {
+            let tasks: Vec<String> = self.tasks_of(&id).map(|t| t.id.clone()).collect();
+            for t in tasks {
+                self.tasks.remove(&t);
             }
-            t.history.push(transition);
+            self.frameworks.remove(&id);
         }
     }
 }
@@ -874,6 +938,96 @@ mod tests {
         assert_eq!(s.agents["a1"].state, AgentState::Active);
         assert_eq!(s.agents["a1"].registration, 6);
         assert_eq!(s.tasks[&task_id(&fw, "t")].state(), TaskState::Lost);
+    }
+
+    #[test]
+    fn only_the_newest_completed_tasks_of_a_framework_are_kept() {
+        let (mut s, fw) = cluster_with_framework();
+        s.apply(3, &launch(&fw, "a1", "name=live -- sleep 9"));
+        let n = MAX_COMPLETED_TASKS_PER_FRAMEWORK + 2;
+        for i in 0..n {
+            let index = 10 + 2 * i as u64;
+            s.apply(index, &launch(&fw, "a1", &format!("name=t{i} -- true")));
+            finish(&mut s, index + 1, &task_id(&fw, &format!("t{i}")));
+        }
+        let kept = s.framework_tasks(&fw).count();
+        assert_eq!(
+            kept,
+            MAX_COMPLETED_TASKS_PER_FRAMEWORK + 1,
+            "the cap plus the live task"
+        );
+        assert!(
+            !s.tasks.contains_key(&task_id(&fw, "t0")),
+            "the oldest went first"
+        );
+        assert!(!s.tasks.contains_key(&task_id(&fw, "t1")));
+        assert!(s.tasks.contains_key(&task_id(&fw, "t2")));
+        assert!(
+            s.tasks.contains_key(&task_id(&fw, "live")),
+            "live tasks are never dropped"
+        );
+        // A dropped name can be used again.
+        let r = s.apply(99_999, &launch(&fw, "a1", "name=t0 -- true"));
+        assert_eq!(r.error, None);
+    }
+
+    #[test]
+    fn only_the_newest_torn_down_frameworks_are_kept_once_their_tasks_ended() {
+        let mut s = ClusterState::default();
+        s.apply(
+            1,
+            &Command::RegisterAgent {
+                agent: agent("a1"),
+                running: vec![],
+            },
+        );
+        let mut ids = Vec::new();
+        for i in 0..MAX_COMPLETED_FRAMEWORKS + 2 {
+            let index = 100 + 10 * i as u64;
+            let fw = s
+                .apply(
+                    index,
+                    &Command::RegisterFramework {
+                        name: format!("f{i}"),
+                        uid: 0,
+                        gid: 0,
+                        time_ms: index,
+                    },
+                )
+                .framework_id
+                .unwrap();
+            s.apply(index + 1, &launch(&fw, "a1", "name=t -- sleep 9"));
+            s.apply(
+                index + 2,
+                &Command::TeardownFramework {
+                    framework_id: fw.clone(),
+                    time_ms: index + 2,
+                },
+            );
+            ids.push(fw);
+        }
+        // Their tasks still run (being killed): every framework is kept.
+        assert_eq!(s.frameworks.len(), MAX_COMPLETED_FRAMEWORKS + 2);
+        for (i, fw) in ids.iter().enumerate() {
+            let index = 10_000 + i as u64;
+            s.apply(
+                index,
+                &Command::UpdateTask {
+                    task_id: task_id(fw, "t"),
+                    transition: Transition {
+                        state: TaskState::Killed,
+                        reason: String::new(),
+                        message: String::new(),
+                        time_ms: index,
+                    },
+                },
+            );
+        }
+        assert_eq!(s.frameworks.len(), MAX_COMPLETED_FRAMEWORKS);
+        assert!(!s.frameworks.contains_key(&ids[0]));
+        assert!(!s.frameworks.contains_key(&ids[1]));
+        assert!(!s.tasks.contains_key(&task_id(&ids[0], "t")));
+        assert!(s.frameworks.contains_key(&ids[2]));
     }
 
     #[test]
