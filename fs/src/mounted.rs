@@ -89,8 +89,10 @@ impl Mounted {
         );
         let (cluster, hello, idle) = standard(&files_addr);
         let dir = tempfile::tempdir().unwrap();
-        // Nothing listens on port 1: every command fails with EIO.
-        let client = MasterClient::new(vec!["127.0.0.1:1".into()]);
+        // Nothing listens on port 1: every command that reaches the network fails with EIO,
+        // after a short wait for a leader.
+        let client = MasterClient::new(vec!["127.0.0.1:1".into()])
+            .with_leader_wait(Duration::from_millis(300));
         let mount = mount(
             dir.path(),
             client,

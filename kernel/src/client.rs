@@ -12,7 +12,7 @@ use crate::proto::master_client::MasterClient as GrpcMaster;
 use crate::proto::{self, write_request::Op, LeaderRequest, WatchRequest, WriteRequest};
 use crate::watch::{View, WatchEvent};
 
-/// How long a write waits for a leader to answer before it fails with EIO.
+/// How long a write waits for a leader to answer before it fails with EIO, by default.
 pub const LEADER_WAIT: Duration = Duration::from_secs(30);
 
 /// Why a write failed: an errno for the writer and a reason for humans.
@@ -50,6 +50,7 @@ impl WriteError {
 pub struct MasterClient {
     masters: Vec<String>,
     leader: Arc<Mutex<Option<Channel>>>,
+    leader_wait: Duration,
 }
 
 impl MasterClient {
@@ -58,7 +59,14 @@ impl MasterClient {
         MasterClient {
             masters,
             leader: Arc::new(Mutex::new(None)),
+            leader_wait: LEADER_WAIT,
         }
+    }
+
+    /// The same client, with writes waiting up to `wait` for a leader to answer.
+    pub fn with_leader_wait(mut self, wait: Duration) -> MasterClient {
+        self.leader_wait = wait;
+        self
     }
 
     /// The master addresses this client knows.
@@ -103,9 +111,10 @@ impl MasterClient {
     /// Sends one framework write; returns the watch sequence number at which it is visible.
     ///
     /// While no leader answers (a master restarting, an election) the write waits for one, up
-    /// to [`LEADER_WAIT`]; it is sent again only when it surely did not take effect.
+    /// to its leader wait ([`LEADER_WAIT`] by default); it is sent again only when it surely
+    /// did not take effect.
     pub async fn write(&self, uid: u32, gid: u32, op: Op) -> Result<u64, WriteError> {
-        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+        let deadline = tokio::time::Instant::now() + self.leader_wait;
         let mut backoff = Duration::from_millis(50);
         loop {
             let err: WriteError = match self.leader_channel().await {
@@ -161,7 +170,7 @@ impl MasterClient {
                     libc::EIO,
                     format!(
                         "no master leader answered within {}s ({}); check that the masters run",
-                        LEADER_WAIT.as_secs(),
+                        self.leader_wait.as_secs_f64(),
                         err.message
                     ),
                 ));

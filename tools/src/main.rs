@@ -124,6 +124,9 @@ struct MountArgs {
     /// Where to mount.
     #[arg(long, default_value = "/mnt/mesofs")]
     mount: PathBuf,
+    /// Seconds a write waits for a leader to answer (a master restarting, an election) before it fails with EIO.
+    #[arg(long, default_value = "30", value_name = "SECONDS")]
+    leader_wait: f64,
 }
 
 #[derive(Args)]
@@ -241,7 +244,8 @@ fn prepare_mountpoint(path: &Path) -> Result<()> {
 
 async fn run_mount(a: MountArgs) -> Result<()> {
     prepare_mountpoint(&a.mount)?;
-    let client = MasterClient::new(a.master);
+    let client =
+        MasterClient::new(a.master).with_leader_wait(seconds(a.leader_wait, "--leader-wait")?);
     let copy = client.spawn_local_copy();
     let mount = mesofs_fs::mount(&a.mount, client, copy, tokio::runtime::Handle::current())
         .with_context(|| format!("mounting at {}", a.mount.display()))?;
