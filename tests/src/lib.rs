@@ -406,6 +406,8 @@ pub struct Cluster {
     pub mounter: Process,
     /// Where the cluster is mounted.
     pub mount: PathBuf,
+    /// The agent's work directory.
+    pub agent_work_dir: PathBuf,
     _tmp: tempfile::TempDir,
 }
 
@@ -436,7 +438,8 @@ impl Cluster {
             TEST_RESOURCES,
             "--work-dir",
         ]);
-        args.push(tmp.path().join("agent").into_os_string());
+        let agent_work_dir = tmp.path().join("agent");
+        args.push(agent_work_dir.clone().into_os_string());
         let agent = Process::start("agent", args, tmp.path().join("agent.log"));
         let mut args = os(&["mount", "--master", &master_addr, "--mount"]);
         args.push(mount.clone().into_os_string());
@@ -446,6 +449,7 @@ impl Cluster {
             agent,
             mounter,
             mount,
+            agent_work_dir,
             _tmp: tmp,
         };
         wait_until_ready(&mut cluster);

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use mesofs_tests::{can_run, process_running, Cluster, Mounted};
+use mesofs_tests::{can_run, mesofs_bin, process_running, Cluster, Mounted};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -152,4 +152,33 @@ fn an_update_the_master_never_acknowledged_survives_a_crash_of_the_agent() {
         "TASK_FINISHED"
     );
     assert_eq!(c.read("frameworks/f/tasks/short/stdout"), "back");
+}
+
+#[test]
+fn a_second_agent_on_the_same_work_directory_refuses_to_start() {
+    if !can_run() {
+        return;
+    }
+    let c = Cluster::start(&[]);
+    let out = std::process::Command::new(mesofs_bin())
+        .args([
+            "agent",
+            "--master",
+            "127.0.0.1:1",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--work-dir")
+        .arg(&c.agent_work_dir)
+        .output()
+        .expect("running mesofs agent");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("another agent runs on the work directory"),
+        "{stderr}"
+    );
+    // The first one is untouched.
+    let agent = c.agent_id();
+    assert_eq!(c.read(&format!("agents/{agent}/state")), "active");
 }
