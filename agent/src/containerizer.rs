@@ -28,6 +28,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{debug, info, info_span, warn, Instrument};
 
@@ -226,6 +228,8 @@ struct Task {
     mem_mb: u64,
     kill_grace: Duration,
     kill_requested: AtomicBool,
+    /// The agent killed it for running out of memory (see [`enforce_memory_limit`]).
+    memory_limited: AtomicBool,
     exited: AtomicBool,
     /// Notified when the main process has exited.
     ended: Notify,
@@ -363,6 +367,7 @@ impl Containerizer {
                 mem_mb: saved.mem_mb,
                 kill_grace: Duration::from_millis(saved.kill_grace_ms),
                 kill_requested: AtomicBool::new(false),
+                memory_limited: AtomicBool::new(false),
                 exited: AtomicBool::new(false),
                 ended: Notify::new(),
                 recovered: true,
@@ -518,6 +523,7 @@ impl Inner {
             mem_mb: spec.mem_mb,
             kill_grace: spec.kill_grace,
             kill_requested: AtomicBool::new(false),
+            memory_limited: AtomicBool::new(false),
             exited: AtomicBool::new(false),
             ended: Notify::new(),
             recovered: false,
@@ -636,6 +642,7 @@ impl Inner {
         token: Option<u64>,
         launched: oneshot::Receiver<()>,
     ) {
+        tokio::spawn(enforce_memory_limit(task.clone()).instrument(tracing::Span::current()));
         let ended = ended.await;
         let killed = task.kill_requested.load(Ordering::SeqCst);
         task.exited.store(true, Ordering::SeqCst);
@@ -666,7 +673,8 @@ impl Inner {
             oom
         })
         .await
-        .unwrap_or(false);
+        .unwrap_or(false)
+            || task.memory_limited.load(Ordering::SeqCst);
         if let Some(token) = token {
             self.reaper.release(task.pid, token);
         }
@@ -731,6 +739,60 @@ async fn escalate(task: Arc<Task>) {
         return;
     }
     info!("grace period over: SIGKILL");
+    let isolation = task.isolation.clone();
+    let span = tracing::Span::current();
+    match tokio::task::spawn_blocking(move || span.in_scope(|| isolation.kill_all())).await {
+        Ok(Err(e)) => warn!(error = %e, "cannot kill the task"),
+        Err(e) => warn!(error = %e, "cannot kill the task"),
+        Ok(Ok(_)) => {}
+    }
+}
+
+/// Kills the whole task once its isolation reports that it ran out of memory, where the
+/// kernel itself kills only one process (cgroup v1), as it does on cgroup v2: a task that
+/// lost a process to its memory limit is not left running crippled. Returns when the task
+/// ends.
+async fn enforce_memory_limit(task: Arc<Task>) {
+    let ended = task.ended.notified();
+    tokio::pin!(ended);
+    ended.as_mut().enable();
+    let events = match task.isolation.oom_events() {
+        Ok(Some(fd)) => fd,
+        Ok(None) => return,
+        Err(e) => {
+            warn!(error = %e, "cannot watch the task's memory: a process killed for memory may leave the rest running");
+            return;
+        }
+    };
+    // SAFETY: an OwnedFd stays open, and names the same eventfd, for as long as it is owned.
+    let events = match unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) } {
+        Ok(fd) => fd,
+        Err(e) => {
+            warn!(error = %e, "cannot watch the task's memory: a process killed for memory may leave the rest running");
+            return;
+        }
+    };
+    if task.exited.load(Ordering::SeqCst) {
+        return;
+    }
+    tokio::select! {
+        _ = ended => return,
+        ready = events.readable() => {
+            if let Err(e) = ready {
+                warn!(error = %e, "cannot watch the task's memory");
+                return;
+            }
+        }
+    }
+    // The group's removal also signals the eventfd; by then the task has ended.
+    if task.exited.load(Ordering::SeqCst) {
+        return;
+    }
+    task.memory_limited.store(true, Ordering::SeqCst);
+    warn!(
+        mem_mb = task.mem_mb,
+        "the task ran out of memory: killing all of it"
+    );
     let isolation = task.isolation.clone();
     let span = tracing::Span::current();
     match tokio::task::spawn_blocking(move || span.in_scope(|| isolation.kill_all())).await {
@@ -965,6 +1027,7 @@ mod tests {
             mem_mb,
             kill_grace: Duration::ZERO,
             kill_requested: AtomicBool::new(false),
+            memory_limited: AtomicBool::new(false),
             exited: AtomicBool::new(false),
             ended: Notify::new(),
             recovered: false,

@@ -105,6 +105,28 @@ async fn a_task_over_its_memory_limit_fails_with_the_memory_reason() {
 }
 
 #[tokio::test]
+async fn a_process_killed_for_memory_takes_the_whole_task_with_it() {
+    let Some(mut agent) = Agent::with_cgroups("oom-child") else {
+        return;
+    };
+    // dd's 100 MB buffer is what does not fit; the shell would go on without it.
+    let mut spec = shell(
+        "oom.2",
+        "dd if=/dev/zero of=/dev/null bs=100M count=1; echo survived; sleep 600",
+    );
+    spec.mem_mb = 32;
+    agent.containerizer.launch(spec).await.expect("launch");
+    let exit = agent.next_exit(EXIT_TIMEOUT).await;
+    assert_eq!(exit.kind, ExitKind::Failed, "{exit:?}");
+    assert_eq!(exit.reason, REASON_CONTAINER_LIMITATION_MEMORY, "{exit:?}");
+    assert_eq!(
+        std::fs::read_to_string(agent.sandbox_file("oom.2", "stdout")).unwrap(),
+        "",
+        "nothing of the task ran on after the kill"
+    );
+}
+
+#[tokio::test]
 async fn kill_ends_every_process_of_the_task_removes_its_cgroups_and_reports_killed() {
     let Some(mut agent) = Agent::with_cgroups("kill") else {
         return;

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
+pub mod vm;
+
 /// Resources the dev agent offers in tests: small and fixed, so tests do not depend on the
 /// machine.
 pub const TEST_RESOURCES: &str = "cpus:4;mem:4096;disk:1024;ports:[31000-31099]";

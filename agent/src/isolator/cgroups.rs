@@ -12,6 +12,7 @@
 
 use std::collections::BTreeSet;
 use std::fs;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -26,6 +27,7 @@ use cgroups_rs::fs::pid::PidController;
 use cgroups_rs::fs::{Cgroup, Controller, Controllers, MaxValue};
 use cgroups_rs::FreezerState;
 use nix::errno::Errno;
+use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tracing::{debug, warn};
@@ -43,6 +45,9 @@ const MAX_SHARES: u64 = cgroups_rs::CPU_SHARES_V1_MAX;
 const KILL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long destroying retries a busy group.
 const DESTROY_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// v2: whether an OOM kill takes every process of the group.
+const OOM_GROUP: &str = "memory.oom.group";
 
 /// The inode of the initial pid namespace (a kernel constant).
 const PROC_PID_INIT_INO: u64 = 0xEFFF_FFFC;
@@ -534,6 +539,22 @@ impl CgroupIsolation {
                     warn!(task = %self.id, error = %e, "cannot limit swap");
                 }
             }
+            if self.v2 {
+                // An OOM kills the whole task, not one process of it (Linux 4.19 and later).
+                let path = mem.path().join(OOM_GROUP);
+                fs::write(&path, "1").map_err(|source| IsolatorError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+                let got = read_u64(&path)?;
+                if got != 1 {
+                    return Err(IsolatorError::LimitNotApplied {
+                        what: "oom group",
+                        wanted: "1".into(),
+                        got: got.to_string(),
+                    });
+                }
+            }
         }
         if want.cpu_weight > 0 {
             let cpu = self.cpu().ok_or_else(|| missing("cpu"))?;
@@ -754,6 +775,28 @@ impl Isolation for CgroupIsolation {
 
     fn pids(&self) -> Vec<i32> {
         self.procs()
+    }
+
+    fn oom_events(&self) -> Result<Option<OwnedFd>, IsolatorError> {
+        let Some(mem) = self.mem() else {
+            return Ok(None);
+        };
+        if self.v2 || self.read_raw()?.mem_bytes == 0 {
+            return Ok(None);
+        }
+        let io = |path: PathBuf| move |source| IsolatorError::Io { path, source };
+        let events = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+            .map_err(|e| io(PathBuf::from("eventfd"))(e.into()))?;
+        let oom_control = mem.path().join("memory.oom_control");
+        let control = fs::File::open(&oom_control).map_err(io(oom_control))?;
+        // "<eventfd> <memory.oom_control fd>" registers the eventfd for the group's OOMs.
+        let event_control = mem.path().join("cgroup.event_control");
+        fs::write(
+            &event_control,
+            format!("{} {}", events.as_raw_fd(), control.as_raw_fd()),
+        )
+        .map_err(io(event_control))?;
+        Ok(Some(events.into()))
     }
 
     fn oom_killed(&self) -> bool {

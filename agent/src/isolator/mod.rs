@@ -136,6 +136,12 @@ pub trait Isolation: Send + Sync {
     /// Whether the kernel killed a process of the isolation for exceeding its memory limit.
     fn oom_killed(&self) -> bool;
 
+    /// Where the kernel kills only one process of an isolation that runs out of memory
+    /// (cgroup v1), a non-blocking eventfd that becomes readable when that happens, so that
+    /// the agent kills the rest; `None` where the kernel kills the whole isolation itself
+    /// (cgroup v2's `memory.oom.group`) or no memory limit applies.
+    fn oom_events(&self) -> Result<Option<OwnedFd>, IsolatorError>;
+
     /// Resources used so far.
     fn usage(&self) -> Usage;
 

@@ -123,6 +123,10 @@ impl Isolation for ProcessGroup {
         false
     }
 
+    fn oom_events(&self) -> Result<Option<std::os::fd::OwnedFd>, IsolatorError> {
+        Ok(None)
+    }
+
     fn usage(&self) -> Usage {
         let Some(pgid) = self.pgid() else {
             return Usage::default();
