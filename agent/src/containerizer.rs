@@ -739,6 +739,11 @@ async fn escalate(task: Arc<Task>) {
         return;
     }
     info!("grace period over: SIGKILL");
+    kill_all(&task).await;
+}
+
+/// SIGKILLs every process of the task, off the async workers.
+async fn kill_all(task: &Task) {
     let isolation = task.isolation.clone();
     let span = tracing::Span::current();
     match tokio::task::spawn_blocking(move || span.in_scope(|| isolation.kill_all())).await {
@@ -756,17 +761,21 @@ async fn enforce_memory_limit(task: Arc<Task>) {
     let ended = task.ended.notified();
     tokio::pin!(ended);
     ended.as_mut().enable();
-    let events = match task.isolation.oom_events() {
-        Ok(Some(fd)) => fd,
+    let watched = task
+        .isolation
+        .oom_events()
+        .map_err(|e| e.to_string())
+        .and_then(|fd| {
+            fd.map(|fd| {
+                // SAFETY: an OwnedFd stays open, and names the same eventfd, while it is owned.
+                unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
+                    .map_err(|e| e.to_string())
+            })
+            .transpose()
+        });
+    let events = match watched {
+        Ok(Some(events)) => events,
         Ok(None) => return,
-        Err(e) => {
-            warn!(error = %e, "cannot watch the task's memory: a process killed for memory may leave the rest running");
-            return;
-        }
-    };
-    // SAFETY: an OwnedFd stays open, and names the same eventfd, for as long as it is owned.
-    let events = match unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) } {
-        Ok(fd) => fd,
         Err(e) => {
             warn!(error = %e, "cannot watch the task's memory: a process killed for memory may leave the rest running");
             return;
@@ -793,13 +802,7 @@ async fn enforce_memory_limit(task: Arc<Task>) {
         mem_mb = task.mem_mb,
         "the task ran out of memory: killing all of it"
     );
-    let isolation = task.isolation.clone();
-    let span = tracing::Span::current();
-    match tokio::task::spawn_blocking(move || span.in_scope(|| isolation.kill_all())).await {
-        Ok(Err(e)) => warn!(error = %e, "cannot kill the task"),
-        Err(e) => warn!(error = %e, "cannot kill the task"),
-        Ok(Ok(_)) => {}
-    }
+    kill_all(&task).await;
 }
 
 /// The report of a task's end: a kill on request wins over an OOM kill, which wins over
