@@ -35,6 +35,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::checkpoint::{Checkpoints, TaskCheckpoint};
 use crate::isolator::{validate_id, Isolation, Isolator, IsolatorError, Joiner, Limits, Usage};
+pub use crate::process::TaskUser;
 use crate::process::{spawn_isolated, Ended};
 use crate::procfs;
 use crate::reaper::{Reaper, Watch};
@@ -84,11 +85,13 @@ pub struct LaunchSpec {
     pub pids_max: u64,
     /// Time between SIGTERM and SIGKILL when the task is killed.
     pub kill_grace: Duration,
+    /// Who it runs as; `None`: as the agent.
+    pub user: Option<TaskUser>,
 }
 
 impl LaunchSpec {
-    /// A spec with one core, 128 MiB, [`DEFAULT_PIDS_MAX`], [`DEFAULT_KILL_GRACE`] and no
-    /// extra environment.
+    /// A spec with one core, 128 MiB, [`DEFAULT_PIDS_MAX`], [`DEFAULT_KILL_GRACE`], no
+    /// extra environment, run as the agent's user.
     pub fn new(task_id: impl Into<String>, command: Command) -> LaunchSpec {
         LaunchSpec {
             task_id: task_id.into(),
@@ -98,6 +101,7 @@ impl LaunchSpec {
             mem_mb: 128,
             pids_max: DEFAULT_PIDS_MAX,
             kill_grace: DEFAULT_KILL_GRACE,
+            user: None,
         }
     }
 
@@ -178,6 +182,14 @@ pub enum LaunchError {
         /// The cause.
         #[source]
         source: io::Error,
+    },
+    /// The task must run as another user, and the agent is not root.
+    #[error("the agent runs as uid {agent} and cannot run tasks as uid {task}; run the agent as root, or the framework as uid {agent}")]
+    User {
+        /// The agent's uid.
+        agent: u32,
+        /// The task's.
+        task: u32,
     },
     /// An internal task of the agent failed.
     #[error("internal error: {0}")]
@@ -580,8 +592,18 @@ impl Inner {
         spec: &LaunchSpec,
     ) -> Result<(PathBuf, i32, Arc<dyn Isolation>, Watch), LaunchError> {
         let id = &spec.task_id;
+        let user = spec.user.filter(|u| !u.is_current());
+        if let Some(u) = user {
+            let agent = nix::unistd::geteuid();
+            if !agent.is_root() {
+                return Err(LaunchError::User {
+                    agent: agent.as_raw(),
+                    task: u.uid,
+                });
+            }
+        }
         let sandbox =
-            Sandbox::create(&self.work_dir, id).map_err(|source| LaunchError::Sandbox {
+            Sandbox::create(&self.work_dir, id, user).map_err(|source| LaunchError::Sandbox {
                 path: sandbox::path(&self.work_dir, id),
                 source,
             })?;
@@ -602,19 +624,21 @@ impl Inner {
                     let plan = Plan {
                         exit_file,
                         joins: isolation.cgroup_dirs(),
+                        user,
                         argv,
                     };
                     Some((bin.as_path(), plan))
                 }
                 _ => None,
             };
-            // A supervised command joins by itself, from the supervisor's fork.
-            let joiner = match supervision {
-                Some(_) => Joiner::none(),
-                None => isolation.joiner()?,
+            // A supervised command joins and switches user by itself, from the supervisor's
+            // fork.
+            let (joiner, credentials) = match supervision {
+                Some(_) => (Joiner::none(), None),
+                None => (isolation.joiner()?, user.map(|u| u.credentials())),
             };
             let mut cmd = command(spec, &sandbox, supervision)?;
-            spawn_isolated(&mut cmd, joiner).map_err(spawn_err)
+            spawn_isolated(&mut cmd, joiner, credentials).map_err(spawn_err)
         })();
         let child = match spawned {
             Ok(c) => c,
@@ -1001,7 +1025,7 @@ pub fn bare_launch_cycle(isolator: &dyn Isolator, id: &str) -> Result<Duration, 
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        let mut child = spawn_isolated(&mut cmd, isolation.joiner()?).map_err(spawn_err)?;
+        let mut child = spawn_isolated(&mut cmd, isolation.joiner()?, None).map_err(spawn_err)?;
         isolation.started(child.id() as i32);
         // Its own pgid is registered with no reaper, so this wait is the only one.
         child.wait().map_err(spawn_err)?;

@@ -20,6 +20,6 @@ mod reaper;
 
 pub use containerizer::{
     bare_launch_cycle, Command, Containerizer, ExitKind, KillError, LaunchError, LaunchSpec,
-    TaskExit,
+    TaskExit, TaskUser,
 };
 pub use isolator::{detect, Isolation, Isolator, IsolatorError, Limits, Usage};

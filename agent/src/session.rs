@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::checkpoint::{Checkpoints, UpdateCheckpoint};
-use crate::containerizer::{Command, Containerizer, ExitKind, LaunchSpec, TaskExit};
+use crate::containerizer::{Command, Containerizer, ExitKind, LaunchSpec, TaskExit, TaskUser};
 
 /// How often unacknowledged status updates are sent again.
 const RETRY_INTERVAL: Duration = Duration::from_secs(2);
@@ -410,6 +410,10 @@ impl Session {
                 mem_mb: (spec.mem.milli() as u64).div_ceil(1000).max(1),
                 pids_max: 4096,
                 kill_grace: Duration::from_millis(spec.grace_ms),
+                user: Some(TaskUser {
+                    uid: l.uid,
+                    gid: l.gid,
+                }),
             };
             let cancelled = matches!(
                 self.phases.lock().expect("phases lock").get(&l.task_id),

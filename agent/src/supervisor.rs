@@ -12,7 +12,7 @@ use std::io;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
-use crate::process::Ended;
+use crate::process::{reset_signals, Credentials, Ended, TaskUser};
 
 /// The subcommand of the `mesofs` binary that runs a supervisor.
 pub const SUBCOMMAND: &str = "supervise";
@@ -25,19 +25,25 @@ pub struct Plan {
     pub exit_file: PathBuf,
     /// Cgroup directories the command joins (writing to their `cgroup.procs`) before exec.
     pub joins: Vec<PathBuf>,
+    /// Who the command runs as (switched to after joining); `None`: as the supervisor.
+    pub user: Option<TaskUser>,
     /// The command; its first element is a path to the program.
     pub argv: Vec<OsString>,
 }
 
 impl Plan {
     /// The arguments that follow the program name: `supervise --exit-file F [--join DIR]...
-    /// -- ARGV...`.
+    /// [--user UID:GID] -- ARGV...`.
     pub fn to_args(&self) -> Vec<OsString> {
         let mut args: Vec<OsString> = vec![SUBCOMMAND.into(), "--exit-file".into()];
         args.push(self.exit_file.clone().into());
         for dir in &self.joins {
             args.push("--join".into());
             args.push(dir.clone().into());
+        }
+        if let Some(u) = self.user {
+            args.push("--user".into());
+            args.push(format!("{}:{}", u.uid, u.gid).into());
         }
         args.push("--".into());
         args.extend(self.argv.iter().cloned());
@@ -48,6 +54,7 @@ impl Plan {
     pub fn parse(mut args: impl Iterator<Item = OsString>) -> Result<Plan, String> {
         let mut exit_file = None;
         let mut joins = Vec::new();
+        let mut user = None;
         loop {
             let arg = args.next().ok_or("missing `--` before the command")?;
             match arg.to_str() {
@@ -59,6 +66,18 @@ impl Plan {
                 Some("--join") => joins.push(PathBuf::from(
                     args.next().ok_or("--join needs a cgroup directory")?,
                 )),
+                Some("--user") => {
+                    let bad = || "--user needs UID:GID";
+                    let text = args.next().ok_or_else(bad)?;
+                    let (uid, gid) = text
+                        .to_str()
+                        .and_then(|t| t.split_once(':'))
+                        .ok_or_else(bad)?;
+                    user = Some(TaskUser {
+                        uid: uid.parse().map_err(|_| bad())?,
+                        gid: gid.parse().map_err(|_| bad())?,
+                    });
+                }
                 Some("--") => break,
                 _ => return Err(format!("unexpected argument {arg:?}")),
             }
@@ -70,6 +89,7 @@ impl Plan {
         Ok(Plan {
             exit_file: exit_file.ok_or("missing --exit-file")?,
             joins,
+            user,
             argv,
         })
     }
@@ -87,6 +107,7 @@ pub fn main(args: impl Iterator<Item = OsString>) -> ! {
 }
 
 fn run(plan: &Plan) -> ! {
+    let credentials = plan.user.map(|u| u.credentials());
     // SAFETY: this process is single-threaded (no runtime was started), so the child may do
     // anything before exec.
     let pid = unsafe { libc::fork() };
@@ -98,7 +119,7 @@ fn run(plan: &Plan) -> ! {
         std::process::exit(126);
     }
     if pid == 0 {
-        exec_command(plan);
+        exec_command(plan, credentials.as_ref());
     }
     for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT] {
         // SAFETY: setting a signal to be ignored.
@@ -114,9 +135,10 @@ fn run(plan: &Plan) -> ! {
     end_like(ended)
 }
 
-/// In the forked child: joins the cgroups, then execs the command (inheriting environment,
-/// working directory and standard streams).
-fn exec_command(plan: &Plan) -> ! {
+/// In the forked child: joins the cgroups, becomes the task's user, then execs the command
+/// (inheriting environment, working directory and standard streams).
+fn exec_command(plan: &Plan, credentials: Option<&Credentials>) -> ! {
+    reset_signals();
     for dir in &plan.joins {
         if let Err(e) = fs::write(dir.join("cgroup.procs"), "0") {
             eprintln!(
@@ -124,6 +146,13 @@ fn exec_command(plan: &Plan) -> ! {
                 dir.display()
             );
             // SAFETY: leaving the forked child without running the parent's exit handlers.
+            unsafe { libc::_exit(126) };
+        }
+    }
+    if let Some(c) = credentials {
+        if let Err(e) = c.switch() {
+            eprintln!("mesofs: cannot run the task as {:?}: {e}", plan.user);
+            // SAFETY: as above.
             unsafe { libc::_exit(126) };
         }
     }
@@ -216,6 +245,10 @@ mod tests {
                 "/sys/fs/cgroup/memory/x".into(),
                 "/sys/fs/cgroup/pids/x".into(),
             ],
+            user: Some(TaskUser {
+                uid: 65534,
+                gid: 100,
+            }),
             argv: vec!["/bin/sh".into(), "-c".into(), "echo -- --join".into()],
         };
         let args = plan.to_args();

@@ -9,7 +9,7 @@ use common::{pids_in, wait_for_lines, wait_gone, Agent};
 use mesofs_agent::containerizer::{
     REASON_COMMAND_EXITED, REASON_CONTAINER_LIMITATION_MEMORY, REASON_TASK_KILLED,
 };
-use mesofs_agent::{Command, ExitKind, LaunchError, LaunchSpec};
+use mesofs_agent::{Command, ExitKind, LaunchError, LaunchSpec, TaskUser};
 
 const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -124,6 +124,44 @@ async fn a_process_killed_for_memory_takes_the_whole_task_with_it() {
         "",
         "nothing of the task ran on after the kill"
     );
+}
+
+#[tokio::test]
+async fn a_task_runs_as_its_user_in_a_sandbox_it_owns_with_default_signal_dispositions() {
+    let Some(mut agent) = Agent::with_cgroups("user") else {
+        return;
+    };
+    // Ignored signals survive exec; the task must not inherit this one.
+    // SAFETY: ignoring SIGQUIT in the test process, which never uses it.
+    unsafe { libc::signal(libc::SIGQUIT, libc::SIG_IGN) };
+    let mut spec = shell(
+        "user.1",
+        "id -u; id -g; echo mine > own; stat -c %u:%g . own stdout; grep SigIgn /proc/self/status",
+    );
+    spec.user = Some(TaskUser {
+        uid: 65534,
+        gid: 65533,
+    });
+    agent.containerizer.launch(spec).await.expect("launch");
+    let exit = agent.next_exit(EXIT_TIMEOUT).await;
+    let stdout = std::fs::read_to_string(agent.sandbox_file("user.1", "stdout")).unwrap();
+    let stderr = std::fs::read_to_string(agent.sandbox_file("user.1", "stderr")).unwrap();
+    assert_eq!(exit.kind, ExitKind::Finished, "{exit:?} {stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines[..5],
+        [
+            "65534",
+            "65533",
+            "65534:65533",
+            "65534:65533",
+            "65534:65533"
+        ]
+    );
+    let ignored = lines[5].trim_start_matches("SigIgn:").trim();
+    let ignored = u64::from_str_radix(ignored, 16).expect("a SigIgn mask");
+    // Signals 1 to 31; glibc keeps 32 and 33 for itself and refuses to reset them.
+    assert_eq!(ignored & 0x7fff_ffff, 0, "ignored signals: {ignored:#x}");
 }
 
 #[tokio::test]

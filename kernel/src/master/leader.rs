@@ -363,6 +363,8 @@ impl Leader {
                         framework_id: fw.id.clone(),
                         spec_json: serde_json::to_string(&t.spec).expect("spec serializes"),
                         ports: t.ports.clone(),
+                        uid: fw.uid,
+                        gid: fw.gid,
                     }),
                 );
             }

@@ -1,0 +1,58 @@
+//! Who a task runs as: the user who made its framework, with that user's groups, in a sandbox
+//! it owns, and with default signal dispositions whatever the agent inherited.
+
+use mesofs_tests::{can_run, Dev, Mounted};
+
+#[test]
+fn a_task_runs_as_the_user_who_made_its_framework() {
+    if !can_run() {
+        return;
+    }
+    // Ignored signals survive exec: mesofs dev inherits this one, its tasks must not.
+    // SAFETY: ignoring SIGQUIT in the test process, which never uses it.
+    unsafe { libc::signal(libc::SIGQUIT, libc::SIG_IGN) };
+    let dev = Dev::start();
+    let as_nobody = "setpriv --reuid=65534 --regid=65534 --clear-groups";
+    dev.sh_ok(&format!("{as_nobody} mkdir frameworks/theirs"));
+    let offer = dev
+        .sh_ok("cat frameworks/theirs/offers/next")
+        .trim()
+        .to_string();
+    dev.sh_ok(&format!(
+        "{as_nobody} sh -c \"echo 'name=who -- id -u; id -g; echo mine > own; stat -c %u . own; \
+         grep SigIgn /proc/self/status' > frameworks/theirs/offers/{offer}/launch\""
+    ));
+    assert_eq!(
+        dev.sh_ok("cat frameworks/theirs/tasks/who/wait").trim(),
+        "TASK_FINISHED",
+        "stderr: {}",
+        dev.read("frameworks/theirs/tasks/who/stderr")
+    );
+    let stdout = dev.read("frameworks/theirs/tasks/who/stdout");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[..4], ["65534", "65534", "65534", "65534"], "{stdout}");
+    let ignored = lines[4].trim_start_matches("SigIgn:").trim();
+    let ignored = u64::from_str_radix(ignored, 16).expect("a SigIgn mask");
+    // Signals 1 to 31; glibc keeps 32 and 33 for itself.
+    assert_eq!(ignored & 0x7fff_ffff, 0, "ignored signals: {ignored:#x}");
+
+    // Give the rest of the offer back, so root's framework is offered it now.
+    dev.sh_ok(&format!(
+        "{as_nobody} sh -c 'echo > frameworks/theirs/offers/{offer}/decline'"
+    ));
+
+    // Root's framework runs its tasks as root.
+    dev.sh_ok("mkdir frameworks/mine");
+    let offer = dev
+        .sh_ok("cat frameworks/mine/offers/next")
+        .trim()
+        .to_string();
+    dev.sh_ok(&format!(
+        "echo 'name=who -- id -u' > frameworks/mine/offers/{offer}/launch"
+    ));
+    assert_eq!(
+        dev.sh_ok("cat frameworks/mine/tasks/who/wait").trim(),
+        "TASK_FINISHED"
+    );
+    assert_eq!(dev.read("frameworks/mine/tasks/who/stdout"), "0");
+}
