@@ -19,7 +19,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::ffi::{OsStr, OsString};
 use std::future::Future;
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::Stdio;
@@ -55,6 +55,8 @@ pub const REASON_AGENT_RESTARTED: &str = "REASON_AGENT_RESTARTED";
 pub const DEFAULT_PIDS_MAX: u64 = 4096;
 /// Time between SIGTERM and SIGKILL unless a spec says otherwise.
 pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(3);
+/// How long a launch waits for a supervised command to start.
+const STARTED_TIMEOUT_MS: u16 = 10_000;
 /// PATH of a task whose environment sets none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -625,6 +627,7 @@ impl Inner {
                         exit_file,
                         joins: isolation.cgroup_dirs(),
                         user,
+                        started_fd: true,
                         argv,
                     };
                     Some((bin.as_path(), plan))
@@ -633,12 +636,22 @@ impl Inner {
             };
             // A supervised command joins and switches user by itself, from the supervisor's
             // fork.
-            let (joiner, credentials) = match supervision {
-                Some(_) => (Joiner::none(), None),
-                None => (isolation.joiner()?, user.map(|u| u.credentials())),
+            let (joiner, credentials, started) = match supervision {
+                Some(_) => {
+                    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                        .map_err(|e| spawn_err(e.into()))?;
+                    (Joiner::none(), None, Some((r, w)))
+                }
+                None => (isolation.joiner()?, user.map(|u| u.credentials()), None),
             };
             let mut cmd = command(spec, &sandbox, supervision)?;
-            spawn_isolated(&mut cmd, joiner, credentials).map_err(spawn_err)
+            let fd3 = started.as_ref().map(|(_, w)| w.as_raw_fd());
+            let child = spawn_isolated(&mut cmd, joiner, credentials, fd3).map_err(spawn_err)?;
+            if let Some((r, w)) = started {
+                drop(w);
+                wait_started(r);
+            }
+            Ok(child)
         })();
         let child = match spawned {
             Ok(c) => c,
@@ -774,6 +787,23 @@ async fn kill_all(task: &Task) {
         Ok(Err(e)) => warn!(error = %e, "cannot kill the task"),
         Err(e) => warn!(error = %e, "cannot kill the task"),
         Ok(Ok(_)) => {}
+    }
+}
+
+/// Waits until a supervised command runs (in its cgroups, as its user): the supervisor's
+/// child holds the pipe's write end until its exec closes it (or it dies). Until then a kill's
+/// SIGTERM would find nobody in the task's cgroups. Bounded, so that a stuck supervisor does
+/// not hang the launch.
+fn wait_started(pipe: OwnedFd) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds = [PollFd::new(pipe.as_fd(), PollFlags::POLLIN)];
+    match poll(&mut fds, PollTimeout::from(STARTED_TIMEOUT_MS)) {
+        Ok(0) => warn!(
+            timeout_ms = STARTED_TIMEOUT_MS,
+            "the supervisor has not started the command yet; going on"
+        ),
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "cannot wait for the command to start"),
     }
 }
 
@@ -1025,7 +1055,8 @@ pub fn bare_launch_cycle(isolator: &dyn Isolator, id: &str) -> Result<Duration, 
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        let mut child = spawn_isolated(&mut cmd, isolation.joiner()?, None).map_err(spawn_err)?;
+        let mut child =
+            spawn_isolated(&mut cmd, isolation.joiner()?, None, None).map_err(spawn_err)?;
         isolation.started(child.id() as i32);
         // Its own pgid is registered with no reaper, so this wait is the only one.
         child.wait().map_err(spawn_err)?;

@@ -2,6 +2,7 @@
 //! between fork and exec, so not even its first instruction runs outside it.
 
 use std::io;
+use std::os::fd::RawFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
 use std::sync::Arc;
@@ -86,16 +87,19 @@ pub(crate) fn reset_signals() {
 }
 
 /// Makes `cmd` start its child in a new session (so its pid is its process group id), join
-/// the isolation behind `joiner`, and become `user` (if given) before exec; then spawns it.
+/// the isolation behind `joiner`, become `user` (if given), and find `fd3` (if given) as its
+/// descriptor 3 before exec; then spawns it.
 pub(crate) fn spawn_isolated(
     cmd: &mut Command,
     joiner: Joiner,
     user: Option<Credentials>,
+    fd3: Option<RawFd>,
 ) -> io::Result<Child> {
     let joiner = Arc::new(joiner);
     let hook = joiner.clone();
     // SAFETY: the hook runs between fork and exec; it calls only setsid(2), through
-    // `reset_signals` signal(2) and sigprocmask(2), through `Joiner::join_self` write(2), and through `Credentials::switch` setgroups(2), setgid(2)
+    // `reset_signals` signal(2) and sigprocmask(2), dup2(2) or fcntl(2), through
+    // `Joiner::join_self` write(2), and through `Credentials::switch` setgroups(2), setgid(2)
     // and setuid(2): async-signal-safe, no allocation, no locks.
     unsafe {
         cmd.pre_exec(move || {
@@ -103,6 +107,17 @@ pub(crate) fn spawn_isolated(
                 return Err(io::Error::last_os_error());
             }
             reset_signals();
+            if let Some(fd) = fd3 {
+                // dup2 onto itself would keep close-on-exec: clear it instead.
+                let ok = if fd == 3 {
+                    libc::fcntl(3, libc::F_SETFD, 0) == 0
+                } else {
+                    libc::dup2(fd, 3) == 3
+                };
+                if !ok {
+                    return Err(io::Error::last_os_error());
+                }
+            }
             hook.join_self()?;
             match &user {
                 Some(c) => c.switch(),
@@ -166,7 +181,7 @@ mod tests {
     #[test]
     fn a_spawned_child_leads_its_own_session() {
         let mut cmd = Command::new("true");
-        let mut child = spawn_isolated(&mut cmd, Joiner::none(), None).expect("spawn true");
+        let mut child = spawn_isolated(&mut cmd, Joiner::none(), None, None).expect("spawn true");
         let pid = child.id() as i32;
         // The child may already have exited; its pgid is readable until reaped.
         let pgid = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid)))

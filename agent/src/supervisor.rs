@@ -16,6 +16,8 @@ use crate::process::{reset_signals, Credentials, Ended, TaskUser};
 
 /// The subcommand of the `mesofs` binary that runs a supervisor.
 pub const SUBCOMMAND: &str = "supervise";
+/// The descriptor of `--started-fd`.
+const STARTED_FD: i32 = 3;
 
 /// What a supervisor does: where to record the end, which cgroups the command joins, and the
 /// command.
@@ -27,13 +29,16 @@ pub struct Plan {
     pub joins: Vec<PathBuf>,
     /// Who the command runs as (switched to after joining); `None`: as the supervisor.
     pub user: Option<TaskUser>,
+    /// Whether descriptor 3 is a pipe to the agent, to be held by the command until its exec
+    /// closes it: how the agent learns that the command runs.
+    pub started_fd: bool,
     /// The command; its first element is a path to the program.
     pub argv: Vec<OsString>,
 }
 
 impl Plan {
     /// The arguments that follow the program name: `supervise --exit-file F [--join DIR]...
-    /// [--user UID:GID] -- ARGV...`.
+    /// [--user UID:GID] [--started-fd] -- ARGV...`.
     pub fn to_args(&self) -> Vec<OsString> {
         let mut args: Vec<OsString> = vec![SUBCOMMAND.into(), "--exit-file".into()];
         args.push(self.exit_file.clone().into());
@@ -45,6 +50,9 @@ impl Plan {
             args.push("--user".into());
             args.push(format!("{}:{}", u.uid, u.gid).into());
         }
+        if self.started_fd {
+            args.push("--started-fd".into());
+        }
         args.push("--".into());
         args.extend(self.argv.iter().cloned());
         args
@@ -55,6 +63,7 @@ impl Plan {
         let mut exit_file = None;
         let mut joins = Vec::new();
         let mut user = None;
+        let mut started_fd = false;
         loop {
             let arg = args.next().ok_or("missing `--` before the command")?;
             match arg.to_str() {
@@ -78,6 +87,7 @@ impl Plan {
                         gid: gid.parse().map_err(|_| bad())?,
                     });
                 }
+                Some("--started-fd") => started_fd = true,
                 Some("--") => break,
                 _ => return Err(format!("unexpected argument {arg:?}")),
             }
@@ -90,6 +100,7 @@ impl Plan {
             exit_file: exit_file.ok_or("missing --exit-file")?,
             joins,
             user,
+            started_fd,
             argv,
         })
     }
@@ -108,6 +119,10 @@ pub fn main(args: impl Iterator<Item = OsString>) -> ! {
 
 fn run(plan: &Plan) -> ! {
     let credentials = plan.user.map(|u| u.credentials());
+    if plan.started_fd {
+        // SAFETY: marking our descriptor 3 close-on-exec: the command's exec closes it.
+        unsafe { libc::fcntl(STARTED_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
     // SAFETY: this process is single-threaded (no runtime was started), so the child may do
     // anything before exec.
     let pid = unsafe { libc::fork() };
@@ -120,6 +135,11 @@ fn run(plan: &Plan) -> ! {
     }
     if pid == 0 {
         exec_command(plan, credentials.as_ref());
+    }
+    if plan.started_fd {
+        // SAFETY: closing our copy, so that the agent sees the end of the pipe when the
+        // command's copy goes.
+        unsafe { libc::close(STARTED_FD) };
     }
     for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT] {
         // SAFETY: setting a signal to be ignored.
@@ -249,6 +269,7 @@ mod tests {
                 uid: 65534,
                 gid: 100,
             }),
+            started_fd: true,
             argv: vec!["/bin/sh".into(), "-c".into(), "echo -- --join".into()],
         };
         let args = plan.to_args();

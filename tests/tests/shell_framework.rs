@@ -112,3 +112,32 @@ fn appending_launches_like_writing_and_tail_follows_a_running_tasks_stdout() {
         "TASK_FINISHED"
     );
 }
+
+#[test]
+fn a_kill_written_right_after_the_launch_still_sends_sigterm_first() {
+    if !can_run() {
+        return;
+    }
+    let dev = Dev::start();
+    dev.sh_ok("mkdir frameworks/quick");
+    let offer = dev
+        .sh_ok("cat frameworks/quick/offers/next")
+        .trim()
+        .to_string();
+    // The kill arrives while the task is still being started.
+    dev.sh_ok(&format!(
+        "echo 'name=k grace=60s -- sleep 100' > frameworks/quick/offers/{offer}/launch; \
+         echo > frameworks/quick/tasks/k/kill"
+    ));
+    assert_eq!(
+        dev.sh_ok("cat frameworks/quick/tasks/k/wait").trim(),
+        "TASK_KILLED"
+    );
+    let status: serde_json::Value =
+        serde_json::from_str(&dev.read("frameworks/quick/tasks/k/status.json")).unwrap();
+    let message = status["message"].as_str().unwrap_or_default().to_string();
+    assert!(
+        message.contains("SIGTERM"),
+        "the task got SIGTERM, not SIGKILL after its grace period: {message}"
+    );
+}
