@@ -184,6 +184,8 @@ enum Phase {
     Launching { kill_requested: bool },
     /// It runs and TASK_RUNNING was reported.
     Running,
+    /// A kill was started and TASK_KILLING reported.
+    Killing,
 }
 
 /// The agent's link to the masters.
@@ -469,9 +471,18 @@ impl Session {
     async fn kill(&self, task_id: &str) {
         {
             let mut phases = self.phases.lock().expect("phases lock");
-            if let Some(Phase::Launching { kill_requested }) = phases.get_mut(task_id) {
-                *kill_requested = true;
-                return;
+            match phases.get_mut(task_id) {
+                Some(Phase::Launching { kill_requested }) => {
+                    *kill_requested = true;
+                    return;
+                }
+                // Under the lock that the report of its end takes, so TASK_KILLING cannot
+                // follow it.
+                Some(phase @ Phase::Running) => {
+                    *phase = Phase::Killing;
+                    self.outbox.push(task_id, TaskState::Killing, "", "");
+                }
+                _ => {}
             }
         }
         if !self.containerizer.running().iter().any(|t| t == task_id) {

@@ -114,7 +114,7 @@ fn appending_launches_like_writing_and_tail_follows_a_running_tasks_stdout() {
 }
 
 #[test]
-fn a_kill_written_right_after_the_launch_still_sends_sigterm_first() {
+fn a_kill_written_right_after_the_launch_is_reported_killing_and_sends_sigterm_first() {
     if !can_run() {
         return;
     }
@@ -139,5 +139,16 @@ fn a_kill_written_right_after_the_launch_still_sends_sigterm_first() {
     assert!(
         message.contains("SIGTERM"),
         "the task got SIGTERM, not SIGKILL after its grace period: {message}"
+    );
+    let states: Vec<&str> = status["history"]
+        .as_array()
+        .expect("a history")
+        .iter()
+        .filter_map(|t| t["state"].as_str())
+        .collect();
+    assert_eq!(
+        states[states.len() - 2..],
+        ["TASK_KILLING", "TASK_KILLED"],
+        "{states:?}"
     );
 }
