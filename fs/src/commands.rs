@@ -8,7 +8,7 @@ use std::time::Duration;
 use mesofs_kernel::client::{LocalCopy, MasterClient, WriteError};
 use mesofs_kernel::proto;
 use mesofs_kernel::proto::write_request::Op;
-use mesofs_kernel::watch::View;
+use mesofs_kernel::watch::{View, WatchEvent};
 use tracing::{info, warn};
 
 use crate::tree::Node;
@@ -46,6 +46,23 @@ pub fn control_op(view: &View, node: &Node, data: &[u8]) -> Result<Op, WriteErro
         }),
         _ => return Err(WriteError::new(libc::EBADF, "not a control file")),
     })
+}
+
+/// Records a write the mount refuses by itself the way the master records its refusals: in
+/// the framework's `error` file and as an `error` line of its `events`. It is applied to the
+/// view under its lock at the view's own sequence number, so no sequence number moves; blocked
+/// `events` readers see it at their next check (every [`crate::blocking::SIGNAL_CHECK`]).
+pub fn record_refusal(copy: &LocalCopy, framework_id: &str, message: &str) {
+    let mut view = copy.view();
+    if active_framework(&view, framework_id).is_none() {
+        return;
+    }
+    let seq = view.seq;
+    view.apply(&WatchEvent::Refused {
+        seq,
+        framework_id: framework_id.to_string(),
+        message: message.to_string(),
+    });
 }
 
 /// The framework name a command is about.
@@ -122,4 +139,28 @@ pub fn teardown(name: &str) -> Op {
     Op::TeardownFramework(proto::TeardownFramework {
         name: name.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixture::standard;
+
+    #[test]
+    fn a_refusal_of_the_mount_shows_in_error_and_events_without_moving_the_sequence() {
+        let (c, hello, _) = standard("127.0.0.1:1");
+        let seq = c.copy.view().seq;
+        record_refusal(&c.copy, &hello, "write too large");
+        let view = c.copy.view();
+        assert_eq!(view.seq, seq);
+        assert_eq!(
+            view.errors.get(&hello).map(String::as_str),
+            Some("write too large\n")
+        );
+        let log = view.events.get(&hello).expect("events");
+        assert_eq!(
+            log.lines.back().map(String::as_str),
+            Some("error write too large\n")
+        );
+    }
 }

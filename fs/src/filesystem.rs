@@ -2,17 +2,18 @@
 //! thread at once; anything that waits (blocking reads, commands, sandbox reads) runs on the
 //! tokio runtime and replies from there, so the session thread never blocks.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::future::Future;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, ReplyXattr, Request,
-    TimeOrNow, WriteFlags,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use mesofs_kernel::client::{LocalCopy, MasterClient, WriteError};
 use mesofs_kernel::proto::write_request::Op;
@@ -22,7 +23,9 @@ use tracing::{debug, info, warn};
 use crate::blocking::{self, Interrupted, Waiting};
 use crate::commands;
 use crate::events::EventStreams;
-use crate::handles::{slice_at, Awaited, DirEntry, Handle, Handles};
+use crate::handles::{
+    open_for_stat, process_and_ancestors, slice_at, Awaited, DirEntry, Handle, Handles, OpenFile,
+};
 use crate::inodes::Inodes;
 use crate::permissions;
 use crate::render::{self, UserNames};
@@ -32,6 +35,51 @@ use crate::tree::{self, Content, Kind, Node};
 /// How long the kernel may cache attributes and entries: not at all, so `stat` and path
 /// lookups always see the local copy as it is now.
 const TTL: Duration = Duration::ZERO;
+
+/// The largest write request the mount asks the kernel for (`max_write`, set in `init`).
+pub const MAX_WRITE: u32 = 1 << 20;
+
+/// The command-size limit when the negotiated one is not known: 1 MiB - 4 KiB.
+pub const DEFAULT_COMMAND_LIMIT: usize = MAX_WRITE as usize - 4096;
+
+/// How many pages a FUSE request may span when the kernel does not negotiate it
+/// (no `FUSE_MAX_PAGES`): the kernel's `FUSE_DEFAULT_MAX_PAGES_PER_REQ`.
+const DEFAULT_MAX_PAGES: u32 = 32;
+
+/// The kernel's cap on pages per request when `/proc/sys/fs/fuse/max_pages_limit` cannot be
+/// read (its default, and the fixed cap of kernels before the sysctl).
+const DEFAULT_MAX_PAGES_LIMIT: u32 = 256;
+
+/// The smallest write request to a control file that is refused (EFBIG): a request this large
+/// may be a piece of a larger write(2) the kernel split (each piece is at most the negotiated
+/// `max_write` and `max_pages` pages, the first one up to a page shorter when the buffer is
+/// not page-aligned), and one write(2) must be one command.
+pub fn command_limit(max_write: u32, max_pages: u32, page: usize) -> usize {
+    let piece = (max_write as usize).min(max_pages as usize * page);
+    piece.saturating_sub(page).max(1)
+}
+
+/// The system's page size.
+fn page_size() -> usize {
+    // SAFETY: sysconf only reads a system constant.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(page)
+        .ok()
+        .filter(|&p| p > 0)
+        .unwrap_or(4096)
+}
+
+/// How many pages the kernel lets one request span on this session.
+fn negotiated_max_pages(config: &KernelConfig) -> u32 {
+    if !config.capabilities().contains(InitFlags::FUSE_MAX_PAGES) {
+        return DEFAULT_MAX_PAGES;
+    }
+    std::fs::read_to_string("/proc/sys/fs/fuse/max_pages_limit")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .filter(|&p| p > 0)
+        .unwrap_or(DEFAULT_MAX_PAGES_LIMIT)
+}
 
 /// State shared by the session thread, the runtime's tasks and the mount handle.
 pub struct Shared {
@@ -55,6 +103,12 @@ pub struct Shared {
     pub unmounting: AtomicBool,
     /// When the mount started: the time of nodes that have none of their own.
     pub started: SystemTime,
+    /// Write requests to control files this large or larger are refused (EFBIG); see
+    /// [`command_limit`].
+    pub command_limit: AtomicUsize,
+    /// The inode each thread last looked up, until its next getattr or open: a getattr right
+    /// after a lookup is a stat by path, anything else (fstat) is about an open file.
+    last_lookup: Mutex<HashMap<u32, u64>>,
 }
 
 impl Shared {
@@ -71,7 +125,13 @@ impl Shared {
             events: EventStreams::default(),
             unmounting: AtomicBool::new(false),
             started: SystemTime::now(),
+            command_limit: AtomicUsize::new(DEFAULT_COMMAND_LIMIT),
+            last_lookup: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn last_lookup(&self) -> std::sync::MutexGuard<'_, HashMap<u32, u64>> {
+        self.last_lookup.lock().expect("last lookup lock")
     }
 
     /// Sends a command for the caller `pid` (see [`commands::send`]). Only a caller being
@@ -278,18 +338,31 @@ fn errno(e: i32) -> Errno {
 }
 
 impl Filesystem for MesoFs {
-    fn init(&mut self, _req: &Request, _config: &mut KernelConfig) -> std::io::Result<()> {
-        info!("mesofs filesystem initialised");
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // 1 MiB requests at most (fuser would ask 16 MiB): known, and what the kernel's default
+        // page cap gives anyway.
+        let max_write = match config.set_max_write(MAX_WRITE) {
+            Ok(_) => MAX_WRITE,
+            Err(nearest) => {
+                let _ = config.set_max_write(nearest);
+                nearest
+            }
+        };
+        let limit = command_limit(max_write, negotiated_max_pages(config), page_size());
+        self.shared.command_limit.store(limit, Ordering::Relaxed);
+        info!(
+            max_write,
+            command_limit = limit,
+            "mesofs filesystem initialised"
+        );
         Ok(())
     }
 
     fn destroy(&mut self) {
-        self.shared
-            .unmounting
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.shared.unmounting.store(true, Ordering::Relaxed);
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let (parent, name) = match self.parent_and_name(parent, name) {
             Ok(x) => x,
             Err(e) => return reply.error(errno(e)),
@@ -307,6 +380,14 @@ impl Filesystem for MesoFs {
             inodes.looked_up(ino);
             ino
         };
+        {
+            let mut last = self.shared.last_lookup();
+            // Threads that looked up and left: forget them now and then.
+            if last.len() >= 4096 {
+                last.clear();
+            }
+            last.insert(req.pid(), ino);
+        }
         self.answer_attr(&view, &child, ino, AttrReply::Entry(reply));
     }
 
@@ -317,15 +398,45 @@ impl Filesystem for MesoFs {
             .forget(ino.0, nlookup, |n| n.exists(&view));
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let Some(node) = self.shared.node(ino) else {
-            return reply.error(Errno::ENOENT);
-        };
+    fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let path_stat = self.shared.last_lookup().remove(&req.pid()) == Some(ino.0);
+        let node = self.shared.node(ino);
         let view = self.shared.copy.view();
-        if !node.exists(&view) {
-            return reply.error(Errno::ENOENT);
+        let exists = node.as_ref().is_some_and(|n| n.exists(&view));
+        // An open file answers for itself: its snapshot's size (what its reads give), and its
+        // attributes after its node vanished (an open fd stays fstat-able). The kernel gives
+        // the handle only for some calls (lseek SEEK_END); fstat comes without one, so the
+        // open is found by inode and calling process.
+        let open = match fh.and_then(|fh| self.shared.handles.file(fh.0)) {
+            Some(f) => Some(f),
+            None => {
+                let files = self.shared.handles.files_of(ino.0);
+                // Only a snapshot, or a node that is gone, needs the caller (a /proc read):
+                // `tail -f events` fstats often.
+                if files.is_empty() || (exists && !files.iter().any(|f| f.snapshot)) {
+                    None
+                } else {
+                    let callers = process_and_ancestors(req.pid());
+                    open_for_stat(&files, &callers, exists, path_stat).cloned()
+                }
+            }
+        };
+        match (open, node) {
+            (Some(f), node) if f.snapshot || !exists => {
+                let mut attr = f.attr;
+                // A gone framework's events file keeps its size (tail -f must not see it
+                // shrink to what it was at open).
+                if let Some(Content::Events { framework_id }) = node.map(|n| n.content()) {
+                    attr.size = self.shared.events.size(&view, &framework_id);
+                    attr.blocks = attr.size.div_ceil(512);
+                }
+                reply.attr(&TTL, &attr);
+            }
+            (_, Some(node)) if exists => {
+                self.answer_attr(&view, &node, ino.0, AttrReply::Attr(reply))
+            }
+            _ => reply.error(Errno::ENOENT),
         }
-        self.answer_attr(&view, &node, ino.0, AttrReply::Attr(reply));
     }
 
     fn setattr(
@@ -549,12 +660,19 @@ impl Filesystem for MesoFs {
             debug!(?node, uid = req.uid(), write, "open refused");
             return reply.error(errno(e));
         }
+        // The lookup before this open was not a stat: a getattr after it is an fstat.
+        self.shared.last_lookup().remove(&req.pid());
         // Direct I/O everywhere: every read reaches us, so no page cache can serve a stale
         // version, and a read returns exactly what the open's content holds.
         let open_flags = FopenFlags::FOPEN_DIRECT_IO;
+        let mut attr = self.shared.attr(&view, &node, ino.0, 0);
+        let mut snapshot = false;
         let handle = match node.content() {
             Content::Rendered => {
                 let text = render::render(&view, &node, &self.shared.users).unwrap_or_default();
+                attr.size = text.len() as u64;
+                attr.blocks = attr.size.div_ceil(512);
+                snapshot = true;
                 Handle::Content(Arc::from(text.into_bytes()))
             }
             Content::Control => Handle::Control(node.clone()),
@@ -576,7 +694,22 @@ impl Filesystem for MesoFs {
             Content::Sandbox { task_id, file } => Handle::Sandbox { task_id, file },
         };
         drop(view);
-        let fh = self.shared.handles.insert(handle);
+        // Only a snapshot's fstat depends on who opened it; other opens skip the /proc read.
+        let opener = if snapshot {
+            process_and_ancestors(req.pid())
+                .first()
+                .copied()
+                .unwrap_or(0)
+        } else {
+            0
+        };
+        let file = OpenFile {
+            ino: ino.0,
+            opener,
+            attr,
+            snapshot,
+        };
+        let fh = self.shared.handles.insert_file(handle, file);
         reply.opened(FileHandle(fh), open_flags);
     }
 
@@ -643,6 +776,19 @@ impl Filesystem for MesoFs {
         let Handle::Control(node) = &*handle else {
             return reply.error(Errno::EBADF);
         };
+        let limit = self.shared.command_limit.load(Ordering::Relaxed);
+        if data.len() >= limit {
+            // Maybe the first piece of a write(2) the kernel split: refusing it fails the whole
+            // write with nothing applied, where accepting it would apply a part.
+            let message = format!(
+                "write too large: a write(2) to a control file must be under {limit} bytes, this one reached the mount with {} bytes or more; nothing was applied",
+                data.len()
+            );
+            let framework_id = node.framework_id().unwrap_or_default();
+            info!(framework_id, ?node, errno = libc::EFBIG, reason = %message, "write refused");
+            commands::record_refusal(&self.shared.copy, framework_id, &message);
+            return reply.error(Errno::from_i32(libc::EFBIG));
+        }
         let op = {
             let view = self.shared.copy.view();
             commands::control_op(&view, node, data)
@@ -965,5 +1111,19 @@ async fn read_sandbox(
             warn!(task = %task_id, file, error = %e, "sandbox read failed");
             reply.error(Errno::EIO);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_limit_is_a_page_under_the_largest_request() {
+        assert_eq!(command_limit(MAX_WRITE, 256, 4096), DEFAULT_COMMAND_LIMIT);
+        assert_eq!(command_limit(MAX_WRITE, 256, 4096), 1_044_480);
+        // Without FUSE_MAX_PAGES requests span 32 pages: 128 KiB.
+        assert_eq!(command_limit(MAX_WRITE, 32, 4096), 131_072 - 4096);
+        assert_eq!(command_limit(64 * 1024, 256, 4096), 61_440);
     }
 }

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use fuser::FileType;
+use fuser::{FileAttr, FileType};
 
 use crate::events::Cursor;
 use crate::tree::Node;
@@ -60,27 +60,82 @@ pub struct DirEntry {
     pub name: String,
 }
 
+/// What an open file is, for `fstat`: Linux sends fstat as a getattr without the handle, so
+/// the mount finds the open by its inode and the calling process.
+#[derive(Clone, Debug)]
+pub struct OpenFile {
+    /// The inode opened.
+    pub ino: u64,
+    /// The process (thread group id) that opened it; 0 when unknown.
+    pub opener: u32,
+    /// The attributes at open; for a snapshot, those of the version this open reads.
+    pub attr: FileAttr,
+    /// Whether the content was fixed at open (a rendered file): then `attr` is the open's
+    /// answer even while the node lives on in a newer version.
+    pub snapshot: bool,
+}
+
+struct Entry {
+    handle: Arc<Handle>,
+    file: Option<OpenFile>,
+}
+
 /// The table of open handles, by the number given to the kernel.
 #[derive(Default)]
 pub struct Handles {
     next: AtomicU64,
-    open: Mutex<HashMap<u64, Arc<Handle>>>,
+    open: Mutex<HashMap<u64, Entry>>,
 }
 
 impl Handles {
-    /// Stores a handle and returns its number.
-    pub fn insert(&self, handle: Handle) -> u64 {
+    fn store(&self, handle: Handle, file: Option<OpenFile>) -> u64 {
         let fh = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        self.open
-            .lock()
-            .expect("handles lock")
-            .insert(fh, Arc::new(handle));
+        let entry = Entry {
+            handle: Arc::new(handle),
+            file,
+        };
+        self.open.lock().expect("handles lock").insert(fh, entry);
         fh
+    }
+
+    /// Stores a handle (of a directory) and returns its number.
+    pub fn insert(&self, handle: Handle) -> u64 {
+        self.store(handle, None)
+    }
+
+    /// Stores the handle of an open file with what `fstat` answers from; returns its number.
+    pub fn insert_file(&self, handle: Handle, file: OpenFile) -> u64 {
+        self.store(handle, Some(file))
     }
 
     /// The handle with this number.
     pub fn get(&self, fh: u64) -> Option<Arc<Handle>> {
-        self.open.lock().expect("handles lock").get(&fh).cloned()
+        self.open
+            .lock()
+            .expect("handles lock")
+            .get(&fh)
+            .map(|e| e.handle.clone())
+    }
+
+    /// The open file with this handle number.
+    pub fn file(&self, fh: u64) -> Option<OpenFile> {
+        self.open
+            .lock()
+            .expect("handles lock")
+            .get(&fh)
+            .and_then(|e| e.file.clone())
+    }
+
+    /// The open files of an inode, newest open first.
+    pub fn files_of(&self, ino: u64) -> Vec<OpenFile> {
+        let open = self.open.lock().expect("handles lock");
+        let mut files: Vec<(u64, OpenFile)> = open
+            .iter()
+            .filter_map(|(&fh, e)| e.file.clone().map(|f| (fh, f)))
+            .filter(|(_, f)| f.ino == ino)
+            .collect();
+        files.sort_by_key(|&(fh, _)| std::cmp::Reverse(fh));
+        files.into_iter().map(|(_, f)| f).collect()
     }
 
     /// Forgets a handle (on release).
@@ -106,4 +161,145 @@ pub fn slice_at(data: &[u8], offset: u64, size: u32) -> &[u8] {
         .min(data.len());
     let end = start.saturating_add(size as usize).min(data.len());
     &data[start..end]
+}
+
+/// Which open answers a getattr that came without a handle, as `fstat` does on Linux, given
+/// the inode's opens (newest first) and the calling process with its ancestors (an fd is
+/// inherited: `exec 8<file; cat <&8`). `None`: answer from the node as it is now.
+///
+/// A stat by path (`path_stat`: the caller just looked the name up) of a live node gets the
+/// current version. Otherwise the caller's own open of a snapshot answers, so fstat agrees with
+/// what its reads give. A node that is gone can only be reached through an open (or a cwd):
+/// any open answers then, the caller's first.
+pub fn open_for_stat<'a>(
+    files: &'a [OpenFile],
+    callers: &[u32],
+    node_exists: bool,
+    path_stat: bool,
+) -> Option<&'a OpenFile> {
+    if node_exists && path_stat {
+        return None;
+    }
+    let mine = files
+        .iter()
+        .find(|f| f.opener != 0 && callers.contains(&f.opener));
+    if node_exists {
+        mine.filter(|f| f.snapshot)
+    } else {
+        mine.or(files.first())
+    }
+}
+
+/// A thread's process (thread group id) followed by its ancestors, from `/proc`; empty when
+/// unknown (pid 0: a caller outside the mount's pid namespace). Stops before pid 1.
+pub fn process_and_ancestors(pid: u32) -> Vec<u32> {
+    let mut chain = Vec::new();
+    let field = |status: &str, name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<u32>().ok())
+    };
+    let mut next = pid;
+    // Deep enough for any shell nesting; bounded in case /proc changes under us.
+    while next > 1 && chain.len() < 64 {
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{next}/status")) else {
+            break;
+        };
+        let Some(tgid) = field(&status, "Tgid:") else {
+            break;
+        };
+        if chain.contains(&tgid) {
+            break;
+        }
+        chain.push(tgid);
+        next = field(&status, "PPid:").unwrap_or(0);
+    }
+    chain
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::UNIX_EPOCH;
+
+    use fuser::INodeNo;
+
+    use super::*;
+
+    fn file(ino: u64, opener: u32, size: u64, snapshot: bool) -> OpenFile {
+        OpenFile {
+            ino,
+            opener,
+            attr: FileAttr {
+                ino: INodeNo(ino),
+                size,
+                blocks: 0,
+                atime: UNIX_EPOCH,
+                mtime: UNIX_EPOCH,
+                ctime: UNIX_EPOCH,
+                crtime: UNIX_EPOCH,
+                kind: FileType::RegularFile,
+                perm: 0o444,
+                nlink: 1,
+                uid: 0,
+                gid: 0,
+                rdev: 0,
+                blksize: 4096,
+                flags: 0,
+            },
+            snapshot,
+        }
+    }
+
+    #[test]
+    fn files_of_an_inode_come_newest_first_and_leave_on_release() {
+        let h = Handles::default();
+        let a = h.insert_file(Handle::Content(Arc::from(&b"ab"[..])), file(7, 10, 2, true));
+        h.insert(Handle::Dir(Vec::new()));
+        let b = h.insert_file(
+            Handle::Content(Arc::from(&b"abc"[..])),
+            file(7, 11, 3, true),
+        );
+        h.insert_file(Handle::Content(Arc::from(&b"x"[..])), file(8, 10, 1, true));
+        let sizes: Vec<u64> = h.files_of(7).iter().map(|f| f.attr.size).collect();
+        assert_eq!(sizes, [3, 2]);
+        assert_eq!(h.file(a).map(|f| f.attr.size), Some(2));
+        h.remove(b);
+        assert_eq!(h.files_of(7).len(), 1);
+    }
+
+    #[test]
+    fn fstat_without_a_handle_answers_from_the_callers_snapshot_and_path_stat_from_the_node() {
+        let files = [file(7, 20, 1011, true), file(7, 10, 736, true)];
+        // The opener (or a child that inherited its fd) fstats: the version it reads.
+        let of = |callers: &[u32], exists, path| {
+            open_for_stat(&files, callers, exists, path).map(|f| f.attr.size)
+        };
+        assert_eq!(of(&[10], true, false), Some(736));
+        assert_eq!(of(&[30, 10, 5], true, false), Some(736));
+        // A stat by path, or a process without an open: the current version.
+        assert_eq!(of(&[10], true, true), None);
+        assert_eq!(of(&[30], true, false), None);
+        // Gone: any open answers (the caller's first), even for a stat that looked it up.
+        assert_eq!(of(&[10], false, true), Some(736));
+        assert_eq!(of(&[30], false, false), Some(1011));
+        assert_eq!(of(&[], false, false), Some(1011));
+        assert!(open_for_stat(&[], &[10], false, false).is_none());
+        // An open that is not a snapshot (events, stdout) shows the node as it is while it lives.
+        let events = [file(9, 10, 50, false)];
+        assert!(open_for_stat(&events, &[10], true, false).is_none());
+        assert_eq!(
+            open_for_stat(&events, &[10], false, false).map(|f| f.attr.size),
+            Some(50)
+        );
+    }
+
+    #[test]
+    fn the_process_chain_starts_at_the_callers_thread_group() {
+        let me = std::process::id();
+        let chain = process_and_ancestors(me);
+        assert_eq!(chain.first(), Some(&me));
+        assert!(chain.len() >= 2 || nix::unistd::getppid().as_raw() <= 1);
+        assert!(process_and_ancestors(0).is_empty());
+    }
 }

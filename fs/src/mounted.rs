@@ -618,3 +618,178 @@ fn unmounting_releases_blocked_readers() {
     let (_, out) = finish(next, Duration::from_secs(2));
     assert!(!out.status.success(), "the reader got an error");
 }
+
+/// Whether `stat` sees the reader's stdin: `stat -L /dev/stdin` fstats the inherited fd.
+fn fstat_size_in_child(file: &std::fs::File) -> String {
+    let out = Command::new("stat")
+        .args(["-L", "-c", "%s", "/dev/stdin"])
+        .stdin(file.try_clone().unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "fstat in a child: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn an_open_file_stays_fstatable_after_its_node_vanished() {
+    if !can_mount() {
+        return;
+    }
+    let mut m = Mounted::start();
+    let hello = m.hello.clone();
+    let mut resources =
+        std::fs::File::open(m.path("frameworks/hello/offers/1-1/resources")).unwrap();
+    let mut id = std::fs::File::open(m.path("frameworks/hello/id")).unwrap();
+    let id_text = format!("{hello}\n");
+    m.cluster.remove_offer("1-1", &hello, "declined", false);
+    m.cluster.teardown(&hello);
+    assert!(!m.path("frameworks/hello").exists());
+
+    let meta = resources.metadata().expect("fstat of an offer's open file");
+    assert!(meta.is_file());
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut resources, &mut text).unwrap();
+    assert_eq!(meta.len(), text.len() as u64, "the size of what it reads");
+    assert_eq!(fstat_size_in_child(&resources), meta.len().to_string());
+
+    assert_eq!(
+        id.metadata()
+            .expect("fstat of a framework's open file")
+            .len(),
+        id_text.len() as u64
+    );
+    // cat fstats its input: `exec 7<fw/id; rmdir fw; cat <&7`.
+    let out = Command::new("cat")
+        .stdin(id.try_clone().unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cat: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), id_text);
+    let mut again = String::new();
+    std::io::Seek::rewind(&mut id).unwrap();
+    std::io::Read::read_to_string(&mut id, &mut again).unwrap();
+    assert_eq!(again, id_text);
+    drop((resources, id));
+    m.unmount();
+}
+
+#[test]
+fn fstat_gives_the_size_of_the_version_an_open_reads_and_stat_the_current_one() {
+    if !can_mount() {
+        return;
+    }
+    let mut m = Mounted::start();
+    let hello = m.hello.clone();
+    let rel = "frameworks/hello/tasks/web/status.json";
+    let mut file = std::fs::File::open(m.path(rel)).unwrap();
+    let opened = file.metadata().unwrap().len();
+    m.cluster.update(
+        &hello,
+        "web",
+        TaskState::Killed,
+        "REASON_TASK_KILLED",
+        "killed by the test",
+    );
+    let current = std::fs::read(m.path(rel)).unwrap().len() as u64;
+    assert_ne!(current, opened, "the new version has another size");
+
+    assert_eq!(
+        file.metadata().unwrap().len(),
+        opened,
+        "fstat: the open's version"
+    );
+    assert_eq!(
+        fstat_size_in_child(&file),
+        opened.to_string(),
+        "fstat of an inherited fd"
+    );
+    // SEEK_END comes with the handle.
+    let end = std::io::Seek::seek(&mut file, std::io::SeekFrom::End(0)).unwrap();
+    assert_eq!(end, opened, "SEEK_END: the open's version");
+    std::io::Seek::rewind(&mut file).unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut file, &mut text).unwrap();
+    assert_eq!(text.len() as u64, opened);
+
+    // By path, from this process or another: the current version.
+    assert_eq!(std::fs::metadata(m.path(rel)).unwrap().len(), current);
+    assert_eq!(
+        m.sh(&format!("stat -c %s {rel}")).trim(),
+        current.to_string()
+    );
+    let ls = m.sh(&format!("ls -l {rel}"));
+    assert_eq!(
+        ls.split_whitespace().nth(4),
+        Some(&*current.to_string()),
+        "{ls}"
+    );
+    // And fstat once more: the lookups above did not turn it into a path stat.
+    assert_eq!(file.metadata().unwrap().len(), opened);
+    drop(file);
+    assert_eq!(std::fs::metadata(m.path(rel)).unwrap().len(), current);
+    m.unmount();
+}
+
+#[test]
+fn a_write_that_may_reach_the_mount_in_pieces_is_refused_whole_with_efbig() {
+    if !can_mount() {
+        return;
+    }
+    use std::io::Write;
+    use std::os::unix::fs::FileExt;
+    let m = Mounted::start();
+    let launch = m.path("frameworks/hello/offers/1-1/launch");
+    let open = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&launch)
+            .unwrap()
+    };
+    let limit = crate::filesystem::DEFAULT_COMMAND_LIMIT;
+    let mut text = b"name=big -- true\n".to_vec();
+    text.resize(1_500_045, b'#');
+    // One write(2) each, not write_all: the kernel splits it, the first piece is refused.
+    for (what, result) in [
+        ("write", open().write(&text)),
+        ("pwrite at an offset", open().write_at(&text, 1_000_000)),
+        (
+            "append",
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&launch)
+                .unwrap()
+                .write(&text),
+        ),
+        ("a write of the limit", open().write(&text[..limit])),
+        // An unaligned buffer makes the first piece up to a page short of 1 MiB.
+        ("a first piece", open().write(&text[3024..3024 + 1_045_552])),
+    ] {
+        let err = result.expect_err(what);
+        assert_eq!(err.raw_os_error(), Some(libc::EFBIG), "{what}: {err}");
+    }
+    let error = m.read("frameworks/hello/error");
+    assert!(error.starts_with("write too large: "), "{error}");
+    assert!(error.contains(&format!("under {limit} bytes")), "{error}");
+    let events = std::fs::File::open(m.path("frameworks/hello/events")).unwrap();
+    let mut last = String::new();
+    for line in BufReader::new(events).lines().take(64) {
+        let line = line.unwrap();
+        if line.starts_with("error write too large") {
+            last = line;
+            break;
+        }
+    }
+    assert!(!last.is_empty(), "an error line in events");
+    // One byte less fits one request and goes to the (unreachable) master.
+    let err = open().write(&text[1..limit]).expect_err("no master");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    m.unmount();
+}
