@@ -447,8 +447,8 @@ impl Filesystem for MesoFs {
         uid: Option<u32>,
         gid: Option<u32>,
         size: Option<u64>,
-        _atime: Option<TimeOrNow>,
-        _mtime: Option<TimeOrNow>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
         _fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
@@ -467,8 +467,21 @@ impl Filesystem for MesoFs {
         if mode.is_some() || uid.is_some() || gid.is_some() {
             return reply.error(Errno::EPERM);
         }
-        // `echo x > kill` truncates before it writes: a no-op on control files. Times are
-        // ignored (touch works).
+        // Times are not kept, but who may set them is checked as on any filesystem: the owner
+        // (or root) any time, others not at all (they cannot write these files), so a
+        // stranger's `touch` fails instead of seeming to work.
+        let times = [atime, mtime];
+        if times.iter().any(Option::is_some) && !permissions::owns(&view, &node, req.uid()) {
+            let explicit = times
+                .iter()
+                .any(|t| matches!(t, Some(TimeOrNow::SpecificTime(_))));
+            return reply.error(if explicit {
+                Errno::EPERM
+            } else {
+                Errno::EACCES
+            });
+        }
+        // `echo x > kill` truncates before it writes: a no-op on control files.
         if size.is_some() {
             if let Err(e) = permissions::check_open(&view, &node, req.uid(), false, true) {
                 return reply.error(errno(e));

@@ -78,3 +78,25 @@ fn ls_find_and_stat_agree_with_what_cat_reads() {
         "cpus:4;disk:1024;mem:4096;ports:[31000-31099]"
     );
 }
+
+#[test]
+fn only_the_owner_may_touch_a_frameworks_files() {
+    if !can_run() {
+        return;
+    }
+    let dev = Dev::start();
+    dev.sh_ok("mkdir frameworks/mine");
+    let as_nobody = "setpriv --reuid=65534 --regid=65534 --clear-groups";
+    // GNU touch reports the EACCES of its open(O_WRONLY) when setting the times fails too.
+    for touch in ["touch", "touch -d 2000-01-01"] {
+        let out = dev.sh(&format!("{as_nobody} {touch} frameworks/mine/id"));
+        assert!(!out.status.success(), "a stranger cannot {touch}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The owner (here root) may; the times are not kept.
+    dev.sh_ok("touch frameworks/mine/id && touch -d 2000-01-01 frameworks/mine/id");
+}
