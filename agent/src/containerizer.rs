@@ -1022,10 +1022,15 @@ fn command(
         source,
     };
     // Nothing of the agent's own environment leaks into tasks.
-    cmd.env_clear()
-        .env("PATH", DEFAULT_PATH)
-        .env("HOME", dir)
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+    cmd.env_clear().env("PATH", DEFAULT_PATH).env("HOME", dir);
+    // The name of the user it runs as, when the system knows one.
+    let uid = spec
+        .user
+        .map_or_else(|| nix::unistd::geteuid().as_raw(), |u| u.uid);
+    if let Ok(Some(user)) = nix::unistd::User::from_uid(uid.into()) {
+        cmd.env("USER", &user.name).env("LOGNAME", &user.name);
+    }
+    cmd.envs(spec.env.iter().map(|(k, v)| (k, v)))
         .env("MESOFS_TASK_ID", &spec.task_id)
         .env("MESOFS_SANDBOX", dir)
         .current_dir(dir)

@@ -20,7 +20,8 @@ fn a_task_runs_as_the_user_who_made_its_framework() {
         .to_string();
     dev.sh_ok(&format!(
         "{as_nobody} sh -c \"echo 'name=who -- id -u; id -g; echo mine > own; stat -c %u . own; \
-         grep SigIgn /proc/self/status' > frameworks/theirs/offers/{offer}/launch\""
+         echo \\$USER \\$LOGNAME; grep SigIgn /proc/self/status' \
+         > frameworks/theirs/offers/{offer}/launch\""
     ));
     assert_eq!(
         dev.sh_ok("cat frameworks/theirs/tasks/who/wait").trim(),
@@ -30,8 +31,12 @@ fn a_task_runs_as_the_user_who_made_its_framework() {
     );
     let stdout = dev.read("frameworks/theirs/tasks/who/stdout");
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines[..4], ["65534", "65534", "65534", "65534"], "{stdout}");
-    let ignored = lines[4].trim_start_matches("SigIgn:").trim();
+    assert_eq!(
+        lines[..5],
+        ["65534", "65534", "65534", "65534", "nobody nobody"],
+        "{stdout}"
+    );
+    let ignored = lines[5].trim_start_matches("SigIgn:").trim();
     let ignored = u64::from_str_radix(ignored, 16).expect("a SigIgn mask");
     // Signals 1 to 31; glibc keeps 32 and 33 for itself.
     assert_eq!(ignored & 0x7fff_ffff, 0, "ignored signals: {ignored:#x}");
@@ -48,11 +53,11 @@ fn a_task_runs_as_the_user_who_made_its_framework() {
         .trim()
         .to_string();
     dev.sh_ok(&format!(
-        "echo 'name=who -- id -u' > frameworks/mine/offers/{offer}/launch"
+        "echo 'name=who -- id -u; echo $USER' > frameworks/mine/offers/{offer}/launch"
     ));
     assert_eq!(
         dev.sh_ok("cat frameworks/mine/tasks/who/wait").trim(),
         "TASK_FINISHED"
     );
-    assert_eq!(dev.read("frameworks/mine/tasks/who/stdout"), "0");
+    assert_eq!(dev.read("frameworks/mine/tasks/who/stdout"), "0\nroot");
 }
