@@ -24,7 +24,8 @@ use crate::blocking::{self, Interrupted, Waiting};
 use crate::commands;
 use crate::events::EventStreams;
 use crate::handles::{
-    open_for_stat, process_and_ancestors, slice_at, Awaited, DirEntry, Handle, Handles, OpenFile,
+    open_for_stat, process, process_and_ancestors, slice_at, Awaited, DirEntry, Handle, Handles,
+    OpenFile,
 };
 use crate::inodes::Inodes;
 use crate::permissions;
@@ -708,14 +709,7 @@ impl Filesystem for MesoFs {
         };
         drop(view);
         // Only a snapshot's fstat depends on who opened it; other opens skip the /proc read.
-        let opener = if snapshot {
-            process_and_ancestors(req.pid())
-                .first()
-                .copied()
-                .unwrap_or(0)
-        } else {
-            0
-        };
+        let opener = if snapshot { process(req.pid()) } else { 0 };
         let file = OpenFile {
             ino: ino.0,
             opener,

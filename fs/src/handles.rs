@@ -194,28 +194,40 @@ pub fn open_for_stat<'a>(
 /// unknown (pid 0: a caller outside the mount's pid namespace). Stops before pid 1.
 pub fn process_and_ancestors(pid: u32) -> Vec<u32> {
     let mut chain = Vec::new();
-    let field = |status: &str, name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().parse::<u32>().ok())
-    };
     let mut next = pid;
     // Deep enough for any shell nesting; bounded in case /proc changes under us.
     while next > 1 && chain.len() < 64 {
-        let Ok(status) = std::fs::read_to_string(format!("/proc/{next}/status")) else {
-            break;
-        };
-        let Some(tgid) = field(&status, "Tgid:") else {
+        let Some((tgid, ppid)) = process_of(next) else {
             break;
         };
         if chain.contains(&tgid) {
             break;
         }
         chain.push(tgid);
-        next = field(&status, "PPid:").unwrap_or(0);
+        next = ppid;
     }
     chain
+}
+
+/// A thread's process (thread group id), from one read of `/proc`; 0 when unknown.
+pub fn process(pid: u32) -> u32 {
+    if pid > 1 {
+        process_of(pid).map_or(0, |(tgid, _)| tgid)
+    } else {
+        0
+    }
+}
+
+/// A thread's thread group id and its parent's pid, from `/proc/<pid>/status`.
+fn process_of(pid: u32) -> Option<(u32, u32)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<u32>().ok())
+    };
+    Some((field("Tgid:")?, field("PPid:").unwrap_or(0)))
 }
 
 #[cfg(test)]

@@ -603,13 +603,7 @@ impl CgroupIsolation {
                     _ => 0,
                 }
             } else {
-                let v = read_u64(&mem.path().join("memory.limit_in_bytes"))?;
-                // v1 shows "unlimited" as the largest page-aligned i64.
-                if v >= i64::MAX as u64 - page_size() {
-                    0
-                } else {
-                    v
-                }
+                v1_mem_limit(mem)?
             };
         }
         if let Some(cpu) = self.cpu() {
@@ -687,6 +681,17 @@ impl CgroupIsolation {
 
 fn missing(controller: &str) -> IsolatorError {
     IsolatorError::Unavailable(format!("no {controller} controller"))
+}
+
+/// A v1 memory cgroup's limit in bytes; 0 when unlimited.
+fn v1_mem_limit(mem: &MemController) -> Result<u64, IsolatorError> {
+    let v = read_u64(&mem.path().join("memory.limit_in_bytes"))?;
+    // v1 shows "unlimited" as the largest page-aligned i64.
+    Ok(if v >= i64::MAX as u64 - page_size() {
+        0
+    } else {
+        v
+    })
 }
 
 fn read_u64(path: &Path) -> Result<u64, IsolatorError> {
@@ -781,7 +786,7 @@ impl Isolation for CgroupIsolation {
         let Some(mem) = self.mem() else {
             return Ok(None);
         };
-        if self.v2 || self.read_raw()?.mem_bytes == 0 {
+        if self.v2 || v1_mem_limit(mem)? == 0 {
             return Ok(None);
         }
         let io = |path: PathBuf| move |source| IsolatorError::Io { path, source };
