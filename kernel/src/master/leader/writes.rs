@@ -1,0 +1,348 @@
+//! Framework writes: register, tear down, launch, decline and kill, each checked, committed
+//! through Raft, then carried out.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tracing::{debug, info, info_span, Instrument};
+
+use super::{now_ms, refuse, Leader, Refusal};
+use crate::proto::{self, master_message, write_request::Op, WriteReply};
+use crate::resources::Resources;
+use crate::spec::parse_specs;
+use crate::state::{task_id, Command, FrameworkInfo, NewTask};
+
+impl Leader {
+    /// Handles one framework write and answers with an errno and the sequence to wait for.
+    pub async fn write(self: &Arc<Self>, uid: u32, gid: u32, op: Op) -> WriteReply {
+        let framework = match &op {
+            Op::RegisterFramework(r) => r.name.clone(),
+            Op::TeardownFramework(r) => r.name.clone(),
+            Op::Launch(r) => r.framework.clone(),
+            Op::Decline(r) => r.framework.clone(),
+            Op::Kill(r) => r.framework.clone(),
+        };
+        let registering = matches!(op, Op::RegisterFramework(_));
+        let span = info_span!("write", framework = %framework, uid);
+        let result = async {
+            match op {
+                Op::RegisterFramework(r) => self.register_framework(&r.name, uid, gid).await,
+                Op::TeardownFramework(r) => self.teardown_framework(&r.name, uid).await,
+                Op::Launch(r) => self.launch(&r.framework, uid, &r.offer_id, &r.text).await,
+                Op::Decline(r) => self.decline(&r.framework, uid, &r.offer_id, &r.text).await,
+                Op::Kill(r) => self.kill(&r.framework, uid, &r.task).await,
+            }
+        }
+        .instrument(span)
+        .await;
+        match result {
+            Ok(()) => WriteReply {
+                errno: 0,
+                error: String::new(),
+                seq: self.hub.seq(),
+            },
+            Err(r) => {
+                info!(framework = %framework, errno = r.errno, reason = %r.message, "write refused");
+                // A refused mkdir names a framework that is not the writer's.
+                let fw = if registering {
+                    None
+                } else {
+                    self.hub
+                        .read(|s, _| s.framework_by_name(&framework).map(|f| f.id.clone()))
+                };
+                let seq = match fw {
+                    Some(id) => self.hub.refused(&id, &r.message),
+                    None => self.hub.seq(),
+                };
+                WriteReply {
+                    errno: r.errno,
+                    error: r.message,
+                    seq,
+                }
+            }
+        }
+    }
+
+    fn owned_framework(&self, name: &str, uid: u32) -> Result<FrameworkInfo, Refusal> {
+        let fw = self
+            .hub
+            .read(|s, _| s.framework_by_name(name).cloned())
+            .ok_or_else(|| refuse(libc::ENOENT, format!("no framework named {name:?}")))?;
+        if uid != 0 && uid != fw.uid {
+            return Err(refuse(
+                libc::EACCES,
+                format!(
+                    "framework {name:?} belongs to uid {}; uid {uid} may not change it",
+                    fw.uid
+                ),
+            ));
+        }
+        Ok(fw)
+    }
+
+    async fn register_framework(&self, name: &str, uid: u32, gid: u32) -> Result<(), Refusal> {
+        crate::spec::validate_name(name).map_err(|e| {
+            refuse(
+                libc::EINVAL,
+                format!("invalid framework name {name:?}: {e}"),
+            )
+        })?;
+        let r = self
+            .propose(Command::RegisterFramework {
+                name: name.to_string(),
+                uid,
+                gid,
+                time_ms: now_ms(),
+            })
+            .await?;
+        if let Some(e) = r.applied.error {
+            return Err(refuse(libc::EEXIST, e.to_string()));
+        }
+        info!(framework = %name, id = ?r.applied.framework_id, "framework registered");
+        let agents = self
+            .hub
+            .read(|s, _| s.agents.keys().cloned().collect::<Vec<_>>());
+        self.allocate(agents);
+        Ok(())
+    }
+
+    async fn teardown_framework(&self, name: &str, uid: u32) -> Result<(), Refusal> {
+        let fw = self.owned_framework(name, uid)?;
+        let rescinded =
+            self.hub
+                .remove_offers_where(|o| o.framework_id == fw.id, "framework torn down", false);
+        let r = self
+            .propose(Command::TeardownFramework {
+                framework_id: fw.id.clone(),
+                time_ms: now_ms(),
+            })
+            .await?;
+        if let Some(e) = r.applied.error {
+            return Err(refuse(libc::ENOENT, e.to_string()));
+        }
+        info!(framework = %fw.id, tasks = r.applied.to_kill.len(), "framework torn down");
+        self.send_kills(&r.applied.to_kill);
+        self.allocate(rescinded.into_iter().map(|o| o.agent_id));
+        Ok(())
+    }
+
+    async fn launch(
+        &self,
+        framework: &str,
+        uid: u32,
+        offer_id: &str,
+        text: &str,
+    ) -> Result<(), Refusal> {
+        let fw = self.owned_framework(framework, uid)?;
+        let specs = parse_specs(text).map_err(|e| refuse(libc::EINVAL, e.to_string()))?;
+        let gone = || {
+            refuse(
+                libc::ENOENT,
+                format!(
+                    "offer {offer_id} is gone (used up, declined, rescinded or expired); read offers/next for a current one"
+                ),
+            )
+        };
+        let taken: Vec<String> = self.hub.read(|s, _| {
+            specs
+                .iter()
+                .filter(|spec| s.tasks.contains_key(&task_id(&fw.id, &spec.name)))
+                .map(|spec| spec.name.clone())
+                .collect()
+        });
+        if let Some(name) = taken.first() {
+            return Err(refuse(
+                libc::EEXIST,
+                format!("task {name:?} already exists in framework {framework:?}; task names are unique"),
+            ));
+        }
+        let need = specs
+            .iter()
+            .fold(Resources::default(), |acc, s| acc.add(&s.resources()));
+        let ports_needed: usize = specs.iter().map(|s| s.ports as usize).sum();
+
+        // Check and take from the offer under the allocation lock, so concurrent launches on
+        // one offer cannot both take the same resources. What the launch does not use stays
+        // offered to this framework under the same id; the used part is held as pending so
+        // the allocator cannot offer it again while the launch commits.
+        let (offer, tasks, used) = {
+            let mut alloc = self.alloc.lock().expect("alloc lock");
+            let offer = self
+                .hub
+                .read(|_, offers| offers.get(offer_id).cloned())
+                .filter(|o| o.framework_id == fw.id)
+                .ok_or_else(gone)?;
+            let offered_ports = offer.resources.take_ports(ports_needed);
+            if !offer.resources.contains(&need) || offered_ports.is_none() {
+                let mut asked = need.to_string();
+                if ports_needed > 0 {
+                    asked.push_str(&format!(" and {ports_needed} ports"));
+                }
+                return Err(refuse(
+                    libc::ENOSPC,
+                    format!(
+                        "the tasks need {asked} but offer {offer_id} has {}; launch fewer or smaller tasks",
+                        offer.resources
+                    ),
+                ));
+            }
+            let mut free_ports = offered_ports.unwrap_or_default().into_iter();
+            let tasks: Vec<NewTask> = specs
+                .into_iter()
+                .map(|spec| {
+                    let ports: Vec<u64> = free_ports.by_ref().take(spec.ports as usize).collect();
+                    let mut resources = spec.resources();
+                    if !ports.is_empty() {
+                        resources = resources.add(&ports_resource(&ports));
+                    }
+                    NewTask {
+                        spec,
+                        resources,
+                        ports,
+                    }
+                })
+                .collect();
+            let used = tasks
+                .iter()
+                .fold(Resources::default(), |acc, t| acc.add(&t.resources));
+            let left = offer.resources.checked_sub(&used).unwrap_or_default();
+            if left.cpus().is_zero() || left.mem().is_zero() {
+                self.hub.remove_offer(offer_id, "used up", false);
+            } else {
+                self.hub.update_offer(offer_id, left);
+            }
+            let p = alloc.pending.entry(offer.agent_id.clone()).or_default();
+            *p = p.add(&used);
+            (offer, tasks, used)
+        };
+        let result = self
+            .propose(Command::LaunchTasks {
+                framework_id: fw.id.clone(),
+                agent_id: offer.agent_id.clone(),
+                tasks: tasks.clone(),
+                time_ms: now_ms(),
+            })
+            .await;
+        {
+            let mut alloc = self.alloc.lock().expect("alloc lock");
+            if let Some(p) = alloc.pending.get_mut(&offer.agent_id) {
+                *p = p.checked_sub(&used).unwrap_or_default();
+            }
+        }
+        let result = result.and_then(|r| match r.applied.error {
+            Some(e) => Err(refuse(libc::EEXIST, e.to_string())),
+            None => Ok(()),
+        });
+        if result.is_ok() {
+            for t in &tasks {
+                let id = task_id(&fw.id, &t.spec.name);
+                info!(task = %id, agent = %offer.agent_id, "task launched");
+                self.send(
+                    &offer.agent_id,
+                    master_message::Msg::Launch(proto::LaunchTask {
+                        task_id: id,
+                        framework_id: fw.id.clone(),
+                        spec_json: serde_json::to_string(&t.spec).expect("spec serializes"),
+                        ports: t.ports.clone(),
+                        uid: fw.uid,
+                        gid: fw.gid,
+                    }),
+                );
+            }
+        }
+        // If the offer was used up, the agent's free resources are offered anew.
+        self.allocate([offer.agent_id.clone()]);
+        result
+    }
+
+    async fn decline(
+        &self,
+        framework: &str,
+        uid: u32,
+        offer_id: &str,
+        text: &str,
+    ) -> Result<(), Refusal> {
+        let fw = self.owned_framework(framework, uid)?;
+        let text = text.trim();
+        let refuse_for = if text.is_empty() {
+            self.config.default_refuse
+        } else {
+            crate::spec::parse_duration(text).map_err(|e| {
+                refuse(
+                    libc::EINVAL,
+                    format!("invalid refuse duration {text:?}: {e} (write e.g. 30s, 500ms, or nothing for the default)"),
+                )
+            })?
+        };
+        let offer = self
+            .hub
+            .read(|_, offers| offers.get(offer_id).cloned())
+            .filter(|o| o.framework_id == fw.id)
+            .ok_or_else(|| refuse(libc::ENOENT, format!("offer {offer_id} is gone")))?;
+        self.alloc.lock().expect("alloc lock").filters.insert(
+            (fw.id.clone(), offer.agent_id.clone()),
+            Instant::now() + refuse_for,
+        );
+        self.hub
+            .remove_offer(offer_id, "declined", false)
+            .ok_or_else(|| refuse(libc::ENOENT, format!("offer {offer_id} is gone")))?;
+        debug!(offer = %offer_id, ?refuse_for, "offer declined");
+        self.allocate([offer.agent_id.clone()]);
+        if let Some(me) = self.me() {
+            let agent = offer.agent_id.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(refuse_for).await;
+                me.allocate([agent]);
+            });
+        }
+        Ok(())
+    }
+
+    async fn kill(&self, framework: &str, uid: u32, task: &str) -> Result<(), Refusal> {
+        let fw = self.owned_framework(framework, uid)?;
+        let id = task_id(&fw.id, task);
+        let state = self
+            .hub
+            .read(|s, _| s.tasks.get(&id).map(|t| t.state()))
+            .ok_or_else(|| refuse(libc::ENOENT, format!("no task {task:?} in {framework:?}")))?;
+        if state.is_terminal() {
+            return Err(refuse(
+                libc::ESRCH,
+                format!("task {task:?} has already ended ({})", state.as_str()),
+            ));
+        }
+        let r = self
+            .propose(Command::KillTask {
+                task_id: id.clone(),
+                time_ms: now_ms(),
+            })
+            .await?;
+        if let Some(e) = r.applied.error {
+            return Err(refuse(libc::ESRCH, e.to_string()));
+        }
+        info!(task = %id, "kill requested");
+        self.send_kills(&r.applied.to_kill);
+        Ok(())
+    }
+
+    pub(super) fn send_kills(&self, task_ids: &[String]) {
+        let targets: Vec<(String, String)> = self.hub.read(|s, _| {
+            task_ids
+                .iter()
+                .filter_map(|id| s.tasks.get(id).map(|t| (t.agent_id.clone(), id.clone())))
+                .collect()
+        });
+        for (agent, id) in targets {
+            self.send(
+                &agent,
+                master_message::Msg::Kill(proto::KillTask { task_id: id }),
+            );
+        }
+    }
+}
+
+/// The `ports` resource holding exactly these ports.
+fn ports_resource(ports: &[u64]) -> Resources {
+    let ranges: Vec<String> = ports.iter().map(|p| format!("{p}-{p}")).collect();
+    Resources::parse(&format!("ports:[{}]", ranges.join(","))).expect("port ranges parse")
+}
