@@ -2,254 +2,37 @@
 //! thread at once; anything that waits (blocking reads, commands, sandbox reads) runs on the
 //! tokio runtime and replies from there, so the session thread never blocks.
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    INodeNo, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, ReplyXattr, Request,
+    TimeOrNow, WriteFlags,
 };
-use mesofs_kernel::client::{LocalCopy, MasterClient, WriteError};
-use mesofs_kernel::proto::write_request::Op;
 use mesofs_kernel::watch::View;
 use tracing::{debug, info, warn};
 
-use crate::blocking::{self, Interrupted, Waiting};
+use crate::blocking::Waiting;
 use crate::commands;
-use crate::events::EventStreams;
 use crate::handles::{
-    open_for_stat, process, process_and_ancestors, slice_at, Awaited, DirEntry, Handle, Handles,
-    OpenFile,
+    open_for_stat, process, process_and_ancestors, slice_at, Awaited, DirEntry, Handle, OpenFile,
 };
-use crate::inodes::Inodes;
 use crate::permissions;
-use crate::render::{self, UserNames};
-use crate::sandbox::{SandboxError, SandboxFiles, READ_TIMEOUT, SIZE_TIMEOUT};
+use crate::reads::{read_answer, read_events, read_sandbox};
+use crate::render;
+use crate::sandbox::SIZE_TIMEOUT;
+use crate::shared::{sandbox_target, Shared};
 use crate::tree::{self, Content, Kind, Node};
+use crate::write_limit::{command_limit, negotiated_max_pages, page_size, MAX_WRITE};
 
 /// How long the kernel may cache attributes and entries: not at all, so `stat` and path
 /// lookups always see the local copy as it is now.
 const TTL: Duration = Duration::ZERO;
-
-/// The largest write request the mount asks the kernel for (`max_write`, set in `init`).
-pub const MAX_WRITE: u32 = 1 << 20;
-
-/// The command-size limit when the negotiated one is not known: 1 MiB - 4 KiB.
-pub const DEFAULT_COMMAND_LIMIT: usize = MAX_WRITE as usize - 4096;
-
-/// How many pages a FUSE request may span when the kernel does not negotiate it
-/// (no `FUSE_MAX_PAGES`): the kernel's `FUSE_DEFAULT_MAX_PAGES_PER_REQ`.
-const DEFAULT_MAX_PAGES: u32 = 32;
-
-/// The kernel's cap on pages per request when `/proc/sys/fs/fuse/max_pages_limit` cannot be
-/// read (its default, and the fixed cap of kernels before the sysctl).
-const DEFAULT_MAX_PAGES_LIMIT: u32 = 256;
-
-/// The smallest write request to a control file that is refused (EFBIG): a request this large
-/// may be a piece of a larger write(2) the kernel split (each piece is at most the negotiated
-/// `max_write` and `max_pages` pages, the first one up to a page shorter when the buffer is
-/// not page-aligned), and one write(2) must be one command.
-pub fn command_limit(max_write: u32, max_pages: u32, page: usize) -> usize {
-    let piece = (max_write as usize).min(max_pages as usize * page);
-    piece.saturating_sub(page).max(1)
-}
-
-/// The system's page size.
-fn page_size() -> usize {
-    // SAFETY: sysconf only reads a system constant.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    usize::try_from(page)
-        .ok()
-        .filter(|&p| p > 0)
-        .unwrap_or(4096)
-}
-
-/// How many pages the kernel lets one request span on this session.
-fn negotiated_max_pages(config: &KernelConfig) -> u32 {
-    if !config.capabilities().contains(InitFlags::FUSE_MAX_PAGES) {
-        return DEFAULT_MAX_PAGES;
-    }
-    std::fs::read_to_string("/proc/sys/fs/fuse/max_pages_limit")
-        .ok()
-        .and_then(|s| s.trim().parse::<u32>().ok())
-        .filter(|&p| p > 0)
-        .unwrap_or(DEFAULT_MAX_PAGES_LIMIT)
-}
-
-/// State shared by the session thread, the runtime's tasks and the mount handle.
-pub struct Shared {
-    /// Sends commands to the leader.
-    pub client: MasterClient,
-    /// The local copy every read is served from.
-    pub copy: LocalCopy,
-    /// Where waits and network calls run.
-    pub rt: tokio::runtime::Handle,
-    /// Inode numbers.
-    pub inodes: Mutex<Inodes>,
-    /// Open files and directories.
-    pub handles: Handles,
-    /// Connections to agents for stdout/stderr.
-    pub sandbox: SandboxFiles,
-    /// uid to user name.
-    pub users: UserNames,
-    /// Byte offsets of the `events` files.
-    pub events: EventStreams,
-    /// Set when unmounting: held reads give up.
-    pub unmounting: AtomicBool,
-    /// When the mount started: the time of nodes that have none of their own.
-    pub started: SystemTime,
-    /// Write requests to control files this large or larger are refused (EFBIG); see
-    /// [`command_limit`].
-    pub command_limit: AtomicUsize,
-    /// The inode each thread last looked up, until its next getattr or open: a getattr right
-    /// after a lookup is a stat by path, anything else (fstat) is about an open file.
-    last_lookup: Mutex<HashMap<u32, u64>>,
-}
-
-impl Shared {
-    /// Shared state over a client, a local copy and a runtime.
-    pub fn new(client: MasterClient, copy: LocalCopy, rt: tokio::runtime::Handle) -> Shared {
-        Shared {
-            client,
-            copy,
-            rt,
-            inodes: Mutex::new(Inodes::default()),
-            handles: Handles::default(),
-            sandbox: SandboxFiles::default(),
-            users: UserNames::default(),
-            events: EventStreams::default(),
-            unmounting: AtomicBool::new(false),
-            started: SystemTime::now(),
-            command_limit: AtomicUsize::new(DEFAULT_COMMAND_LIMIT),
-            last_lookup: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn last_lookup(&self) -> std::sync::MutexGuard<'_, HashMap<u32, u64>> {
-        self.last_lookup.lock().expect("last lookup lock")
-    }
-
-    /// Sends a command for the caller `pid` (see [`commands::send`]). Only a caller being
-    /// killed ends the wait early (EINTR, and the command may still take effect): a caller
-    /// that lives on gets the command's real outcome.
-    pub async fn send(&self, pid: u32, uid: u32, gid: u32, op: Op) -> Result<(), WriteError> {
-        let sending = commands::send(&self.client, &self.copy, uid, gid, op);
-        match blocking::unless_caller_dies(pid, &self.unmounting, sending).await {
-            Ok(result) => result,
-            Err(i) => {
-                info!(pid, uid, reason = %i, "command interrupted before its answer");
-                Err(WriteError::new(
-                    i.errno(),
-                    format!("{i} before the master answered; the command may still take effect"),
-                ))
-            }
-        }
-    }
-
-    fn inodes(&self) -> std::sync::MutexGuard<'_, Inodes> {
-        self.inodes.lock().expect("inodes lock")
-    }
-
-    /// The node of an inode number, if it was given out and not swept.
-    pub fn node(&self, ino: INodeNo) -> Option<Node> {
-        self.inodes().node(ino.0)
-    }
-
-    /// The attributes of a node as the view has it; `size` only for sandbox files, whose size
-    /// is not in the view.
-    pub fn attr(&self, view: &View, node: &Node, ino: u64, sandbox_size: u64) -> FileAttr {
-        let (uid, gid) = node.owner(view);
-        let (kind, size, nlink) = match node.kind() {
-            Kind::Dir => {
-                let subdirs = node
-                    .children(view)
-                    .iter()
-                    .filter(|(_, c)| c.kind() == Kind::Dir)
-                    .count();
-                (FileType::Directory, 0, 2 + subdirs as u32)
-            }
-            Kind::Symlink => (
-                FileType::Symlink,
-                render::link_target(view, node).map_or(0, |t| t.len() as u64),
-                1,
-            ),
-            Kind::File => {
-                let size = match node.content() {
-                    Content::Rendered => {
-                        render::render(view, node, &self.users).map_or(0, |t| t.len() as u64)
-                    }
-                    Content::Sandbox { .. } => sandbox_size,
-                    // Grows as lines come: tail -f polls it (see `events`).
-                    Content::Events { framework_id } => self.events.size(view, &framework_id),
-                    _ => 0,
-                };
-                (FileType::RegularFile, size, 1)
-            }
-        };
-        let time = self.time_of(view, node);
-        FileAttr {
-            ino: INodeNo(ino),
-            size,
-            blocks: size.div_ceil(512),
-            atime: time,
-            mtime: time,
-            ctime: time,
-            crtime: time,
-            kind,
-            perm: node.mode(),
-            nlink,
-            uid,
-            gid,
-            rdev: 0,
-            blksize: 4096,
-            flags: 0,
-        }
-    }
-
-    /// A node's time: when its task last changed, its offer was made, its framework or agent
-    /// registered; the mount's start otherwise.
-    fn time_of(&self, view: &View, node: &Node) -> SystemTime {
-        let ms = match node {
-            Node::Task(f, t) | Node::TaskFile(f, t, _) | Node::TaskAgent(f, t) => {
-                tree::task_of(view, f, t).map(|t| t.last().time_ms)
-            }
-            Node::Offer(_, o) | Node::OfferFile(_, o, _) | Node::OfferAgent(_, o) => {
-                view.offers.get(o).map(|o| o.created_ms)
-            }
-            Node::Agent(a) | Node::AgentFile(a, _) | Node::AgentTasks(a) => {
-                view.state.agents.get(a).map(|a| a.registered_ms)
-            }
-            _ => node
-                .framework_id()
-                .and_then(|f| view.state.frameworks.get(f))
-                .map(|f| f.registered_ms),
-        };
-        ms.map_or(self.started, |ms| UNIX_EPOCH + Duration::from_millis(ms))
-    }
-}
-
-/// Where a sandbox file lives: the agent's Files address, the task id and the file name.
-struct SandboxTarget {
-    address: String,
-    task_id: String,
-    file: &'static str,
-}
-
-fn sandbox_target(view: &View, task_id: &str, file: &'static str) -> Option<SandboxTarget> {
-    let task = view.state.tasks.get(task_id)?;
-    let agent = view.state.agents.get(&task.agent_id)?;
-    Some(SandboxTarget {
-        address: agent.address.clone(),
-        task_id: task_id.to_string(),
-        file,
-    })
-}
 
 /// An entry or attribute reply, answered the same way.
 enum AttrReply {
@@ -334,7 +117,7 @@ impl MesoFs {
     }
 }
 
-fn errno(e: i32) -> Errno {
+pub(crate) fn errno(e: i32) -> Errno {
     Errno::from_i32(e)
 }
 
@@ -994,143 +777,5 @@ impl Filesystem for MesoFs {
             .node(parent)
             .is_some_and(|p| p.exists(&self.shared.copy.view()));
         reply.error(if exists { Errno::EPERM } else { Errno::ENOENT });
-    }
-}
-
-fn interrupted_errno(e: Interrupted) -> Errno {
-    errno(e.errno())
-}
-
-/// A read of `offers/next` or `wait`: waits for the answer, keeps it for the open, and
-/// answers from it at the read's offset.
-async fn read_answer(
-    shared: Arc<Shared>,
-    handle: Arc<Handle>,
-    waiting: Waiting,
-    offset: u64,
-    size: u32,
-    reply: ReplyData,
-) {
-    let Handle::Answer { wait, answer } = &*handle else {
-        return reply.error(Errno::EBADF);
-    };
-    let found = blocking::wait_for(
-        &shared.copy,
-        &shared.unmounting,
-        waiting,
-        |view| match wait {
-            Awaited::NextOffer(f) => match render::next_offer(view, f) {
-                Some(o) => Some(Ok(format!("{}\n", o.id))),
-                None if tree::active_framework(view, f).is_none() => Some(Err(libc::ENOENT)),
-                None => None,
-            },
-            Awaited::TaskEnd(t) => match render::wait_result(view, t) {
-                Some(text) => Some(Ok(text)),
-                None if !view.state.tasks.contains_key(t) => Some(Err(libc::ENOENT)),
-                None => None,
-            },
-        },
-    )
-    .await;
-    match found {
-        Ok(Ok(text)) => {
-            // Two reads racing on one open agree on the first answer found.
-            let data = answer
-                .lock()
-                .expect("answer lock")
-                .get_or_insert_with(|| Arc::from(text.into_bytes()))
-                .clone();
-            reply.data(slice_at(&data, offset, size));
-        }
-        Ok(Err(e)) => reply.error(errno(e)),
-        Err(e) => {
-            debug!(?wait, pid = waiting.pid, reason = %e, "held read ended");
-            reply.error(interrupted_errno(e));
-        }
-    }
-}
-
-/// A read of `events`: the next lines, waiting for one if there is none; end of stream once
-/// the framework is torn down.
-async fn read_events(
-    shared: Arc<Shared>,
-    handle: Arc<Handle>,
-    waiting: Waiting,
-    offset: u64,
-    size: u32,
-    reply: ReplyData,
-) {
-    let Handle::Events {
-        framework_id,
-        cursor,
-    } = &*handle
-    else {
-        return reply.error(Errno::EBADF);
-    };
-    let found = blocking::wait_for(&shared.copy, &shared.unmounting, waiting, |view| {
-        let mut cursor = cursor.lock().expect("cursor lock");
-        shared
-            .events
-            .read(view, framework_id, &mut cursor, offset, size as usize)
-    })
-    .await;
-    match found {
-        Ok(data) => reply.data(&data),
-        Err(e) => {
-            debug!(framework_id = %framework_id, pid = waiting.pid, reason = %e, "events read ended");
-            reply.error(interrupted_errno(e));
-        }
-    }
-}
-
-/// A read of `stdout`/`stderr` at an offset, from the task's agent.
-async fn read_sandbox(
-    shared: Arc<Shared>,
-    handle: Arc<Handle>,
-    offset: u64,
-    size: u32,
-    reply: ReplyData,
-) {
-    let Handle::Sandbox { task_id, file } = &*handle else {
-        return reply.error(Errno::EBADF);
-    };
-    let target = sandbox_target(&shared.copy.view(), task_id, file);
-    let Some(target) = target else {
-        return reply.error(Errno::ENOENT);
-    };
-    match shared
-        .sandbox
-        .read(
-            &target.address,
-            &target.task_id,
-            target.file,
-            offset,
-            u64::from(size),
-            READ_TIMEOUT,
-        )
-        .await
-    {
-        Ok(r) => reply.data(slice_at(&r.data, 0, size)),
-        Err(SandboxError::Refused { status, .. }) if status.code() == tonic::Code::NotFound => {
-            reply.data(&[])
-        }
-        Err(e) => {
-            warn!(task = %task_id, file, error = %e, "sandbox read failed");
-            reply.error(Errno::EIO);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_command_limit_is_a_page_under_the_largest_request() {
-        assert_eq!(command_limit(MAX_WRITE, 256, 4096), DEFAULT_COMMAND_LIMIT);
-        assert_eq!(command_limit(MAX_WRITE, 256, 4096), 1_044_480);
-        // Without FUSE_MAX_PAGES requests span 32 pages: 128 KiB.
-        assert_eq!(command_limit(MAX_WRITE, 32, 4096), 131_072 - 4096);
-        assert_eq!(command_limit(64 * 1024, 256, 4096), 61_440);
     }
 }

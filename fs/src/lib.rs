@@ -17,9 +17,12 @@ mod mount;
 #[cfg(test)]
 mod mounted;
 pub mod permissions;
+mod reads;
 pub mod render;
 pub mod sandbox;
+pub mod shared;
 pub mod tree;
+pub mod write_limit;
 
 pub use error::FsError;
 pub use mount::{mount, Mount};

@@ -12,7 +12,8 @@ use mesofs_kernel::client::{LocalCopy, MasterClient};
 use tracing::{info, warn};
 
 use crate::blocking::SIGNAL_CHECK;
-use crate::filesystem::{MesoFs, Shared};
+use crate::filesystem::MesoFs;
+use crate::shared::Shared;
 use crate::FsError;
 
 /// How long unmounting waits for the session thread to end before leaving it behind.

@@ -753,7 +753,7 @@ fn a_write_that_may_reach_the_mount_in_pieces_is_refused_whole_with_efbig() {
             .open(&launch)
             .unwrap()
     };
-    let limit = crate::filesystem::DEFAULT_COMMAND_LIMIT;
+    let limit = crate::write_limit::DEFAULT_COMMAND_LIMIT;
     let mut text = b"name=big -- true\n".to_vec();
     text.resize(1_500_045, b'#');
     // One write(2) each, not write_all: the kernel splits it, the first piece is refused.
