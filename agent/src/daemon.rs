@@ -54,6 +54,9 @@ pub struct AgentConfig {
     pub work_dir: PathBuf,
     /// Where the Files service listens (port 0 picks one).
     pub listen: SocketAddr,
+    /// The `host:port` mounts dial for the Files service; by default the listen address, or
+    /// `hostname` and the listen port when listening on every interface.
+    pub advertise: Option<String>,
     /// The host name other machines reach this agent by.
     pub hostname: String,
     /// Resources to offer, Mesos syntax; detected when absent.
@@ -144,11 +147,13 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
     let identity = Identity {
         agent_id: agent_id.clone(),
         hostname: config.hostname.clone(),
-        // Reachable by the listen IP when one was given, else by hostname.
-        address: if files_addr.ip().is_unspecified() {
-            format!("{}:{}", config.hostname, files_addr.port())
-        } else {
-            files_addr.to_string()
+        // Reachable where it says, else by the listen IP when one was given, else by hostname.
+        address: match &config.advertise {
+            Some(a) => a.clone(),
+            None if files_addr.ip().is_unspecified() => {
+                format!("{}:{}", config.hostname, files_addr.port())
+            }
+            None => files_addr.to_string(),
         },
         resources: resources.clone(),
     };

@@ -306,7 +306,7 @@ impl Session {
             .masters
             .leader_channel()
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|(_, why)| why)?;
         let (tx, rx) = mpsc::unbounded_channel::<AgentMessage>();
         let id = &self.identity;
         tx.send(AgentMessage {
@@ -320,11 +320,14 @@ impl Session {
         })
         .map_err(|e| e.to_string())?;
         let outbound = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);
-        let mut inbound = GrpcMaster::new(ch)
-            .agent_session(outbound)
-            .await
-            .map_err(|s| s.message().to_string())?
-            .into_inner();
+        let mut inbound = match GrpcMaster::new(ch).agent_session(outbound).await {
+            Ok(r) => r.into_inner(),
+            Err(s) => {
+                // A master that does not lead names the one that does.
+                self.masters.follow_refusal(&s);
+                return Err(s.message().to_string());
+            }
+        };
         while let Some(msg) = inbound
             .message()
             .await
@@ -344,6 +347,20 @@ impl Session {
                     }
                 }
                 Some(master_message::Msg::Launch(l)) => {
+                    // A new leader sends again the launches it cannot tell were received:
+                    // a task this agent already has is not launched twice.
+                    if self.running().contains(&l.task_id) {
+                        info!(task = %l.task_id, "a launch of a task this agent already has; ignored");
+                        continue;
+                    }
+                    // Known from now on, before the launch itself runs: a registration
+                    // made meanwhile reports it.
+                    self.phases.lock().expect("phases lock").insert(
+                        l.task_id.clone(),
+                        Phase::Launching {
+                            kill_requested: false,
+                        },
+                    );
                     let me = self.clone();
                     tokio::spawn(async move { me.launch(l).await });
                 }
@@ -376,6 +393,7 @@ impl Session {
             let spec: TaskSpec = match serde_json::from_str(&l.spec_json) {
                 Ok(s) => s,
                 Err(e) => {
+                    self.phases.lock().expect("phases lock").remove(&l.task_id);
                     self.outbox.push(
                         &l.task_id,
                         TaskState::Failed,
@@ -385,12 +403,6 @@ impl Session {
                     return;
                 }
             };
-            self.phases.lock().expect("phases lock").insert(
-                l.task_id.clone(),
-                Phase::Launching {
-                    kill_requested: false,
-                },
-            );
             self.outbox.push(&l.task_id, TaskState::Starting, "", "");
             let mut env: Vec<(String, String)> = spec.env.clone().into_iter().collect();
             for (i, p) in l.ports.iter().enumerate() {

@@ -1,21 +1,25 @@
-//! Writes that are commands: a write(2) to `launch`, `decline` or `kill`, a `mkdir` or a
-//! `rmdir` under `/frameworks`. Each is sent whole to the leader; it returns once committed and
-//! visible in the local copy (read your writes), or refused with the master's errno once the
-//! refusal's reason is visible too.
+//! Writes that are commands: a write(2) to `launch`, `decline`, `kill` or `cluster/masters/ctl`,
+//! a `mkdir` or a `rmdir` under `/frameworks`. Each is sent whole to the leader; it returns once
+//! committed and visible in the local copy (read your writes: the copy has applied the log
+//! index of the write's effect), or refused with the master's errno once the refusal's reason
+//! is visible too.
 
 use std::time::Duration;
 
-use mesofs_kernel::client::{LocalCopy, MasterClient, WriteError};
+use mesofs_kernel::client::{LocalCopy, MasterClient, WriteError, Written};
 use mesofs_kernel::proto;
 use mesofs_kernel::proto::write_request::Op;
-use mesofs_kernel::watch::{View, WatchEvent};
+use mesofs_kernel::watch::View;
 use tracing::{info, warn};
 
 use crate::tree::Node;
 use crate::tree::{active_framework, OfferFile, TaskFile};
 
-/// How long a committed write waits for the local copy to show it before returning anyway.
+/// How long a committed write waits for the local copy to show it before failing with
+/// ETIMEDOUT.
 pub const VISIBLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a write waits for its effect on offers (from the leader stream) to show.
+pub const OFFERS_VISIBLE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a refused write waits for its reason to show in `error` before returning anyway.
 pub const REFUSAL_VISIBLE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -44,6 +48,7 @@ pub fn control_op(view: &View, node: &Node, data: &[u8]) -> Result<Op, WriteErro
             framework: framework(f)?,
             task: task.clone(),
         }),
+        Node::MastersCtl => Op::Membership(proto::Membership { text }),
         _ => return Err(WriteError::new(libc::EBADF, "not a control file")),
     })
 }
@@ -57,12 +62,7 @@ pub fn record_refusal(copy: &LocalCopy, framework_id: &str, message: &str) {
     if active_framework(&view, framework_id).is_none() {
         return;
     }
-    let seq = view.seq;
-    view.apply(&WatchEvent::Refused {
-        seq,
-        framework_id: framework_id.to_string(),
-        message: message.to_string(),
-    });
+    view.record_refusal(framework_id, message);
 }
 
 /// The framework name a command is about.
@@ -73,6 +73,7 @@ pub fn op_framework(op: &Op) -> &str {
         Op::Launch(r) => &r.framework,
         Op::Decline(r) => &r.framework,
         Op::Kill(r) => &r.framework,
+        Op::Membership(_) => "",
     }
 }
 
@@ -83,6 +84,7 @@ fn op_name(op: &Op) -> &'static str {
         Op::Launch(_) => "launch",
         Op::Decline(_) => "decline",
         Op::Kill(_) => "kill",
+        Op::Membership(_) => "membership",
     }
 }
 
@@ -101,30 +103,66 @@ pub async fn send(
         _ => String::new(),
     };
     match client.write(uid, gid, op).await {
-        Ok(seq) => {
-            if !visible(copy, seq, VISIBLE_TIMEOUT).await {
-                warn!(%framework, command, seq, "write committed but not yet in the local copy; returning anyway");
-            }
-            Ok(())
-        }
+        Ok(written) => visible(copy, &written).await.inspect_err(|e| {
+            warn!(%framework, command, index = written.index, reason = %e.message, "write committed but not visible here")
+        }),
         Err(e) => {
             info!(%framework, %task, command, uid, errno = e.errno, reason = %e.message, "write refused");
-            // The master records the reason as a Refused event of the framework, at e.seq
-            // (0 when it did not get that far): wait for it so `error` shows it on return.
-            if e.seq > 0 {
-                visible(copy, e.seq, REFUSAL_VISIBLE_TIMEOUT).await;
+            // The leader records the reason as a Refused event of the framework in its stream:
+            // wait for it so `error` shows it on return; if this copy follows another leader
+            // by now, record it here (a refused mkdir names no framework of the writer's).
+            let (term, seq) = (e.term, e.leader_seq);
+            let shown = |v: &View| {
+                v.leader
+                    .as_ref()
+                    .is_some_and(|l| l.term == term && v.leader_seq >= seq)
+            };
+            if seq > 0 {
+                copy.wait_until_async(REFUSAL_VISIBLE_TIMEOUT, |v| {
+                    shown(v) || v.leader.as_ref().is_some_and(|l| l.term > term)
+                })
+                .await;
+            }
+            if !shown(&copy.view()) && command != "register" {
+                let id = copy
+                    .view()
+                    .state
+                    .framework_by_name(&framework)
+                    .map(|f| f.id.clone());
+                if let Some(id) = id {
+                    record_refusal(copy, &id, &e.message);
+                }
             }
             Err(e)
         }
     }
 }
 
-/// Waits until the local copy has applied `seq`, or a new snapshot arrived (the stream
-/// restarted, maybe numbered by another leader; a snapshot holds every committed write).
-async fn visible(copy: &LocalCopy, seq: u64, timeout: Duration) -> bool {
-    let generation = copy.view().generation;
-    copy.wait_until_async(timeout, |v| v.seq >= seq || v.generation != generation)
+/// Waits until the local copy shows a committed write: its log index applied (or the write
+/// fails with ETIMEDOUT), then, briefly, its effect on the leader's offers.
+async fn visible(copy: &LocalCopy, written: &Written) -> Result<(), WriteError> {
+    let index = written.index;
+    if !copy
+        .wait_until_async(VISIBLE_TIMEOUT, |v| v.index >= index)
         .await
+    {
+        let have = copy.view().index;
+        return Err(WriteError::new(
+            libc::ETIMEDOUT,
+            format!(
+                "the write took effect (log index {index}), but this mount's copy of the cluster did not catch up within {}s (it has applied index {have}): the master it reads from is behind or unreachable; read again later",
+                VISIBLE_TIMEOUT.as_secs()
+            ),
+        ));
+    }
+    let (term, seq) = (written.term, written.leader_seq);
+    copy.wait_until_async(OFFERS_VISIBLE_TIMEOUT, |v| match &v.leader {
+        Some(l) if l.term == term => v.leader_seq >= seq,
+        // Another leadership (or none): the write's offers are gone anyway.
+        _ => true,
+    })
+    .await;
+    Ok(())
 }
 
 /// `mkdir NAME`: registers a framework.
@@ -147,12 +185,15 @@ mod tests {
     use crate::fixture::standard;
 
     #[test]
-    fn a_refusal_of_the_mount_shows_in_error_and_events_without_moving_the_sequence() {
+    fn a_refusal_of_the_mount_shows_in_error_and_events_without_moving_any_position() {
         let (c, hello, _) = standard("127.0.0.1:1");
-        let seq = c.copy.view().seq;
+        let (index, seq) = {
+            let v = c.copy.view();
+            (v.index, v.leader_seq)
+        };
         record_refusal(&c.copy, &hello, "write too large");
         let view = c.copy.view();
-        assert_eq!(view.seq, seq);
+        assert_eq!((view.index, view.leader_seq), (index, seq));
         assert_eq!(
             view.errors.get(&hello).map(String::as_str),
             Some("write too large\n")

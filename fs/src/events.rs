@@ -1,11 +1,13 @@
-//! The `events` files as byte streams.
+//! The `events` and `events_pipe` files as byte streams.
 //!
 //! A framework's event lines are numbered in the local copy, which keeps the last 10,000. The
-//! file gives them byte offsets: a line's offset is the bytes of every line before it since the
+//! files give them byte offsets: a line's offset is the bytes of every line before it since the
 //! mount first saw the log, so offsets never move when old lines are dropped and the size only
-//! grows. That is what `tail -f` needs: it stats the size, seeks near the end, reads back a few
-//! lines, then polls the size and reads what was added. Plain sequential readers (`cat`) start
-//! at the oldest line kept, whatever the offset of their first read.
+//! grows. `events` is a log file: a read at its end gives end-of-file, so `cat`, `grep` and
+//! `cp` end, and `tail -f` stats the size, reads back a few lines, then polls the size and
+//! reads what was added. `events_pipe` holds the same lines, but a read at its end waits for
+//! the next one (ftrace's `trace` and `trace_pipe`). Plain sequential readers start at the
+//! oldest line kept, whatever the offset of their first read.
 //!
 //! The lengths of dropped lines are not in the copy, so the mount remembers the lengths of the
 //! lines it has seen and counts those that leave the log. It updates this whenever a reader or
@@ -131,7 +133,8 @@ impl EventStreams {
 
     /// A read of at most `size` bytes at file offset `offset`. A read where the previous one
     /// ended continues the stream; any other offset is a byte offset (the reader seeked).
-    /// `None`: nothing to read yet. Empty: end of stream (the framework is torn down).
+    /// Empty: end of file (for a `blocking` read, only once the framework is torn down).
+    /// `None`: a `blocking` read at the end, with nothing to read yet.
     pub fn read(
         &self,
         view: &View,
@@ -139,6 +142,7 @@ impl EventStreams {
         cursor: &mut Cursor,
         offset: u64,
         size: usize,
+        blocking: bool,
     ) -> Option<Vec<u8>> {
         let at = if offset == cursor.next_offset {
             cursor.next_byte
@@ -155,7 +159,8 @@ impl EventStreams {
             (at, data)
         });
         let (at, data) = data;
-        if data.is_empty() && size > 0 && active_framework(view, framework_id).is_some() {
+        if blocking && data.is_empty() && size > 0 && active_framework(view, framework_id).is_some()
+        {
             return None;
         }
         *cursor = Cursor {
@@ -182,7 +187,7 @@ mod tests {
         size: usize,
     ) -> Option<Vec<u8>> {
         let at = cursor.next_offset;
-        streams.read(view, fw, cursor, at, size)
+        streams.read(view, fw, cursor, at, size, true)
     }
 
     fn read_all(
@@ -227,7 +232,13 @@ mod tests {
         assert_eq!(streams.size(&view, &hello), all.len() as u64);
         assert!(
             next(&streams, &view, &hello, &mut cursor, 100).is_none(),
-            "blocks at the end"
+            "the pipe blocks at the end"
+        );
+        let at = cursor.next_offset;
+        assert_eq!(
+            streams.read(&view, &hello, &mut cursor, at, 100, false),
+            Some(Vec::new()),
+            "the log gives end-of-file at the end"
         );
 
         let mut small = streams.open(&view, &hello);
@@ -237,7 +248,9 @@ mod tests {
         let mut seeked = streams.open(&view, &hello);
         let at = (all.len() - last.len()) as u64;
         assert_eq!(
-            streams.read(&view, &hello, &mut seeked, at, 100).unwrap(),
+            streams
+                .read(&view, &hello, &mut seeked, at, 100, true)
+                .unwrap(),
             last.as_bytes()
         );
         drop(view);
@@ -276,7 +289,7 @@ mod tests {
             "the size only grows"
         );
         let first = streams
-            .read(&view, &hello, &mut lagging, 0, 1 << 20)
+            .read(&view, &hello, &mut lagging, 0, 1 << 20, true)
             .unwrap();
         let first = String::from_utf8(first).unwrap();
         assert!(

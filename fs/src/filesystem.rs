@@ -210,7 +210,7 @@ impl Filesystem for MesoFs {
                 let mut attr = f.attr;
                 // A gone framework's events file keeps its size (tail -f must not see it
                 // shrink to what it was at open).
-                if let Some(Content::Events { framework_id }) = node.map(|n| n.content()) {
+                if let Some(Content::Events { framework_id, .. }) = node.map(|n| n.content()) {
                     attr.size = self.shared.events.size(&view, &framework_id);
                     attr.blocks = attr.size.div_ceil(512);
                 }
@@ -473,10 +473,14 @@ impl Filesystem for MesoFs {
                 Handle::Content(Arc::from(text.into_bytes()))
             }
             Content::Control => Handle::Control(node.clone()),
-            Content::Events { framework_id } => {
+            Content::Events {
+                framework_id,
+                blocking,
+            } => {
                 let cursor = self.shared.events.open(&view, &framework_id);
                 Handle::Events {
                     framework_id,
+                    blocking,
                     cursor: Mutex::new(cursor),
                 }
             }
@@ -534,6 +538,28 @@ impl Filesystem for MesoFs {
                 self.spawn(
                     async move { read_answer(shared, handle, wait, offset, size, reply).await },
                 );
+            }
+            Handle::Events {
+                framework_id,
+                blocking: false,
+                cursor,
+            } => {
+                // A log file: what is there, or end-of-file; never a wait.
+                let view = self.shared.copy.view();
+                let mut cursor = cursor.lock().expect("cursor lock");
+                let data = self
+                    .shared
+                    .events
+                    .read(
+                        &view,
+                        framework_id,
+                        &mut cursor,
+                        offset,
+                        size as usize,
+                        false,
+                    )
+                    .unwrap_or_default();
+                reply.data(&data)
             }
             Handle::Events { .. } => {
                 let shared = self.shared.clone();

@@ -1,5 +1,5 @@
-//! A cluster for tests: a local copy fed the same watch events a master sends (a snapshot,
-//! then committed commands and offer changes), with no master running.
+//! A cluster for tests: a local copy fed the same events masters send (a state snapshot, then
+//! committed commands; the leader's offers and refusals), with no master running.
 
 use mesofs_kernel::client::LocalCopy;
 use mesofs_kernel::resources::Resources;
@@ -7,9 +7,9 @@ use mesofs_kernel::spec::parse_spec_line;
 use mesofs_kernel::state::{
     task_id, AgentInfo, AgentState, ClusterState, Command, NewTask, TaskState, Transition,
 };
-use mesofs_kernel::watch::{Offer, WatchEvent};
+use mesofs_kernel::watch::{LeaderEvent, LeaderInfo, MasterStatus, Offer, StateEvent};
 
-/// A local copy and the sequence and log index of the next event.
+/// A local copy and the positions of the next events.
 pub struct Cluster {
     /// The copy the events are applied to.
     pub copy: LocalCopy,
@@ -18,18 +18,31 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// An empty cluster led by `m1 127.0.0.1:5050`.
+    /// An empty cluster of one master, `m1 127.0.0.1:5050`, which leads.
     pub fn new() -> Cluster {
         let cluster = Cluster {
             copy: LocalCopy::default(),
             seq: 1,
             index: 0,
         };
-        cluster.copy.apply(&WatchEvent::Snapshot {
-            seq: 1,
+        cluster.copy.apply_state(&StateEvent::Snapshot {
+            index: 0,
             state: ClusterState::default(),
+        });
+        cluster.copy.apply_leader(&LeaderEvent::Leading {
+            seq: 1,
+            leader: LeaderInfo {
+                id: 1,
+                address: "127.0.0.1:5050".into(),
+                term: 1,
+            },
             offers: Vec::new(),
-            leader: "m1 127.0.0.1:5050".into(),
+            masters: vec![MasterStatus {
+                id: 1,
+                address: "127.0.0.1:5050".into(),
+                role: "leader".into(),
+                applied: 0,
+            }],
         });
         cluster
     }
@@ -42,9 +55,7 @@ impl Cluster {
     /// Applies a committed command.
     pub fn command(&mut self, command: Command) {
         self.index += 1;
-        let seq = self.next_seq();
-        self.copy.apply(&WatchEvent::Applied {
-            seq,
+        self.copy.apply_state(&StateEvent::Applied {
             index: self.index,
             command,
         });
@@ -152,7 +163,7 @@ impl Cluster {
         created_ms: u64,
     ) {
         let seq = self.next_seq();
-        self.copy.apply(&WatchEvent::OfferCreated {
+        self.copy.apply_leader(&LeaderEvent::OfferCreated {
             seq,
             offer: Offer {
                 id: id.into(),
@@ -168,7 +179,7 @@ impl Cluster {
     /// Removes an offer.
     pub fn remove_offer(&mut self, id: &str, framework_id: &str, reason: &str, rescinded: bool) {
         let seq = self.next_seq();
-        self.copy.apply(&WatchEvent::OfferRemoved {
+        self.copy.apply_leader(&LeaderEvent::OfferRemoved {
             seq,
             offer_id: id.into(),
             framework_id: framework_id.into(),
@@ -180,7 +191,7 @@ impl Cluster {
     /// Records a refused write.
     pub fn refused(&mut self, framework_id: &str, message: &str) {
         let seq = self.next_seq();
-        self.copy.apply(&WatchEvent::Refused {
+        self.copy.apply_leader(&LeaderEvent::Refused {
             seq,
             framework_id: framework_id.into(),
             message: message.into(),

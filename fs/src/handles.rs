@@ -15,10 +15,12 @@ pub enum Handle {
     Content(Arc<[u8]>),
     /// Nothing to read (a control file opened for writing, or by root for reading).
     Control(Node),
-    /// `events`: this open's cursor.
+    /// `events` or `events_pipe`: this open's cursor.
     Events {
         /// The framework's id.
         framework_id: String,
+        /// True for `events_pipe`: a read at the end waits for more.
+        blocking: bool,
         /// Where the next sequential read continues.
         cursor: Mutex<Cursor>,
     },

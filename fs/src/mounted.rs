@@ -207,6 +207,9 @@ fn the_tree_lists_reads_sizes_and_links_like_a_filesystem() {
         "./agents/a1/available",
         "./agents/a1/tasks/hello.web",
         "./frameworks/hello/events",
+        "./frameworks/hello/events_pipe",
+        "./cluster/masters/ctl",
+        "./cluster/masters/1/role",
         "./frameworks/hello/offers/next",
         "./frameworks/hello/offers/1-1/agent",
         "./frameworks/hello/offers/1-1/launch",
@@ -231,7 +234,15 @@ fn the_tree_lists_reads_sizes_and_links_like_a_filesystem() {
 
     // Every rendered file's size is its content's length, by stat and by ls -l.
     let streams = [
-        "next", "events", "wait", "launch", "decline", "kill", "stdout", "stderr",
+        "next",
+        "events_pipe",
+        "wait",
+        "launch",
+        "decline",
+        "kill",
+        "ctl",
+        "stdout",
+        "stderr",
     ];
     let mut checked = 0;
     for line in found.lines() {
@@ -243,7 +254,9 @@ fn the_tree_lists_reads_sizes_and_links_like_a_filesystem() {
         }
         let content = std::fs::read(&p).unwrap();
         assert!(
-            !content.is_empty() || rel == "frameworks/idle/error",
+            !content.is_empty()
+                || rel == "frameworks/idle/error"
+                || rel == "frameworks/idle/events",
             "{rel} has content"
         );
         assert_eq!(meta.len(), content.len() as u64, "stat size of {rel}");
@@ -366,8 +379,12 @@ fn blocking_reads_wait_for_offers_task_ends_and_events() {
         "TASK_FINISHED\n"
     );
 
-    // events: the lines so far, then each new one as it comes, then EOF after teardown.
-    let events = std::fs::File::open(m.path("frameworks/hello/events")).unwrap();
+    // events is a log: what is there, then end-of-file.
+    let log = m.read("frameworks/hello/events");
+    assert!(log.starts_with("task web TASK_STAGING\n"), "{log}");
+    assert!(log.ends_with("TASK_KILLED\n"), "{log}");
+    // events_pipe: the lines so far, then each new one as it comes, then EOF after teardown.
+    let events = std::fs::File::open(m.path("frameworks/hello/events_pipe")).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     let reader = std::thread::spawn(move || {
         let mut lines = BufReader::new(events);
@@ -412,8 +429,8 @@ fn blocked_readers_end_promptly_on_sigint_sigterm_and_sigkill() {
         ("frameworks/idle/offers/next", Signal::SIGKILL),
         ("frameworks/hello/tasks/web/wait", Signal::SIGINT),
         ("frameworks/hello/tasks/web/wait", Signal::SIGKILL),
-        ("frameworks/idle/events", Signal::SIGTERM),
-        ("frameworks/idle/events", Signal::SIGKILL),
+        ("frameworks/idle/events_pipe", Signal::SIGTERM),
+        ("frameworks/idle/events_pipe", Signal::SIGKILL),
     ] {
         let mut child = m.cat(rel);
         still_blocked(&mut child, rel);

@@ -67,8 +67,8 @@ pub(crate) async fn read_answer(
     }
 }
 
-/// A read of `events`: the next lines, waiting for one if there is none; end of stream once
-/// the framework is torn down.
+/// A read of `events_pipe`: the next lines, waiting for one if there is none; end of stream
+/// once the framework is torn down.
 pub(crate) async fn read_events(
     shared: Arc<Shared>,
     handle: Arc<Handle>,
@@ -80,6 +80,7 @@ pub(crate) async fn read_events(
     let Handle::Events {
         framework_id,
         cursor,
+        ..
     } = &*handle
     else {
         return reply.error(Errno::EBADF);
@@ -88,7 +89,7 @@ pub(crate) async fn read_events(
         let mut cursor = cursor.lock().expect("cursor lock");
         shared
             .events
-            .read(view, framework_id, &mut cursor, offset, size as usize)
+            .read(view, framework_id, &mut cursor, offset, size as usize, true)
     })
     .await;
     match found {

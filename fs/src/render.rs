@@ -10,8 +10,8 @@ use mesofs_kernel::watch::{Offer, View};
 use serde_json::json;
 
 use crate::tree::{
-    active_framework, agent_link_task, task_of, AgentFile, ClusterFile, FrameworkFile, Node,
-    OfferFile, TaskFile,
+    active_framework, agent_link_task, task_of, AgentFile, ClusterFile, FrameworkFile, MasterFile,
+    Node, OfferFile, TaskFile,
 };
 
 /// The text of `/README`.
@@ -23,11 +23,12 @@ This directory is a mesofs cluster. Frameworks (schedulers) are directories; the
 offers them the resources of its agents; a framework accepts an offer by writing task specs
 into a file. Everything is plain text, one value per file.
 
-  cluster/leader        the leading master: \"<id> <address>\"
+  cluster/leader        the leading master: \"<id> <address>\"; empty while none is reachable
   cluster/resources     total, offered, allocated and available resources
+  cluster/masters/      <id>/ address, role, applied; ctl takes `add ID HOST:PORT`, `remove ID`
   agents/<id>/          hostname, address, state, resources, available, tasks/
   frameworks/           mkdir NAME registers a framework, rmdir NAME tears it down
-  frameworks/<f>/       id, user, role, error, events, offers/, tasks/
+  frameworks/<f>/       id, user, role, error, events, events_pipe, offers/, tasks/
 
 A framework in shell:
 
@@ -43,8 +44,9 @@ returns once it is durable. A refused write fails with an errno (EINVAL malforme
 offer gone, ENOSPC tasks larger than the offer, EACCES not your framework, EEXIST name taken)
 and its reason is kept in the framework's error file and events stream.
 
-offers/next, tasks/<t>/wait and events block until there is something to read; Ctrl-C ends
-them. The full reference is docs/filesystem.md in the mesofs source.
+events is a log: a read at its end gives end-of-file, so tail -f, grep and cp work on it.
+offers/next, tasks/<t>/wait and events_pipe block until there is something to read; Ctrl-C
+ends them. The full reference is docs/filesystem.md in the mesofs source.
 ";
 
 /// Names of uids, looked up once each (the passwd lookup may be slow).
@@ -73,7 +75,20 @@ impl UserNames {
 pub fn render(view: &View, node: &Node, users: &UserNames) -> Option<String> {
     let text = match node {
         Node::Readme => README.to_string(),
-        Node::ClusterFile(ClusterFile::Leader) => line(&view.leader),
+        Node::ClusterFile(ClusterFile::Leader) => line(
+            view.leader
+                .as_ref()
+                .map(|l| l.to_string())
+                .unwrap_or_default(),
+        ),
+        Node::MasterFile(m, file) => {
+            let master = view.masters.iter().find(|s| s.id == *m)?;
+            match file {
+                MasterFile::Address => line(&master.address),
+                MasterFile::Role => line(&master.role),
+                MasterFile::Applied => line(master.applied.to_string()),
+            }
+        }
         Node::ClusterFile(ClusterFile::Resources) => cluster_resources(view),
         Node::AgentFile(a, file) => {
             let agent = view.state.agents.get(a)?;
@@ -95,7 +110,7 @@ pub fn render(view: &View, node: &Node, users: &UserNames) -> Option<String> {
                 },
                 FrameworkFile::Role => line(&fw.role),
                 FrameworkFile::Error => view.errors.get(f).cloned().unwrap_or_default(),
-                FrameworkFile::Events => return None,
+                FrameworkFile::Events | FrameworkFile::EventsPipe => return None,
             }
         }
         Node::OfferFile(f, o, file) => {

@@ -126,7 +126,7 @@ impl Shared {
                     }
                     Content::Sandbox { .. } => sandbox_size,
                     // Grows as lines come: tail -f polls it (see `events`).
-                    Content::Events { framework_id } => self.events.size(view, &framework_id),
+                    Content::Events { framework_id, .. } => self.events.size(view, &framework_id),
                     _ => 0,
                 };
                 (FileType::RegularFile, size, 1)

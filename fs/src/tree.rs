@@ -46,6 +46,18 @@ named_files! {
 }
 
 named_files! {
+    /// Files of `/cluster/masters/<id>`.
+    MasterFile {
+        /// `address`: where the others dial it.
+        Address => "address",
+        /// `role`: leader, follower, learner, candidate, unreachable.
+        Role => "role",
+        /// `applied`: the log index it has applied.
+        Applied => "applied",
+    }
+}
+
+named_files! {
     /// Files of `/agents/<id>`.
     AgentFile {
         /// `hostname`.
@@ -72,8 +84,10 @@ named_files! {
         Role => "role",
         /// `error`: the last refused write's reason.
         Error => "error",
-        /// `events`: the event stream.
+        /// `events`: the event log (end-of-file at its end).
         Events => "events",
+        /// `events_pipe`: the same lines as a stream that blocks at its end.
+        EventsPipe => "events_pipe",
     }
 }
 
@@ -131,6 +145,14 @@ pub enum Node {
     Cluster,
     /// `/cluster/<file>`.
     ClusterFile(ClusterFile),
+    /// `/cluster/masters`.
+    Masters,
+    /// `/cluster/masters/ctl`: write `add ID HOST:PORT` or `remove ID`.
+    MastersCtl,
+    /// `/cluster/masters/<id>`.
+    Master(u64),
+    /// `/cluster/masters/<id>/<file>`.
+    MasterFile(u64, MasterFile),
     /// `/agents`.
     Agents,
     /// `/agents/<agent>`.
@@ -183,10 +205,12 @@ pub enum Kind {
 pub enum Content {
     /// Rendered whole from the view (at open, and at getattr for its size).
     Rendered,
-    /// `events`: a stream of lines with a cursor per open.
+    /// `events` and `events_pipe`: lines with a cursor per open.
     Events {
         /// The framework's id.
         framework_id: String,
+        /// True for `events_pipe`, whose reads wait at the end for more.
+        blocking: bool,
     },
     /// `offers/next`: blocks until the framework has an offer.
     NextOffer {
@@ -270,8 +294,11 @@ impl Node {
             | Node::Readme
             | Node::Cluster
             | Node::ClusterFile(_)
+            | Node::Masters
+            | Node::MastersCtl
             | Node::Agents
             | Node::Frameworks => true,
+            Node::Master(m) | Node::MasterFile(m, _) => view.masters.iter().any(|s| s.id == *m),
             Node::Agent(a) | Node::AgentFile(a, _) | Node::AgentTasks(a) => {
                 view.state.agents.contains_key(a)
             }
@@ -300,7 +327,20 @@ impl Node {
                 "frameworks" => Node::Frameworks,
                 _ => return None,
             },
-            Node::Cluster => Node::ClusterFile(ClusterFile::from_name(name)?),
+            Node::Cluster => match name {
+                "masters" => Node::Masters,
+                _ => Node::ClusterFile(ClusterFile::from_name(name)?),
+            },
+            Node::Masters => match name {
+                "ctl" => Node::MastersCtl,
+                // Only the canonical spelling of an id names a master.
+                _ => Node::Master(
+                    name.parse()
+                        .ok()
+                        .filter(|id: &u64| id.to_string() == name)?,
+                ),
+            },
+            Node::Master(m) => Node::MasterFile(*m, MasterFile::from_name(name)?),
             Node::Agents => Node::Agent(name.to_string()),
             Node::Agent(a) => match name {
                 "tasks" => Node::AgentTasks(a.clone()),
@@ -344,7 +384,19 @@ impl Node {
         };
         match self {
             Node::Root => named(vec!["README", "cluster", "agents", "frameworks"]),
-            Node::Cluster => named(ClusterFile::ALL.iter().map(|f| f.name()).collect()),
+            Node::Cluster => {
+                let mut names: Vec<&str> = ClusterFile::ALL.iter().map(|f| f.name()).collect();
+                names.push("masters");
+                named(names)
+            }
+            Node::Masters => {
+                let mut out = vec![("ctl".to_string(), Node::MastersCtl)];
+                let mut ids: Vec<u64> = view.masters.iter().map(|m| m.id).collect();
+                ids.sort_unstable();
+                out.extend(ids.into_iter().map(|id| (id.to_string(), Node::Master(id))));
+                out
+            }
+            Node::Master(_) => named(MasterFile::ALL.iter().map(|f| f.name()).collect()),
             Node::Agents => view
                 .state
                 .agents
@@ -416,7 +468,9 @@ impl Node {
             Node::Root | Node::Readme | Node::Cluster | Node::Agents | Node::Frameworks => {
                 Node::Root
             }
-            Node::ClusterFile(_) => Node::Cluster,
+            Node::ClusterFile(_) | Node::Masters => Node::Cluster,
+            Node::MastersCtl | Node::Master(_) => Node::Masters,
+            Node::MasterFile(m, _) => Node::Master(*m),
             Node::Agent(_) => Node::Agents,
             Node::AgentFile(a, _) | Node::AgentTasks(a) => Node::Agent(a.clone()),
             Node::AgentTaskLink(a, _) => Node::AgentTasks(a.clone()),
@@ -436,6 +490,8 @@ impl Node {
         match self {
             Node::Root
             | Node::Cluster
+            | Node::Masters
+            | Node::Master(_)
             | Node::Agents
             | Node::Agent(_)
             | Node::AgentTasks(_)
@@ -455,6 +511,11 @@ impl Node {
         match self {
             Node::FrameworkFile(f, FrameworkFile::Events) => Content::Events {
                 framework_id: f.clone(),
+                blocking: false,
+            },
+            Node::FrameworkFile(f, FrameworkFile::EventsPipe) => Content::Events {
+                framework_id: f.clone(),
+                blocking: true,
             },
             Node::OffersNext(f) => Content::NextOffer {
                 framework_id: f.clone(),
@@ -471,7 +532,8 @@ impl Node {
                 file: "stderr",
             },
             Node::OfferFile(_, _, OfferFile::Launch | OfferFile::Decline)
-            | Node::TaskFile(_, _, TaskFile::Kill) => Content::Control,
+            | Node::TaskFile(_, _, TaskFile::Kill)
+            | Node::MastersCtl => Content::Control,
             _ => Content::Rendered,
         }
     }
@@ -590,7 +652,12 @@ mod tests {
             names(&view, "/"),
             ["README", "cluster", "agents", "frameworks"]
         );
-        assert_eq!(names(&view, "/cluster"), ["leader", "resources"]);
+        assert_eq!(names(&view, "/cluster"), ["leader", "resources", "masters"]);
+        assert_eq!(names(&view, "/cluster/masters"), ["ctl", "1"]);
+        assert_eq!(
+            names(&view, "/cluster/masters/1"),
+            ["address", "role", "applied"]
+        );
         assert_eq!(names(&view, "/agents"), ["a1"]);
         assert_eq!(
             names(&view, "/agents/a1"),
@@ -610,7 +677,16 @@ mod tests {
         assert_eq!(names(&view, "/frameworks"), ["hello", "idle"]);
         assert_eq!(
             names(&view, "/frameworks/hello"),
-            ["id", "user", "role", "error", "events", "offers", "tasks"]
+            [
+                "id",
+                "user",
+                "role",
+                "error",
+                "events",
+                "events_pipe",
+                "offers",
+                "tasks"
+            ]
         );
         assert_eq!(names(&view, "/frameworks/hello/offers"), ["next", "1-1"]);
         assert_eq!(names(&view, "/frameworks/idle/offers"), ["next"]);

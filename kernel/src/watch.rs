@@ -1,15 +1,21 @@
-//! The watch stream: what the leader tells every mount, and the local copy a mount keeps.
+//! What masters tell mounts, and the local copy a mount keeps.
 //!
-//! A stream starts with a [`WatchEvent::Snapshot`] and continues with every change. Each event
-//! carries a sequence number; a write's reply names the sequence number at which its effects
-//! are visible, so a mount can wait for it before answering the writer (read your writes).
+//! Two streams feed a copy:
+//!
+//! - the **state stream** ([`StateEvent`]), from any master: the replicated state as of a Raft
+//!   log index, then every committed command with its index. Positions are log indexes, the
+//!   same on every master and across restarts, so a mount resumes from the index it applied,
+//!   on whichever master, and a write's reply names the index at which its effect is visible.
+//! - the **leader stream** ([`LeaderEvent`]), from the leader only: what lives only on the
+//!   leader (offers, refused writes, the masters' roles). It is numbered within one leadership;
+//!   when the leadership ends, the stream ends and the copy drops the leader's offers.
 
 use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
 use crate::resources::Resources;
-use crate::state::{task_id, ClusterState, Command, FrameworkId};
+use crate::state::{task_id, ClusterState, Command, FrameworkId, TaskInfo, Transition};
 
 /// An offer: one agent's unused resources, offered to one framework until used, declined,
 /// or rescinded. Offers live only on the leader and are not replicated.
@@ -29,39 +35,89 @@ pub struct Offer {
     pub created_ms: u64,
 }
 
-/// One message of the watch stream.
+/// One message of the state stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum WatchEvent {
-    /// The whole state; replaces whatever the receiver had.
+pub enum StateEvent {
+    /// The whole replicated state as of a log index; replaces whatever the receiver had.
     Snapshot {
-        /// Sequence number of this event.
-        seq: u64,
-        /// The replicated state.
+        /// The log index of the last command it holds.
+        index: u64,
+        /// The state.
         state: ClusterState,
-        /// The outstanding offers.
-        offers: Vec<Offer>,
-        /// `"<master id> <address>"` of the leader.
-        leader: String,
     },
     /// A committed command, to be applied with [`ClusterState::apply`].
     Applied {
-        /// Sequence number of this event.
-        seq: u64,
         /// Its Raft log index.
         index: u64,
         /// The command.
         command: Command,
     },
-    /// A new offer.
+}
+
+impl StateEvent {
+    /// The log index this event brings the receiver to.
+    pub fn index(&self) -> u64 {
+        match self {
+            StateEvent::Snapshot { index, .. } | StateEvent::Applied { index, .. } => *index,
+        }
+    }
+}
+
+/// Who leads: shown in `/cluster/leader` as `m<id> <address>`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderInfo {
+    /// The leader's master id.
+    pub id: u64,
+    /// The address it advertises.
+    pub address: String,
+    /// Its Raft term.
+    pub term: u64,
+}
+
+impl std::fmt::Display for LeaderInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "m{} {}", self.id, self.address)
+    }
+}
+
+/// One master as the leader sees it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MasterStatus {
+    /// Its id.
+    pub id: u64,
+    /// The address it advertises.
+    pub address: String,
+    /// `leader`, `follower`, `learner`, `candidate`, or `unreachable` (it did not answer the
+    /// leader's last status request).
+    pub role: String,
+    /// The log index it has applied, as it last said.
+    pub applied: u64,
+}
+
+/// One message of the leader stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LeaderEvent {
+    /// The first message: who leads, and everything the leader holds now.
+    Leading {
+        /// Position of this event.
+        seq: u64,
+        /// The leader.
+        leader: LeaderInfo,
+        /// Its outstanding offers.
+        offers: Vec<Offer>,
+        /// The masters.
+        masters: Vec<MasterStatus>,
+    },
+    /// A new offer, or an offer whose resources changed (a launch used part of it).
     OfferCreated {
-        /// Sequence number of this event.
+        /// Position of this event.
         seq: u64,
         /// The offer.
         offer: Offer,
     },
     /// An offer is gone.
     OfferRemoved {
-        /// Sequence number of this event.
+        /// Position of this event.
         seq: u64,
         /// Which offer.
         offer_id: String,
@@ -74,24 +130,31 @@ pub enum WatchEvent {
     },
     /// A framework's write was refused.
     Refused {
-        /// Sequence number of this event.
+        /// Position of this event.
         seq: u64,
         /// The framework written to.
         framework_id: FrameworkId,
         /// Why.
         message: String,
     },
+    /// The masters' roles and applied indexes changed.
+    Masters {
+        /// Position of this event.
+        seq: u64,
+        /// Every member.
+        masters: Vec<MasterStatus>,
+    },
 }
 
-impl WatchEvent {
-    /// This event's sequence number.
+impl LeaderEvent {
+    /// This event's position in its leadership's stream.
     pub fn seq(&self) -> u64 {
         match self {
-            WatchEvent::Snapshot { seq, .. }
-            | WatchEvent::Applied { seq, .. }
-            | WatchEvent::OfferCreated { seq, .. }
-            | WatchEvent::OfferRemoved { seq, .. }
-            | WatchEvent::Refused { seq, .. } => *seq,
+            LeaderEvent::Leading { seq, .. }
+            | LeaderEvent::OfferCreated { seq, .. }
+            | LeaderEvent::OfferRemoved { seq, .. }
+            | LeaderEvent::Refused { seq, .. }
+            | LeaderEvent::Masters { seq, .. } => *seq,
         }
     }
 }
@@ -123,20 +186,25 @@ impl EventLog {
     }
 }
 
-/// A local copy of the cluster: the replicated state, the offers, and per-framework event
-/// lines and last errors derived from the stream.
+/// A local copy of the cluster: the replicated state from the state stream, what the leader
+/// holds from the leader stream, and per-framework event lines and last errors derived from
+/// both.
 #[derive(Clone, Debug, Default)]
 pub struct View {
-    /// Sequence number of the last event applied.
-    pub seq: u64,
-    /// How many snapshots were received (a new one means the stream restarted).
+    /// The Raft log index of the last command applied (0 before the first snapshot).
+    pub index: u64,
+    /// How many snapshots were received.
     pub generation: u64,
     /// The replicated state.
     pub state: ClusterState,
-    /// Outstanding offers by id.
+    /// The leader this copy follows, while its leader stream is up.
+    pub leader: Option<LeaderInfo>,
+    /// Position of the last leader event applied (within `leader`'s leadership).
+    pub leader_seq: u64,
+    /// Outstanding offers by id (the leader's; none without a leader).
     pub offers: BTreeMap<String, Offer>,
-    /// `"<master id> <address>"` of the leader.
-    pub leader: String,
+    /// The masters as the leader last reported them.
+    pub masters: Vec<MasterStatus>,
     /// Event lines per framework id.
     pub events: BTreeMap<FrameworkId, EventLog>,
     /// The last refused write per framework id.
@@ -144,34 +212,76 @@ pub struct View {
 }
 
 impl View {
-    /// Applies one event of the stream.
-    pub fn apply(&mut self, event: &WatchEvent) {
+    /// Applies one event of the state stream.
+    pub fn apply_state(&mut self, event: &StateEvent) {
         match event {
-            WatchEvent::Snapshot {
-                state,
-                offers,
+            StateEvent::Snapshot { index, state } => {
+                // A stream that resumed from a snapshot (the log no longer held the position)
+                // skipped commands: the tasks' histories say which transitions it missed.
+                if self.generation > 0 {
+                    self.log_missed_transitions(state);
+                }
+                self.state = state.clone();
+                self.index = *index;
+                self.generation += 1;
+            }
+            StateEvent::Applied { index, command } => {
+                if *index <= self.index {
+                    return;
+                }
+                let applied = self.state.apply(*index, command);
+                for id in &applied.transitions {
+                    if let Some(t) = self.state.tasks.get(id) {
+                        let line = task_line(t, t.last());
+                        let fw = t.framework_id.clone();
+                        self.log(&fw, line);
+                    }
+                }
+                self.index = *index;
+            }
+        }
+    }
+
+    fn log_missed_transitions(&mut self, new: &ClusterState) {
+        let mut lines = Vec::new();
+        for t in new.tasks.values() {
+            let seen = self
+                .state
+                .tasks
+                .get(&t.id)
+                .map_or(0, |old| old.history.len());
+            for tr in t.history.iter().skip(seen) {
+                lines.push((tr.time_ms, t.framework_id.clone(), task_line(t, tr)));
+            }
+        }
+        lines.sort_by_key(|(time, _, _)| *time);
+        for (_, fw, line) in lines {
+            self.log(&fw, line);
+        }
+    }
+
+    /// Applies one event of the leader stream.
+    pub fn apply_leader(&mut self, event: &LeaderEvent) {
+        match event {
+            LeaderEvent::Leading {
                 leader,
+                offers,
+                masters,
                 ..
             } => {
-                self.state = state.clone();
-                self.offers = offers.iter().map(|o| (o.id.clone(), o.clone())).collect();
-                self.leader = leader.clone();
-                self.generation += 1;
+                self.drop_offers("the leader changed");
+                self.leader = Some(leader.clone());
+                self.masters = masters.clone();
                 for o in offers {
+                    self.offers.insert(o.id.clone(), o.clone());
                     self.log(&o.framework_id, offer_line(o));
                 }
             }
-            WatchEvent::Applied { index, command, .. } => {
-                let applied = self.state.apply(*index, command);
-                if applied.error.is_none() {
-                    self.log_command(command);
-                }
-            }
-            WatchEvent::OfferCreated { offer, .. } => {
+            LeaderEvent::OfferCreated { offer, .. } => {
                 self.offers.insert(offer.id.clone(), offer.clone());
                 self.log(&offer.framework_id, offer_line(offer));
             }
-            WatchEvent::OfferRemoved {
+            LeaderEvent::OfferRemoved {
                 offer_id,
                 framework_id,
                 reason,
@@ -183,53 +293,39 @@ impl View {
                     self.log(framework_id, format!("rescind {offer_id} {reason}\n"));
                 }
             }
-            WatchEvent::Refused {
+            LeaderEvent::Refused {
                 framework_id,
                 message,
                 ..
-            } => {
-                self.errors
-                    .insert(framework_id.clone(), format!("{message}\n"));
-                self.log(framework_id, format!("error {message}\n"));
-            }
+            } => self.record_refusal(framework_id, message),
+            LeaderEvent::Masters { masters, .. } => self.masters = masters.clone(),
         }
-        self.seq = event.seq();
+        self.leader_seq = event.seq();
     }
 
-    fn log_command(&mut self, command: &Command) {
-        match command {
-            Command::LaunchTasks {
-                framework_id,
-                tasks,
-                ..
-            } => {
-                for t in tasks {
-                    self.log(framework_id, format!("task {} TASK_STAGING\n", t.spec.name));
-                }
-            }
-            Command::UpdateTask { task_id: id, .. } | Command::KillTask { task_id: id, .. } => {
-                let Some(t) = self.state.tasks.get(id) else {
-                    return;
-                };
-                let last = t.last();
-                let mut line = format!("task {} {}", t.name, last.state.as_str());
-                if !last.reason.is_empty() {
-                    line.push(' ');
-                    line.push_str(&last.reason);
-                }
-                if !last.message.is_empty() {
-                    line.push(' ');
-                    line.push_str(&last.message);
-                }
-                line.push('\n');
-                let fw = t.framework_id.clone();
-                // A kill shows as a line only once the agent reports it.
-                if matches!(command, Command::UpdateTask { .. }) {
-                    self.log(&fw, line);
-                }
-            }
-            _ => {}
+    /// The leader stream ended: the copy has no leader, and the leader's offers are rescinded
+    /// (they cannot be used: a new leader makes its own).
+    pub fn leader_lost(&mut self, reason: &str) {
+        self.leader = None;
+        self.leader_seq = 0;
+        self.drop_offers(reason);
+        for m in &mut self.masters {
+            m.role = "unknown".into();
         }
+    }
+
+    fn drop_offers(&mut self, reason: &str) {
+        let offers = std::mem::take(&mut self.offers);
+        for o in offers.values() {
+            self.log(&o.framework_id, format!("rescind {} {reason}\n", o.id));
+        }
+    }
+
+    /// Records a refused write of a framework: its `error` file and an `error` line.
+    pub fn record_refusal(&mut self, framework_id: &str, message: &str) {
+        self.errors
+            .insert(framework_id.to_string(), format!("{message}\n"));
+        self.log(framework_id, format!("error {message}\n"));
     }
 
     fn log(&mut self, framework_id: &str, line: String) {
@@ -250,10 +346,23 @@ impl View {
     }
 
     /// A task of a registered framework, by framework name and task name.
-    pub fn task(&self, framework: &str, name: &str) -> Option<&crate::state::TaskInfo> {
+    pub fn task(&self, framework: &str, name: &str) -> Option<&TaskInfo> {
         let fw = self.state.framework_by_name(framework)?;
         self.state.tasks.get(&task_id(&fw.id, name))
     }
+}
+
+/// The `events` line of one task transition: `task <name> <STATE> [<reason>] [<message>]`.
+fn task_line(t: &TaskInfo, tr: &Transition) -> String {
+    let mut line = format!("task {} {}", t.name, tr.state.as_str());
+    for part in [&tr.reason, &tr.message] {
+        if !part.is_empty() {
+            line.push(' ');
+            line.push_str(part);
+        }
+    }
+    line.push('\n');
+    line
 }
 
 fn offer_line(o: &Offer) -> String {

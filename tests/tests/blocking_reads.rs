@@ -1,4 +1,4 @@
-//! Blocking reads (`offers/next`, `wait`, `events`) give way to signals: Ctrl-C ends them
+//! Blocking reads (`offers/next`, `wait`, `events_pipe`) give way to signals: Ctrl-C ends them
 //! promptly, and a SIGKILLed reader never hangs in the kernel.
 
 use std::process::{Command, Stdio};
@@ -59,7 +59,7 @@ fn blocked_readers_return_promptly_on_sigint_and_sigkill() {
         ("frameworks/waiter/offers/next", Signal::SIGKILL),
         ("frameworks/holder/tasks/s/wait", Signal::SIGINT),
         ("frameworks/holder/tasks/s/wait", Signal::SIGKILL),
-        ("frameworks/waiter/events", Signal::SIGTERM),
+        ("frameworks/waiter/events_pipe", Signal::SIGTERM),
     ] {
         let took = signal_blocked_reader(&dev, rel, signal);
         // The figure is printed; the assertion is generous because machines are noisy.

@@ -51,10 +51,11 @@ fn ls_find_and_stat_agree_with_what_cat_reads() {
     }
     let dev = Dev::start();
     dev.sh_ok("mkdir frameworks/f && cat frameworks/f/offers/next >/dev/null");
-    // Every regular file's size in ls -l equals the bytes cat reads (stream files are 0).
+    // Every regular file's size in ls -l equals the bytes cat reads (blocking and control files
+    // are 0); `events` is a log file like any other.
     let listing = dev.sh_ok(
-        "find . -type f ! -name next ! -name events ! -name wait ! -name launch ! -name decline \
-         ! -name kill ! -name stdout ! -name stderr -print0 | \
+        "find . -type f ! -name next ! -name events_pipe ! -name wait ! -name launch ! -name decline \
+         ! -name kill ! -name ctl ! -name stdout ! -name stderr -print0 | \
          while IFS= read -r -d '' f; do echo \"$f $(stat -c %s \"$f\") $(cat \"$f\" | wc -c)\"; done",
     );
     let mut checked = 0;

@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use mesofs_agent::daemon::{self as agent, AgentConfig};
 use mesofs_kernel::client::MasterClient;
-use mesofs_kernel::master::{self, LeaderConfig, MasterConfig};
+use mesofs_kernel::master::{self, LeaderConfig, MasterConfig, RaftTimings};
 
 /// Options of `mesofs bench`.
 #[derive(Args)]
@@ -46,7 +46,10 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     let master = master::start(MasterConfig {
         id: 1,
         listen: "127.0.0.1:0".parse()?,
+        advertise: None,
+        peers: Default::default(),
         data_dir: tmp.path().join("master"),
+        timings: RaftTimings::default(),
         leader: LeaderConfig::default(),
     })
     .await?;
@@ -60,6 +63,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         masters: vec![master.addr.to_string()],
         work_dir: tmp.path().join("agent"),
         listen: SocketAddr::new(master.addr.ip(), 0),
+        advertise: None,
         hostname: "localhost".into(),
         resources: Some(resources),
         supervisor: std::env::current_exe().ok(),
@@ -119,7 +123,7 @@ struct Figures {
     running_latency: Vec<Duration>,
 }
 
-/// Seen times of each task's lines in the framework's `events`.
+/// Seen times of each task's lines in the framework's `events_pipe`.
 #[derive(Default)]
 struct Seen {
     running: HashMap<String, Instant>,
@@ -131,7 +135,7 @@ fn drive(mount: &Path, n: usize, batch: usize) -> Result<Figures> {
     let fw = mount.join("frameworks/bench");
     std::fs::create_dir(&fw).context("mkdir frameworks/bench")?;
     let seen = Arc::new(Mutex::new(Seen::default()));
-    let events = std::fs::File::open(fw.join("events")).context("opening events")?;
+    let events = std::fs::File::open(fw.join("events_pipe")).context("opening events_pipe")?;
     let reader_seen = seen.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(events).lines() {

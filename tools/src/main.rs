@@ -1,6 +1,7 @@
 //! `mesofs`: the one binary. Runs a master, an agent, a mount, a whole one-machine cluster
 //! (`dev`), or the launch benchmark.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -9,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use mesofs_agent::daemon::{self as agent, AgentConfig};
 use mesofs_kernel::client::MasterClient;
-use mesofs_kernel::master::{self, LeaderConfig, MasterConfig};
+use mesofs_kernel::master::{self, LeaderConfig, MasterConfig, RaftTimings};
 use tracing::info;
 
 mod bench;
@@ -82,17 +83,94 @@ fn positive_seconds(v: f64, flag: &str) -> Result<Duration> {
     Ok(d)
 }
 
+#[derive(Args, Clone)]
+struct RaftArgs {
+    /// Milliseconds between the leader's Raft heartbeats.
+    #[arg(long, default_value = "100", value_name = "MS")]
+    raft_heartbeat: u64,
+    /// Raft election timeout range in milliseconds, MIN-MAX: how long a follower waits without
+    /// hearing from the leader before it stands for election.
+    #[arg(long, default_value = "200-400", value_name = "MIN-MAX", value_parser = parse_range)]
+    raft_election: (u64, u64),
+}
+
+impl RaftArgs {
+    fn timings(&self) -> Result<RaftTimings> {
+        let (min, max) = self.raft_election;
+        if self.raft_heartbeat == 0 || min <= self.raft_heartbeat || max <= min {
+            bail!(
+                "--raft-election MIN-MAX must have MIN above --raft-heartbeat ({} ms) and MAX above MIN",
+                self.raft_heartbeat
+            );
+        }
+        Ok(RaftTimings {
+            heartbeat_ms: self.raft_heartbeat,
+            election_ms: (min, max),
+        })
+    }
+}
+
+fn parse_range(s: &str) -> Result<(u64, u64), String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?} is not MIN-MAX (e.g. 200-400)"))?;
+    let num = |v: &str| {
+        v.trim()
+            .parse::<u64>()
+            .map_err(|_| format!("{v:?} is not a number of milliseconds"))
+    };
+    Ok((num(a)?, num(b)?))
+}
+
+/// Parses `--peers 1=HOST:PORT,2=HOST:PORT`.
+fn parse_peers(list: &[String]) -> Result<BTreeMap<u64, String>> {
+    let mut peers = BTreeMap::new();
+    for item in list.iter().filter(|i| !i.trim().is_empty()) {
+        let (id, addr) = item
+            .split_once('=')
+            .with_context(|| format!("--peers entry {item:?} is not ID=HOST:PORT"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .ok()
+            .filter(|id| *id > 0)
+            .with_context(|| format!("--peers entry {item:?}: the id must be a positive number"))?;
+        let addr = addr.trim();
+        if !addr
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+        {
+            bail!("--peers entry {item:?}: the address must be HOST:PORT");
+        }
+        if peers.insert(id, addr.to_string()).is_some() {
+            bail!("--peers lists master {id} twice");
+        }
+    }
+    Ok(peers)
+}
+
 #[derive(Args)]
 struct MasterArgs {
-    /// This master's Raft node id.
+    /// This master's Raft node id (a positive number, unique in the cluster).
     #[arg(long, default_value = "1")]
     id: u64,
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0:5050")]
     listen: SocketAddr,
+    /// The HOST:PORT other masters, agents and mounts dial to reach this master (required when
+    /// --listen is an unspecified address such as 0.0.0.0).
+    #[arg(long, value_name = "HOST:PORT")]
+    advertise: Option<String>,
+    /// The initial masters of a new cluster, ID=HOST:PORT comma-separated, the same list on
+    /// every one of them (this one included); without it a new master is a cluster of one.
+    /// Ignored (with a warning if it differs) once the data directory holds a log.
+    #[arg(long, value_delimiter = ',', value_name = "ID=HOST:PORT,...")]
+    peers: Vec<String>,
     /// Directory of the Raft log, vote and snapshots.
     #[arg(long, default_value = "/var/lib/mesofs/master")]
     data_dir: PathBuf,
+    #[command(flatten)]
+    raft: RaftArgs,
     #[command(flatten)]
     leader: LeaderArgs,
 }
@@ -108,6 +186,10 @@ struct AgentArgs {
     /// Address of the agent's file service.
     #[arg(long, default_value = "0.0.0.0:5051")]
     listen: SocketAddr,
+    /// The HOST:PORT mounts dial to read sandboxes (by default the listen address, or the
+    /// host name and listen port when listening on every interface).
+    #[arg(long, value_name = "HOST:PORT")]
+    advertise: Option<String>,
     /// Host name to register with (defaults to this machine's).
     #[arg(long)]
     hostname: Option<String>,
@@ -199,10 +281,16 @@ fn hostname() -> String {
 }
 
 async fn run_master(a: MasterArgs) -> Result<()> {
+    if a.id == 0 {
+        bail!("--id must be a positive number");
+    }
     let handle = master::start(MasterConfig {
         id: a.id,
         listen: a.listen,
+        advertise: a.advertise,
+        peers: parse_peers(&a.peers)?,
         data_dir: a.data_dir,
+        timings: a.raft.timings()?,
         leader: a.leader.config()?,
     })
     .await?;
@@ -217,6 +305,7 @@ async fn run_agent(a: AgentArgs) -> Result<()> {
         masters: a.master,
         work_dir: a.work_dir,
         listen: a.listen,
+        advertise: a.advertise,
         hostname: a.hostname.unwrap_or_else(hostname),
         resources: a.resources,
         supervisor: std::env::current_exe().ok(),
@@ -268,15 +357,19 @@ async fn run_dev(a: DevArgs) -> Result<()> {
     let master = master::start(MasterConfig {
         id: 1,
         listen: a.listen,
+        advertise: None,
+        peers: BTreeMap::new(),
         data_dir: a.data_dir.join("master"),
+        timings: RaftTimings::default(),
         leader: a.leader.config()?,
     })
     .await?;
-    let master_addr = master.addr.to_string();
+    let master_addr = master.advertised.clone();
     let agent = agent::start(AgentConfig {
         masters: vec![master_addr.clone()],
         work_dir: a.data_dir.join("agent"),
         listen: SocketAddr::new(master.addr.ip(), 0),
+        advertise: None,
         hostname: hostname(),
         resources: a.resources,
         supervisor: std::env::current_exe().ok(),

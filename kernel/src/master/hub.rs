@@ -1,45 +1,65 @@
-//! The master's authoritative view: the replicated state as applied by Raft, the leader's
-//! outstanding offers, and the broadcast that feeds every watch stream.
+//! The master's replicated state, as Raft applies it, and the state stream every watcher of
+//! this master reads: from any log position its log still holds, then live.
 //!
-//! One lock orders every change, so each change gets the next sequence number and a watcher
-//! that subscribes under the lock sees a snapshot followed by exactly the changes after it.
+//! One lock orders apply and subscription, so a watcher that subscribes under it at index `i`
+//! gets exactly the commands after `i`.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
+use openraft::{EntryPayload, RaftLogReader};
 use tokio::sync::broadcast;
 
-use crate::raft::storage::ReplicatedState;
-use crate::raft::Response;
+use crate::raft::storage::{LogStore, ReplicatedState};
+use crate::raft::{Response, TypeConfig};
 use crate::state::{ClusterState, Command};
-use crate::watch::{Offer, WatchEvent};
+use crate::watch::StateEvent;
 
-/// How many events a slow watcher may fall behind before its stream is restarted.
+/// How many commands a slow watcher may fall behind before its stream is ended (it resumes
+/// from where it was).
 const WATCH_BUFFER: usize = 65_536;
 
-struct Inner {
-    seq: u64,
-    state: ClusterState,
-    offers: BTreeMap<String, Offer>,
-    leader: String,
+/// A state event, encoded once for every watcher.
+#[derive(Debug)]
+pub struct Encoded {
+    /// The log index it brings a watcher to.
+    pub index: u64,
+    /// The [`StateEvent`] as JSON.
+    pub json: String,
 }
 
-/// The authoritative state and the watch broadcast.
+impl Encoded {
+    fn new(event: &StateEvent) -> Arc<Encoded> {
+        Arc::new(Encoded {
+            index: event.index(),
+            json: serde_json::to_string(event).expect("state events serialize"),
+        })
+    }
+}
+
+/// Where a new watcher starts: the events to send first, and the live feed after them (events
+/// at or below `start` in the feed are to be skipped).
+pub struct Subscription {
+    /// The events before the live feed: a snapshot, or the commands after the watcher's index.
+    pub first: Vec<Arc<Encoded>>,
+    /// The watcher's index once `first` is sent; later events at or below it are skipped.
+    pub start: u64,
+    /// Every event applied after the subscription.
+    pub live: broadcast::Receiver<Arc<Encoded>>,
+}
+
+/// The replicated state and the state stream.
 pub struct Hub {
-    inner: Mutex<Inner>,
-    tx: broadcast::Sender<Arc<WatchEvent>>,
+    state: Mutex<ClusterState>,
+    tx: broadcast::Sender<Arc<Encoded>>,
+    log: OnceLock<LogStore<TypeConfig>>,
 }
 
 impl Default for Hub {
     fn default() -> Self {
         Hub {
-            inner: Mutex::new(Inner {
-                seq: 0,
-                state: ClusterState::default(),
-                offers: BTreeMap::new(),
-                leader: String::new(),
-            }),
+            state: Mutex::new(ClusterState::default()),
             tx: broadcast::channel(WATCH_BUFFER).0,
+            log: OnceLock::new(),
         }
     }
 }
@@ -50,125 +70,97 @@ impl Hub {
         Arc::new(Hub::default())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().expect("hub lock")
+    /// Gives the hub the log it resumes watchers from.
+    pub fn set_log(&self, log: LogStore<TypeConfig>) {
+        let _ = self.log.set(log);
     }
 
-    fn publish(&self, inner: &mut Inner, make: impl FnOnce(u64) -> WatchEvent) -> u64 {
-        inner.seq += 1;
-        let seq = inner.seq;
-        // No receivers is fine: nobody watches yet.
-        let _ = self.tx.send(Arc::new(make(seq)));
-        seq
+    fn lock(&self) -> std::sync::MutexGuard<'_, ClusterState> {
+        self.state.lock().expect("hub lock")
     }
 
-    fn snapshot_event(inner: &Inner) -> WatchEvent {
-        WatchEvent::Snapshot {
-            seq: inner.seq,
-            state: inner.state.clone(),
-            offers: inner.offers.values().cloned().collect(),
-            leader: inner.leader.clone(),
+    /// Reads the state under the lock.
+    pub fn read<R>(&self, f: impl FnOnce(&ClusterState) -> R) -> R {
+        f(&self.lock())
+    }
+
+    /// The log index of the last command applied.
+    pub fn index(&self) -> u64 {
+        self.lock().applied_index
+    }
+
+    /// Subscribes a watcher that has applied the commands up to `from_index` (0: none). It gets
+    /// the commands after that from the log, or a snapshot if the log no longer holds them. A
+    /// watcher ahead of this master (it read another one) waits for it to catch up.
+    pub async fn subscribe(&self, from_index: u64) -> Subscription {
+        let (snapshot, applied, live) = {
+            let state = self.lock();
+            let applied = state.applied_index;
+            let snapshot = (from_index == 0).then(|| StateEvent::Snapshot {
+                index: applied,
+                state: state.clone(),
+            });
+            (snapshot, applied, self.tx.subscribe())
+        };
+        if let Some(s) = snapshot {
+            return Subscription {
+                first: vec![Encoded::new(&s)],
+                start: applied,
+                live,
+            };
+        }
+        if from_index >= applied {
+            return Subscription {
+                first: Vec::new(),
+                start: from_index,
+                live,
+            };
+        }
+        match self.commands_between(from_index, applied).await {
+            Some(first) => Subscription {
+                first,
+                start: applied,
+                live,
+            },
+            None => {
+                // The log was purged past the watcher's index: start over from a snapshot,
+                // taken with a new subscription so nothing falls between them.
+                let (snap, live) = {
+                    let state = self.lock();
+                    let snap = StateEvent::Snapshot {
+                        index: state.applied_index,
+                        state: state.clone(),
+                    };
+                    (snap, self.tx.subscribe())
+                };
+                Subscription {
+                    start: snap.index(),
+                    first: vec![Encoded::new(&snap)],
+                    live,
+                }
+            }
         }
     }
 
-    /// A consistent snapshot and a receiver of every event after it.
-    pub fn subscribe(&self) -> (WatchEvent, broadcast::Receiver<Arc<WatchEvent>>) {
-        let inner = self.lock();
-        (Self::snapshot_event(&inner), self.tx.subscribe())
-    }
-
-    /// Reads the state and offers under the lock.
-    pub fn read<R>(&self, f: impl FnOnce(&ClusterState, &BTreeMap<String, Offer>) -> R) -> R {
-        let inner = self.lock();
-        f(&inner.state, &inner.offers)
-    }
-
-    /// The sequence number of the last event.
-    pub fn seq(&self) -> u64 {
-        self.lock().seq
-    }
-
-    /// Records who leads, shown in `/cluster/leader`; watchers get a fresh snapshot.
-    pub fn set_leader(&self, leader: String) {
-        let mut inner = self.lock();
-        inner.leader = leader;
-        let snap = Self::snapshot_event(&inner);
-        self.publish(&mut inner, |seq| match snap {
-            WatchEvent::Snapshot {
-                state,
-                offers,
-                leader,
-                ..
-            } => WatchEvent::Snapshot {
-                seq,
-                state,
-                offers,
-                leader,
-            },
-            other => other,
-        });
-    }
-
-    /// Adds an offer.
-    pub fn add_offer(&self, offer: Offer) -> u64 {
-        let mut inner = self.lock();
-        inner.offers.insert(offer.id.clone(), offer.clone());
-        self.publish(&mut inner, |seq| WatchEvent::OfferCreated { seq, offer })
-    }
-
-    /// Changes what an outstanding offer holds (after a launch used part of it).
-    pub fn update_offer(&self, offer_id: &str, resources: crate::resources::Resources) {
-        let mut inner = self.lock();
-        let Some(offer) = inner.offers.get_mut(offer_id) else {
-            return;
-        };
-        offer.resources = resources;
-        let offer = offer.clone();
-        self.publish(&mut inner, |seq| WatchEvent::OfferCreated { seq, offer });
-    }
-
-    /// Removes an offer if it is still there; returns it.
-    pub fn remove_offer(&self, offer_id: &str, reason: &str, rescinded: bool) -> Option<Offer> {
-        let mut inner = self.lock();
-        let offer = inner.offers.remove(offer_id)?;
-        let framework_id = offer.framework_id.clone();
-        self.publish(&mut inner, |seq| WatchEvent::OfferRemoved {
-            seq,
-            offer_id: offer_id.to_string(),
-            framework_id,
-            reason: reason.to_string(),
-            rescinded,
-        });
-        Some(offer)
-    }
-
-    /// Removes every offer matching `pred`; returns them.
-    pub fn remove_offers_where(
-        &self,
-        pred: impl Fn(&Offer) -> bool,
-        reason: &str,
-        rescinded: bool,
-    ) -> Vec<Offer> {
-        let ids: Vec<String> = self.read(|_, offers| {
-            offers
-                .values()
-                .filter(|o| pred(o))
-                .map(|o| o.id.clone())
-                .collect()
-        });
-        ids.iter()
-            .filter_map(|id| self.remove_offer(id, reason, rescinded))
-            .collect()
-    }
-
-    /// Records a refused write so the framework can read why; returns its sequence number.
-    pub fn refused(&self, framework_id: &str, message: &str) -> u64 {
-        let mut inner = self.lock();
-        self.publish(&mut inner, |seq| WatchEvent::Refused {
-            seq,
-            framework_id: framework_id.to_string(),
-            message: message.to_string(),
-        })
+    /// The commands in (`after`, `upto`] from the log, if it still holds all of them.
+    async fn commands_between(&self, after: u64, upto: u64) -> Option<Vec<Arc<Encoded>>> {
+        let mut log = self.log.get()?.clone();
+        let entries = log.try_get_log_entries(after + 1..=upto).await.ok()?;
+        let mut expected = after + 1;
+        let mut out = Vec::new();
+        for e in &entries {
+            if e.log_id.index != expected {
+                return None;
+            }
+            expected += 1;
+            if let EntryPayload::Normal(command) = &e.payload {
+                out.push(Encoded::new(&StateEvent::Applied {
+                    index: e.log_id.index,
+                    command: command.clone(),
+                }));
+            }
+        }
+        (expected == upto + 1).then_some(out)
     }
 }
 
@@ -177,41 +169,29 @@ impl ReplicatedState for Hub {
     type Response = Response;
 
     fn apply(&self, index: u64, cmd: &Command) -> Response {
-        let mut inner = self.lock();
-        let applied = inner.state.apply(index, cmd);
-        let command = cmd.clone();
-        let seq = self.publish(&mut inner, |seq| WatchEvent::Applied {
-            seq,
+        let mut state = self.lock();
+        let applied = state.apply(index, cmd);
+        // No receivers is fine: nobody watches yet.
+        let _ = self.tx.send(Encoded::new(&StateEvent::Applied {
             index,
-            command,
-        });
-        Response { applied, seq }
+            command: cmd.clone(),
+        }));
+        Response { applied }
     }
 
     fn snapshot(&self) -> Vec<u8> {
-        serde_json::to_vec(&self.lock().state).expect("cluster state serializes")
+        serde_json::to_vec(&*self.lock()).expect("cluster state serializes")
     }
 
     fn restore(&self, bytes: &[u8]) -> Result<(), String> {
-        let state: ClusterState =
+        let restored: ClusterState =
             serde_json::from_slice(bytes).map_err(|e| format!("bad state snapshot: {e}"))?;
-        let mut inner = self.lock();
-        inner.state = state;
-        let snap = Self::snapshot_event(&inner);
-        self.publish(&mut inner, move |seq| match snap {
-            WatchEvent::Snapshot {
-                state,
-                offers,
-                leader,
-                ..
-            } => WatchEvent::Snapshot {
-                seq,
-                state,
-                offers,
-                leader,
-            },
-            other => other,
-        });
+        let mut state = self.lock();
+        *state = restored;
+        let _ = self.tx.send(Encoded::new(&StateEvent::Snapshot {
+            index: state.applied_index,
+            state: state.clone(),
+        }));
         Ok(())
     }
 }

@@ -1,37 +1,33 @@
-//! The master process: a Raft node with durable storage, and, while it leads, the leader's
-//! runtime serving agents, frameworks and watchers over gRPC.
+//! The master process: a Raft node with durable storage that serves the replicated state to
+//! any watcher, and, while it leads, the leader's runtime serving agents, writes and the leader
+//! stream over gRPC.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::pin::Pin;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::Stream;
-use openraft::{BasicNode, Config, SnapshotPolicy};
+use openraft::{Config, SnapshotPolicy};
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, mpsc, oneshot};
-use tokio_stream::wrappers::UnboundedReceiverStream;
-use tokio_stream::StreamExt;
+use tokio::sync::oneshot;
 use tonic::transport::server::TcpIncoming;
-use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
+pub mod formation;
 pub mod hub;
 pub mod leader;
+mod leadership;
+mod service;
 
 pub use hub::Hub;
 pub use leader::{Leader, LeaderConfig};
 
-use crate::proto::master_server::{Master as MasterRpc, MasterServer};
+use crate::proto::master_server::MasterServer;
 use crate::proto::raft_server::RaftServer;
-use crate::proto::{
-    AgentMessage, LeaderReply, LeaderRequest, MasterMessage, WatchEvent as WireEvent, WatchRequest,
-    WriteReply, WriteRequest,
-};
 use crate::raft::network::{GrpcNetworkFactory, RaftService};
-use crate::raft::{storage, Raft};
+use crate::raft::{storage, MasterNode, Raft};
+use service::MasterService;
 
 /// Why a master could not start.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +40,9 @@ pub enum MasterError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The address others should dial is unknown or contradicts `--peers`.
+    #[error("{0}")]
+    Advertise(String),
     /// The data directory could not be opened.
     #[error("cannot open the master's data directory {dir}: {message}")]
     Storage {
@@ -57,6 +56,28 @@ pub enum MasterError {
     Raft(String),
 }
 
+/// Raft's timing: how often the leader heartbeats and how long followers wait for one before
+/// electing a new leader (a random time in `election_ms`).
+#[derive(Clone, Copy, Debug)]
+pub struct RaftTimings {
+    /// Milliseconds between the leader's heartbeats.
+    pub heartbeat_ms: u64,
+    /// The election timeout's range in milliseconds.
+    pub election_ms: (u64, u64),
+}
+
+impl Default for RaftTimings {
+    fn default() -> Self {
+        // A leader that dies is replaced after about its lease (the maximum) plus one election
+        // timeout: 0.6 to 0.8 s, which keeps a failover under a second. Shorter ones start
+        // needless elections when a busy machine delays a heartbeat.
+        RaftTimings {
+            heartbeat_ms: 100,
+            election_ms: (200, 400),
+        }
+    }
+}
+
 /// How to run a master.
 #[derive(Clone, Debug)]
 pub struct MasterConfig {
@@ -64,8 +85,16 @@ pub struct MasterConfig {
     pub id: u64,
     /// Where to listen (port 0 picks one).
     pub listen: SocketAddr,
+    /// The `host:port` other masters, agents and mounts dial; by default the listen address,
+    /// which must then be a specific one.
+    pub advertise: Option<String>,
+    /// The initial membership (`id -> host:port`), as every master of a new cluster is given
+    /// it; empty for a one-master cluster.
+    pub peers: BTreeMap<u64, String>,
     /// Where its Raft log, votes and snapshots live.
     pub data_dir: PathBuf,
+    /// Raft's heartbeat and election timing.
+    pub timings: RaftTimings,
     /// The leader's settings.
     pub leader: LeaderConfig,
 }
@@ -74,6 +103,8 @@ pub struct MasterConfig {
 pub struct MasterHandle {
     /// The address it listens on.
     pub addr: SocketAddr,
+    /// The address it advertises.
+    pub advertised: String,
     raft: Raft,
     shutdown: Option<oneshot::Sender<()>>,
     server: tokio::task::JoinHandle<()>,
@@ -98,7 +129,60 @@ impl MasterHandle {
     }
 }
 
-/// Starts a master: opens its storage, starts Raft (initializing a one-member group on first
+/// The address others dial: `--advertise`, or the listen address when it is a specific one.
+fn advertised(config: &MasterConfig, bound: SocketAddr) -> Result<String, MasterError> {
+    let addr = match &config.advertise {
+        Some(a) => a.clone(),
+        None if bound.ip().is_unspecified() => {
+            return Err(MasterError::Advertise(format!(
+                "master {} listens on {} (every interface), so the address other masters, agents and mounts should dial is unknown: pass --advertise HOST:PORT (this machine's name or address and port {}), or --listen on a specific address",
+                config.id,
+                config.listen,
+                bound.port()
+            )))
+        }
+        None => bound.to_string(),
+    };
+    if let Some(listed) = config.peers.get(&config.id) {
+        if *listed != addr {
+            return Err(MasterError::Advertise(format!(
+                "--peers lists master {} at {listed}, but it advertises {addr}: give it --advertise {listed}, or correct --peers",
+                config.id
+            )));
+        }
+    } else if !config.peers.is_empty() {
+        return Err(MasterError::Advertise(format!(
+            "--peers does not list this master (id {}): add {}={addr} to it",
+            config.id, config.id
+        )));
+    }
+    Ok(addr)
+}
+
+/// The incarnation of a data directory: made when a master first uses it, so that a master
+/// whose directory was wiped is told apart from the member it was.
+fn incarnation(dir: &Path) -> std::io::Result<String> {
+    let path = dir.join("incarnation");
+    match std::fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::create_dir_all(dir)?;
+    let mut bytes = [0u8; 8];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))?;
+    let made = format!("{:016x}", u64::from_le_bytes(bytes));
+    let tmp = dir.join("incarnation.tmp");
+    std::fs::write(&tmp, format!("{made}\n"))?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(made)
+}
+
+/// Starts a master: opens its storage, starts Raft (forming or joining a cluster on first
 /// start), and serves gRPC.
 pub async fn start(config: MasterConfig) -> Result<MasterHandle, MasterError> {
     let listener =
@@ -114,19 +198,23 @@ pub async fn start(config: MasterConfig) -> Result<MasterHandle, MasterError> {
             addr: config.listen,
             source,
         })?;
+    let advertised = advertised(&config, addr)?;
+    let storage_err = |message: String| MasterError::Storage {
+        dir: config.data_dir.clone(),
+        message,
+    };
+    let incarnation = incarnation(&config.data_dir).map_err(|e| storage_err(e.to_string()))?;
     let hub = Hub::new();
-    let (log_store, sm_store) =
-        storage::open(&config.data_dir, hub.clone())
-            .await
-            .map_err(|e| MasterError::Storage {
-                dir: config.data_dir.clone(),
-                message: e.to_string(),
-            })?;
+    let (log_store, sm_store) = storage::open(&config.data_dir, hub.clone())
+        .await
+        .map_err(|e| storage_err(e.to_string()))?;
+    hub.set_log(log_store.clone());
+    let t = config.timings;
     let raft_config = Config {
         cluster_name: "mesofs".into(),
-        heartbeat_interval: 100,
-        election_timeout_min: 300,
-        election_timeout_max: 600,
+        heartbeat_interval: t.heartbeat_ms,
+        election_timeout_min: t.election_ms.0,
+        election_timeout_max: t.election_ms.1,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(2000),
         max_in_snapshot_log_to_keep: 100,
         ..Config::default()
@@ -142,29 +230,29 @@ pub async fn start(config: MasterConfig) -> Result<MasterHandle, MasterError> {
     )
     .await
     .map_err(|e| MasterError::Raft(e.to_string()))?;
-    if !raft
-        .is_initialized()
-        .await
-        .map_err(|e| MasterError::Raft(e.to_string()))?
-    {
-        let members = BTreeMap::from([(config.id, BasicNode::new(addr.to_string()))]);
-        raft.initialize(members)
-            .await
-            .map_err(|e| MasterError::Raft(e.to_string()))?;
-        info!(id = config.id, %addr, "initialized a new one-master cluster");
-    }
-
-    let service = MasterService {
-        id: config.id,
-        addr: addr.to_string(),
-        raft: raft.clone(),
-        hub: hub.clone(),
-        leader: Arc::new(Mutex::new(None)),
+    let me = MasterNode {
+        addr: advertised.clone(),
+        incarnation: incarnation.clone(),
     };
-    tokio::spawn(follow_leadership(service.clone(), config.leader.clone()));
+    formation::start(&raft, config.id, &me, &config.peers).await?;
+
+    let service = MasterService::new(
+        config.id,
+        me,
+        raft.clone(),
+        hub.clone(),
+        Arc::new(Mutex::new(None)),
+    );
+    // A leader that hears no majority for this long stops acting as leader.
+    let lease = Duration::from_millis(t.election_ms.1);
+    tokio::spawn(leadership::follow(
+        service.clone(),
+        config.leader.clone(),
+        lease,
+    ));
 
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-    let raft_service = RaftService::new(raft.clone());
+    let raft_service = RaftService::new(raft.clone(), config.id, incarnation);
     let server = tokio::spawn(async move {
         // Keepalive pings end the streams of agents and mounts whose host vanished without
         // closing the connection, so their sessions end and their offers are rescinded.
@@ -185,176 +273,72 @@ pub async fn start(config: MasterConfig) -> Result<MasterHandle, MasterError> {
             warn!(error = %e, "master server stopped");
         }
     });
-    info!(id = config.id, %addr, "master listening");
+    info!(id = config.id, %addr, %advertised, "master listening");
     Ok(MasterHandle {
         addr,
+        advertised,
         raft,
         shutdown: Some(shutdown_tx),
         server,
     })
 }
 
-/// Starts a leader runtime whenever this node becomes leader, and drops it when it stops
-/// leading (offers and sessions are the leader's alone).
-async fn follow_leadership(service: MasterService, config: LeaderConfig) {
-    let mut metrics = service.raft.metrics();
-    let mut led_term = None;
-    loop {
-        let (leader, term) = {
-            let m = metrics.borrow_and_update();
-            (m.current_leader, m.current_term)
-        };
-        let leading = leader == Some(service.id);
-        if leading && led_term != Some(term) {
-            // Wait until this term's blank entry is applied, so the state is current.
-            let last_log = metrics.borrow().last_log_index;
-            let _ = service
-                .raft
-                .wait(Some(Duration::from_secs(10)))
-                .applied_index_at_least(last_log, "leader caught up")
-                .await;
-            // The term alone does not tell leaderships apart (a lone master restarted keeps
-            // its term); the log index at which this one began does, and names its offers.
-            let epoch = last_log.unwrap_or(0);
-            info!(term, epoch, "this master leads");
-            let runtime = Leader::new(
-                service.raft.clone(),
-                service.hub.clone(),
-                config.clone(),
-                epoch,
-            );
-            runtime.watch_absent_agents();
-            *service.leader.lock().expect("leader lock") = Some(runtime);
-            service
-                .hub
-                .set_leader(format!("m{} {}", service.id, service.addr));
-            led_term = Some(term);
-        } else if !leading && led_term.is_some() {
-            info!("this master no longer leads");
-            *service.leader.lock().expect("leader lock") = None;
-            led_term = None;
-        }
-        if metrics.changed().await.is_err() {
-            return;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(listen: &str, advertise: Option<&str>, peers: &[(u64, &str)]) -> MasterConfig {
+        MasterConfig {
+            id: 2,
+            listen: listen.parse().unwrap(),
+            advertise: advertise.map(String::from),
+            peers: peers.iter().map(|(i, a)| (*i, a.to_string())).collect(),
+            data_dir: PathBuf::from("/nonexistent"),
+            timings: RaftTimings::default(),
+            leader: LeaderConfig::default(),
         }
     }
-}
 
-#[derive(Clone)]
-struct MasterService {
-    id: u64,
-    addr: String,
-    raft: Raft,
-    hub: Arc<Hub>,
-    leader: Arc<Mutex<Option<Arc<Leader>>>>,
-}
-
-impl MasterService {
-    fn leader(&self) -> Result<Arc<Leader>, Status> {
-        self.leader
-            .lock()
-            .expect("leader lock")
-            .clone()
-            .ok_or_else(|| Status::failed_precondition("this master is not the leader"))
-    }
-}
-
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
-
-#[tonic::async_trait]
-impl MasterRpc for MasterService {
-    type AgentSessionStream = BoxStream<MasterMessage>;
-    type WatchStream = BoxStream<WireEvent>;
-
-    async fn agent_session(
-        &self,
-        request: Request<Streaming<AgentMessage>>,
-    ) -> Result<Response<Self::AgentSessionStream>, Status> {
-        let leader = self.leader()?;
-        let mut inbound = request.into_inner();
-        let (in_tx, in_rx) = mpsc::channel(4096);
-        // A reader task, so the session can drain whatever has arrived in one batch.
-        tokio::spawn(async move {
-            while let Ok(Some(msg)) = inbound.message().await {
-                if in_tx.send(msg).await.is_err() {
-                    break;
-                }
-            }
-        });
-        let (out_tx, out_rx) = mpsc::unbounded_channel();
-        tokio::spawn(leader.agent_session(in_rx, out_tx));
-        let stream = UnboundedReceiverStream::new(out_rx).map(Ok);
-        Ok(Response::new(Box::pin(stream)))
+    #[test]
+    fn the_advertised_address_is_the_flag_or_a_specific_listen_address() {
+        let bound: SocketAddr = "10.0.0.2:5050".parse().unwrap();
+        let c = config("10.0.0.2:5050", None, &[]);
+        assert_eq!(advertised(&c, bound).unwrap(), "10.0.0.2:5050");
+        let c = config("0.0.0.0:5050", Some("m2.example:5050"), &[]);
+        assert_eq!(advertised(&c, bound).unwrap(), "m2.example:5050");
+        let c = config("0.0.0.0:5050", None, &[]);
+        let e = advertised(&c, "0.0.0.0:5050".parse().unwrap()).unwrap_err();
+        assert!(e.to_string().contains("--advertise"), "{e}");
     }
 
-    async fn watch(
-        &self,
-        _request: Request<WatchRequest>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
-        self.leader()?;
-        let (snapshot, mut rx) = self.hub.subscribe();
-        let (tx, out) = mpsc::channel::<Result<WireEvent, Status>>(1024);
-        tokio::spawn(async move {
-            let encode = |e: &crate::watch::WatchEvent| WireEvent {
-                json: serde_json::to_string(e).expect("watch events serialize"),
-            };
-            if tx.send(Ok(encode(&snapshot))).await.is_err() {
-                return;
-            }
-            loop {
-                match rx.recv().await {
-                    Ok(event) => {
-                        if tx.send(Ok(encode(&event))).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        // The watcher reconnects and starts again from a snapshot.
-                        warn!(missed = n, "a watcher fell behind; ending its stream");
-                        let _ = tx
-                            .send(Err(Status::data_loss("watcher fell behind; reconnect")))
-                            .await;
-                        return;
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(out),
-        )))
+    #[test]
+    fn peers_must_list_this_master_at_its_advertised_address() {
+        let bound: SocketAddr = "10.0.0.2:5050".parse().unwrap();
+        let ok = config(
+            "10.0.0.2:5050",
+            None,
+            &[(1, "10.0.0.1:5050"), (2, "10.0.0.2:5050")],
+        );
+        assert!(advertised(&ok, bound).is_ok());
+        let elsewhere = config("10.0.0.2:5050", None, &[(1, "a:1"), (2, "b:2")]);
+        assert!(advertised(&elsewhere, bound)
+            .unwrap_err()
+            .to_string()
+            .contains("--advertise b:2"));
+        let missing = config("10.0.0.2:5050", None, &[(1, "a:1"), (3, "c:3")]);
+        assert!(advertised(&missing, bound)
+            .unwrap_err()
+            .to_string()
+            .contains("2=10.0.0.2:5050"));
     }
 
-    async fn write(&self, request: Request<WriteRequest>) -> Result<Response<WriteReply>, Status> {
-        let leader = self.leader()?;
-        let req = request.into_inner();
-        let op = req
-            .op
-            .ok_or_else(|| Status::invalid_argument("write without an operation"))?;
-        Ok(Response::new(leader.write(req.uid, req.gid, op).await))
-    }
-
-    async fn leader(
-        &self,
-        _request: Request<LeaderRequest>,
-    ) -> Result<Response<LeaderReply>, Status> {
-        let m = self.raft.metrics().borrow().clone();
-        let leader = m.current_leader;
-        // Our own address is the one we listen on now; the membership keeps the first one.
-        let address = leader
-            .and_then(|id| {
-                if id == self.id {
-                    return Some(self.addr.clone());
-                }
-                m.membership_config
-                    .membership()
-                    .get_node(&id)
-                    .map(|n| n.addr.clone())
-            })
-            .unwrap_or_default();
-        Ok(Response::new(LeaderReply {
-            master_id: leader.map(|id| format!("m{id}")).unwrap_or_default(),
-            address,
-        }))
+    #[test]
+    fn a_data_directory_keeps_its_incarnation() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = incarnation(dir.path()).unwrap();
+        assert_eq!(first.len(), 16);
+        assert_eq!(incarnation(dir.path()).unwrap(), first);
+        let other = tempfile::tempdir().unwrap();
+        assert_ne!(incarnation(other.path()).unwrap(), first);
     }
 }

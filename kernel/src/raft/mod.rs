@@ -18,8 +18,28 @@ pub mod storage;
 pub struct Response {
     /// The state machine's answer.
     pub applied: Applied,
-    /// The watch sequence number at which the command's effects are visible.
-    pub seq: u64,
+}
+
+/// A master as the Raft membership records it: the address the others dial, and the
+/// incarnation of its data directory (made when the directory was first used), so that a
+/// master whose disk was wiped is not taken for the member it replaced.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MasterNode {
+    /// `host:port` the other masters, agents and mounts dial.
+    pub addr: String,
+    /// The incarnation of its data directory; empty in memberships made before incarnations.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub incarnation: String,
+}
+
+impl std::fmt::Display for MasterNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.incarnation.is_empty() {
+            write!(f, "{}", self.addr)
+        } else {
+            write!(f, "{} ({})", self.addr, self.incarnation)
+        }
+    }
 }
 
 openraft::declare_raft_types!(
@@ -28,7 +48,7 @@ openraft::declare_raft_types!(
         D = Command,
         R = Response,
         NodeId = u64,
-        Node = openraft::BasicNode,
+        Node = MasterNode,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = Cursor<Vec<u8>>,
         AsyncRuntime = openraft::TokioRuntime,

@@ -1,4 +1,11 @@
 //! The Raft network over gRPC: each RPC carries openraft's own request and result as JSON.
+//!
+//! Every request names the master it is meant for (its id and the incarnation of its data
+//! directory, as the membership records them) in gRPC metadata, and a master refuses requests
+//! meant for another: a master whose data directory was wiped, or a different master started
+//! at a member's address, must not be taken for the member that voted and stored the log.
+
+use std::time::Duration;
 
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -6,18 +13,22 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::Channel;
 use tonic::{Request, Status};
 
-use super::{Raft, TypeConfig};
+use super::{MasterNode, Raft, TypeConfig};
 use crate::proto::raft_client::RaftClient;
 use crate::proto::raft_server;
 use crate::proto::RaftPayload;
 
 type NodeId = u64;
+
+/// Metadata key: the id of the master a Raft request is meant for.
+const TARGET_ID: &str = "mesofs-target-id";
+/// Metadata key: the incarnation of the master a Raft request is meant for.
+const TARGET_INCARNATION: &str = "mesofs-target-incarnation";
 
 /// Makes a gRPC client per peer master.
 #[derive(Clone, Default)]
@@ -26,10 +37,10 @@ pub struct GrpcNetworkFactory;
 impl RaftNetworkFactory<TypeConfig> for GrpcNetworkFactory {
     type Network = GrpcNetwork;
 
-    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> GrpcNetwork {
+    async fn new_client(&mut self, target: NodeId, node: &MasterNode) -> GrpcNetwork {
         GrpcNetwork {
             target,
-            addr: node.addr.clone(),
+            node: node.clone(),
             client: None,
         }
     }
@@ -38,18 +49,18 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetworkFactory {
 /// The connection to one peer master.
 pub struct GrpcNetwork {
     target: NodeId,
-    addr: String,
+    node: MasterNode,
     client: Option<RaftClient<Channel>>,
 }
 
 impl GrpcNetwork {
     async fn client<E: std::error::Error>(
         &mut self,
-    ) -> Result<RaftClient<Channel>, RPCError<NodeId, BasicNode, E>> {
+    ) -> Result<RaftClient<Channel>, RPCError<NodeId, MasterNode, E>> {
         if let Some(c) = &self.client {
             return Ok(c.clone());
         }
-        let ch = crate::client::channel(&self.addr)
+        let ch = crate::client::channel(&self.node.addr)
             .await
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
         let c = RaftClient::new(ch);
@@ -57,27 +68,46 @@ impl GrpcNetwork {
         Ok(c)
     }
 
-    fn encode<T: Serialize>(value: &T) -> RaftPayload {
-        RaftPayload {
+    /// The request for this peer: the payload, who it is meant for, and openraft's deadline
+    /// (a request to a peer behind a cut link must not hang for TCP's timeouts).
+    fn request<T: Serialize>(&self, value: &T, timeout: Duration) -> Request<RaftPayload> {
+        let mut req = Request::new(RaftPayload {
             json: serde_json::to_vec(value).expect("raft messages serialize"),
+        });
+        req.set_timeout(timeout);
+        let meta = req.metadata_mut();
+        if let Ok(v) = self.target.to_string().parse() {
+            meta.insert(TARGET_ID, v);
         }
+        if !self.node.incarnation.is_empty() {
+            if let Ok(v) = self.node.incarnation.parse() {
+                meta.insert(TARGET_INCARNATION, v);
+            }
+        }
+        req
     }
 
     fn decode<T: DeserializeOwned, E: std::error::Error + DeserializeOwned>(
+        &self,
         payload: RaftPayload,
-    ) -> Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>> {
+    ) -> Result<T, RPCError<NodeId, MasterNode, RaftError<NodeId, E>>> {
         let result: Result<T, RaftError<NodeId, E>> = serde_json::from_slice(&payload.json)
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        result.map_err(|e| RPCError::RemoteError(openraft::error::RemoteError::new(0, e)))
+        result.map_err(|e| RPCError::RemoteError(openraft::error::RemoteError::new(self.target, e)))
     }
 
     fn transport<E: std::error::Error>(
         &mut self,
         status: Status,
-    ) -> RPCError<NodeId, BasicNode, E> {
+    ) -> RPCError<NodeId, MasterNode, E> {
         // Drop the channel so the next call reconnects.
         self.client = None;
-        tracing::debug!(target = self.target, error = %status.message(), "raft rpc failed");
+        if status.code() == tonic::Code::FailedPrecondition {
+            // Not the master the membership names: say so loudly, it needs an operator.
+            tracing::warn!(target = self.target, address = %self.node.addr, error = %status.message(), "raft peer refused");
+        } else {
+            tracing::debug!(target = self.target, error = %status.message(), "raft rpc failed");
+        }
         RPCError::Unreachable(Unreachable::new(&status))
     }
 }
@@ -86,11 +116,15 @@ impl RaftNetwork<TypeConfig> for GrpcNetwork {
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, MasterNode, RaftError<NodeId>>>
+    {
         let mut c = self.client().await?;
-        match c.append_entries(Self::encode(&rpc)).await {
-            Ok(r) => Self::decode(r.into_inner()),
+        match c
+            .append_entries(self.request(&rpc, option.hard_ttl()))
+            .await
+        {
+            Ok(r) => self.decode(r.into_inner()),
             Err(s) => Err(self.transport(s)),
         }
     }
@@ -98,14 +132,17 @@ impl RaftNetwork<TypeConfig> for GrpcNetwork {
     async fn install_snapshot(
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
+        option: RPCOption,
     ) -> Result<
         InstallSnapshotResponse<NodeId>,
-        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+        RPCError<NodeId, MasterNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
         let mut c = self.client().await?;
-        match c.install_snapshot(Self::encode(&rpc)).await {
-            Ok(r) => Self::decode(r.into_inner()),
+        match c
+            .install_snapshot(self.request(&rpc, option.hard_ttl()))
+            .await
+        {
+            Ok(r) => self.decode(r.into_inner()),
             Err(s) => Err(self.transport(s)),
         }
     }
@@ -113,11 +150,11 @@ impl RaftNetwork<TypeConfig> for GrpcNetwork {
     async fn vote(
         &mut self,
         rpc: VoteRequest<NodeId>,
-        _option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, MasterNode, RaftError<NodeId>>> {
         let mut c = self.client().await?;
-        match c.vote(Self::encode(&rpc)).await {
-            Ok(r) => Self::decode(r.into_inner()),
+        match c.vote(self.request(&rpc, option.hard_ttl())).await {
+            Ok(r) => self.decode(r.into_inner()),
             Err(s) => Err(self.transport(s)),
         }
     }
@@ -126,18 +163,48 @@ impl RaftNetwork<TypeConfig> for GrpcNetwork {
 /// Serves the Raft RPCs of the other masters to the local node.
 pub struct RaftService {
     raft: Raft,
+    id: NodeId,
+    incarnation: String,
 }
 
 impl RaftService {
-    /// A service for this node.
-    pub fn new(raft: Raft) -> RaftService {
-        RaftService { raft }
+    /// A service for this node: master `id`, whose data directory is `incarnation`.
+    pub fn new(raft: Raft, id: NodeId, incarnation: String) -> RaftService {
+        RaftService {
+            raft,
+            id,
+            incarnation,
+        }
+    }
+
+    /// Decodes a request meant for this master; refuses one meant for another.
+    fn accept<T: DeserializeOwned>(&self, req: Request<RaftPayload>) -> Result<T, Status> {
+        let meta = req.metadata();
+        let text = |key| meta.get(key).and_then(|v| v.to_str().ok());
+        if let Some(target) = text(TARGET_ID) {
+            if target != self.id.to_string() {
+                return Err(refused(format!(
+                    "this is master {}, not master {target}: the membership has the wrong address for master {target}",
+                    self.id
+                )));
+            }
+        }
+        if let Some(incarnation) = text(TARGET_INCARNATION) {
+            if incarnation != self.incarnation {
+                return Err(refused(format!(
+                    "master {} has a new data directory (incarnation {}, the membership has {incarnation}): remove it from the cluster and add it again (cluster/masters/ctl)",
+                    self.id, self.incarnation
+                )));
+            }
+        }
+        serde_json::from_slice(&req.into_inner().json)
+            .map_err(|e| Status::invalid_argument(format!("bad raft message: {e}")))
     }
 }
 
-fn decode_request<T: DeserializeOwned>(req: Request<RaftPayload>) -> Result<T, Status> {
-    serde_json::from_slice(&req.into_inner().json)
-        .map_err(|e| Status::invalid_argument(format!("bad raft message: {e}")))
+fn refused(message: String) -> Status {
+    tracing::warn!("refusing a raft request: {message}");
+    Status::failed_precondition(message)
 }
 
 fn encode_reply<T: Serialize>(value: &T) -> Result<tonic::Response<RaftPayload>, Status> {
@@ -151,7 +218,7 @@ impl raft_server::Raft for RaftService {
         &self,
         req: Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, Status> {
-        let rpc = decode_request(req)?;
+        let rpc = self.accept(req)?;
         encode_reply(&self.raft.append_entries(rpc).await)
     }
 
@@ -159,7 +226,7 @@ impl raft_server::Raft for RaftService {
         &self,
         req: Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, Status> {
-        let rpc = decode_request(req)?;
+        let rpc = self.accept(req)?;
         encode_reply(&self.raft.vote(rpc).await)
     }
 
@@ -167,7 +234,7 @@ impl raft_server::Raft for RaftService {
         &self,
         req: Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, Status> {
-        let rpc = decode_request(req)?;
+        let rpc = self.accept(req)?;
         encode_reply(&self.raft.install_snapshot(rpc).await)
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use super::{now_ms, Leader, Session};
+use super::{after, now_ms, Leader, Session};
 use crate::proto::{self, master_message, MasterMessage};
 use crate::resources::Resources;
 use crate::state::{AgentState, Command, TaskState, Transition};
@@ -49,17 +49,13 @@ impl Leader {
                 },
                 running: reg.running.clone(),
             };
-            let applied = match self.propose(cmd).await {
-                Ok(r) => r.applied,
+            let (registration, applied) = match self.propose(cmd).await {
+                Ok(r) => (r.index, r.applied),
                 Err(e) => {
                     warn!(reason = %e.message, "could not register agent");
                     return;
                 }
             };
-            let registration = self
-                .hub
-                .read(|s, _| s.agents.get(&agent_id).map(|a| a.registration))
-                .unwrap_or_default();
             self.sessions.lock().expect("sessions lock").insert(
                 agent_id.clone(),
                 Session {
@@ -69,7 +65,7 @@ impl Leader {
             );
             let _ = tx.send(MasterMessage {
                 msg: Some(master_message::Msg::Registered(proto::Registered {
-                    master_id: String::new(),
+                    master_id: format!("m{}", self.leader.id),
                     heartbeat_interval_ms: (self.config.agent_timeout / 3).as_millis() as u64,
                 })),
             });
@@ -83,20 +79,30 @@ impl Leader {
                 });
             }
             // Kills requested while it was away are sent again.
-            let pending_kills: Vec<String> = self.hub.read(|s, _| {
+            let pending_kills: Vec<String> = self.hub.read(|s| {
                 s.agent_tasks(&agent_id)
                     .filter(|t| t.kill_requested && !t.state().is_terminal())
                     .map(|t| t.id.clone())
                     .collect()
             });
             self.send_kills(&pending_kills);
+            // Launches committed that it never got (the leader that sent them failed first).
+            for id in &applied.to_launch {
+                info!(task = %id, "the agent never got this committed launch; sending it again");
+            }
+            self.send_launches(&applied.to_launch);
             self.allocate([agent_id.clone()]);
 
             loop {
                 // Any message, heartbeats included, shows the agent is alive.
-                let first = match tokio::time::timeout(self.config.agent_timeout, inbound.recv())
-                    .await
-                {
+                let received = tokio::select! {
+                    r = tokio::time::timeout(self.config.agent_timeout, inbound.recv()) => r,
+                    _ = self.until_stopped() => {
+                        info!("this master stopped leading; closing the agent's session");
+                        break;
+                    }
+                };
+                let first = match received {
                     Ok(Some(m)) => m,
                     Ok(None) => break,
                     Err(_) => {
@@ -131,9 +137,9 @@ impl Leader {
                 }
                 current
             };
-            if current {
+            if current && !self.is_stopped() {
                 info!("agent disconnected");
-                self.hub.remove_offers_where(
+                self.board.remove_offers_where(
                     |o| o.agent_id == agent_id,
                     "agent disconnected",
                     true,
@@ -156,7 +162,7 @@ impl Leader {
     /// leader) the usual time to register: an agent recorded as connected is marked
     /// disconnected after the agent timeout, and removed after the re-registration timeout.
     pub fn watch_absent_agents(&self) {
-        let agents: Vec<(String, u64, AgentState)> = self.hub.read(|s, _| {
+        let agents: Vec<(String, u64, AgentState)> = self.hub.read(|s| {
             s.agents
                 .values()
                 .filter(|a| a.state != AgentState::Lost)
@@ -168,8 +174,9 @@ impl Leader {
             let timeout = self.config.agent_timeout;
             tokio::spawn(async move {
                 if state == AgentState::Active {
-                    tokio::time::sleep(timeout).await;
-                    let Some(me) = me.upgrade() else { return };
+                    let Some(me) = after(&me, timeout).await else {
+                        return;
+                    };
                     if me.connected(&agent_id) {
                         return;
                     }
@@ -206,8 +213,9 @@ impl Leader {
         let me = self.me.clone();
         let timeout = self.config.agent_reregister_timeout;
         tokio::spawn(async move {
-            tokio::time::sleep(timeout).await;
-            let Some(me) = me.upgrade() else { return };
+            let Some(me) = after(&me, timeout).await else {
+                return;
+            };
             if me.connected(&agent_id) {
                 return;
             }

@@ -11,18 +11,23 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use openraft::error::{ClientWriteError, RaftError};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::warn;
 
 use super::hub::Hub;
 use crate::proto::{master_message, MasterMessage};
-use crate::raft::{Raft, Response};
+use crate::raft::Raft;
 use crate::resources::Resources;
-use crate::state::Command;
+use crate::state::{Applied, Command};
+use crate::watch::LeaderInfo;
 
 mod agents;
+pub mod board;
+mod membership;
 mod offers;
 mod writes;
+
+pub use board::Board;
 
 /// Unix time in milliseconds.
 pub fn now_ms() -> u64 {
@@ -87,48 +92,113 @@ struct Allocation {
     offer_seq: u64,
 }
 
+/// A command committed through Raft: where, and what applying it did.
+struct Committed {
+    index: u64,
+    applied: Applied,
+}
+
 /// The leader's runtime.
 pub struct Leader {
     raft: Raft,
     hub: Arc<Hub>,
+    board: Board,
     config: LeaderConfig,
+    leader: LeaderInfo,
     epoch: u64,
     sessions: Mutex<HashMap<String, Session>>,
     session_seq: AtomicU64,
     alloc: Mutex<Allocation>,
+    stopped: watch::Sender<bool>,
     me: Weak<Leader>,
 }
 
 impl Leader {
-    /// A runtime for a leadership that began at log index `epoch`, which prefixes its offer ids.
-    pub fn new(raft: Raft, hub: Arc<Hub>, config: LeaderConfig, epoch: u64) -> Arc<Leader> {
+    /// A runtime for a leadership: `leader` says who leads, in which term; `epoch` (the log
+    /// index at which it began) prefixes its offer ids, numbered after `offer_seq`.
+    pub fn new(
+        raft: Raft,
+        hub: Arc<Hub>,
+        config: LeaderConfig,
+        leader: LeaderInfo,
+        epoch: u64,
+        offer_seq: u64,
+    ) -> Arc<Leader> {
         Arc::new_cyclic(|me| Leader {
             raft,
             hub,
+            board: Board::new(leader.clone()),
             config,
+            leader,
             epoch,
             sessions: Mutex::new(HashMap::new()),
             session_seq: AtomicU64::new(0),
-            alloc: Mutex::new(Allocation::default()),
+            alloc: Mutex::new(Allocation {
+                offer_seq,
+                ..Allocation::default()
+            }),
+            stopped: watch::channel(false).0,
             me: me.clone(),
         })
     }
 
-    /// The hub this leader publishes to.
+    /// The replicated state this leader reads.
     pub fn hub(&self) -> &Arc<Hub> {
         &self.hub
     }
 
-    async fn propose(&self, cmd: Command) -> Result<Response, Refusal> {
-        match self.raft.client_write(cmd).await {
-            Ok(r) => Ok(r.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(refuse(
+    /// The offers and announcements of this leadership.
+    pub fn board(&self) -> &Board {
+        &self.board
+    }
+
+    /// The log index where this leadership began, and the last offer number it used.
+    pub fn offer_numbering(&self) -> (u64, u64) {
+        (self.epoch, self.alloc.lock().expect("alloc lock").offer_seq)
+    }
+
+    /// Ends this leadership's runtime at once: leader streams end (mounts drop its offers),
+    /// agent sessions close (agents go to the next leader), timers and pending proposals stop.
+    pub fn stop(&self) {
+        self.board.close();
+        let _ = self.stopped.send(true);
+        self.sessions.lock().expect("sessions lock").clear();
+    }
+
+    /// Whether [`Leader::stop`] was called.
+    pub fn is_stopped(&self) -> bool {
+        *self.stopped.borrow()
+    }
+
+    /// Resolves once the runtime is stopped.
+    async fn until_stopped(&self) {
+        let mut rx = self.stopped.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
+    /// Commits a command, or says why not: this master stopped leading (EAGAIN: the writer
+    /// retries with the next leader) or Raft failed (EIO).
+    async fn propose(&self, cmd: Command) -> Result<Committed, Refusal> {
+        let lost = || {
+            refuse(
                 libc::EAGAIN,
-                format!(
-                    "this master is not the leader any more (leader: {:?}); retry",
-                    f.leader_node.map(|n| n.addr)
-                ),
-            )),
+                "this master stopped leading before the write was committed; retry with the new leader",
+            )
+        };
+        if self.is_stopped() {
+            return Err(lost());
+        }
+        let write = self.raft.client_write(cmd);
+        let result = tokio::select! {
+            r = write => r,
+            _ = self.until_stopped() => return Err(lost()),
+        };
+        match result {
+            Ok(r) => Ok(Committed {
+                index: r.log_id.index,
+                applied: r.data.applied,
+            }),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(lost()),
             Err(e) => Err(refuse(libc::EIO, format!("could not commit: {e}"))),
         }
     }
@@ -145,8 +215,14 @@ impl Leader {
             }
         }
     }
+}
 
-    fn me(&self) -> Option<Arc<Leader>> {
-        self.me.upgrade()
+/// Sleeps for `d` unless the leadership ends first; then the runtime, if it still leads.
+async fn after(me: &Weak<Leader>, d: Duration) -> Option<Arc<Leader>> {
+    let mut stopped = me.upgrade()?.stopped.subscribe();
+    tokio::select! {
+        _ = tokio::time::sleep(d) => {}
+        _ = stopped.wait_for(|s| *s) => return None,
     }
+    me.upgrade().filter(|l| !l.is_stopped())
 }

@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use tracing::{debug, info};
 
-use super::{now_ms, Leader};
+use super::{after, now_ms, Leader};
 use crate::resources::Scalar;
 use crate::state::{AgentState, FrameworkInfo};
 use crate::watch::Offer;
@@ -18,7 +18,7 @@ impl Leader {
     }
 
     fn allocate_agent(&self, agent_id: &str) {
-        if !self.connected(agent_id) {
+        if self.is_stopped() || !self.connected(agent_id) {
             return;
         }
         let mut alloc = self.alloc.lock().expect("alloc lock");
@@ -26,10 +26,15 @@ impl Leader {
         alloc.filters.retain(|_, until| *until > now);
         let pending = alloc.pending.get(agent_id).cloned().unwrap_or_default();
         let last = alloc.last_framework.clone();
-        let choice = self.hub.read(|state, offers| {
+        if self
+            .board
+            .read(|offers| offers.values().any(|o| o.agent_id == agent_id))
+        {
+            return;
+        }
+        let choice = self.hub.read(|state| {
             let agent = state.agents.get(agent_id)?;
-            if agent.state != AgentState::Active || offers.values().any(|o| o.agent_id == agent_id)
-            {
+            if agent.state != AgentState::Active {
                 return None;
             }
             let free = agent
@@ -72,7 +77,7 @@ impl Leader {
         };
         debug!(offer = %offer.id, framework = %offer.framework_id, agent = %agent_id, resources = %offer.resources, "offer made");
         let id = offer.id.clone();
-        self.hub.add_offer(offer);
+        self.board.add_offer(offer);
         drop(alloc);
         self.expire_offer_later(id, agent_id.to_string());
     }
@@ -81,10 +86,11 @@ impl Leader {
         let me = self.me.clone();
         let timeout = self.config.offer_timeout;
         tokio::spawn(async move {
-            tokio::time::sleep(timeout).await;
-            let Some(me) = me.upgrade() else { return };
+            let Some(me) = after(&me, timeout).await else {
+                return;
+            };
             let reason = format!("expired after {}s unused", timeout.as_secs_f64());
-            if me.hub.remove_offer(&offer_id, &reason, true).is_some() {
+            if me.board.remove_offer(&offer_id, &reason, true).is_some() {
                 info!(offer = %offer_id, "offer rescinded: {reason}");
                 me.allocate([agent_id]);
             }

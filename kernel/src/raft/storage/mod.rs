@@ -16,7 +16,7 @@ use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use openraft::{BasicNode, Entry, RaftTypeConfig};
+use openraft::{Entry, RaftTypeConfig};
 
 pub use log_store::LogStore;
 pub use state_machine::{SnapshotBuilder, StateMachineStore};
@@ -39,17 +39,12 @@ pub trait ReplicatedState: Send + Sync + 'static {
 /// The openraft type configurations this storage works with; implemented for every matching
 /// config, e.g. one declared with `openraft::declare_raft_types!`.
 pub trait StorageTypeConfig:
-    RaftTypeConfig<NodeId = u64, Node = BasicNode, Entry = Entry<Self>, SnapshotData = Cursor<Vec<u8>>>
+    RaftTypeConfig<NodeId = u64, Entry = Entry<Self>, SnapshotData = Cursor<Vec<u8>>>
 {
 }
 
 impl<C> StorageTypeConfig for C where
-    C: RaftTypeConfig<
-        NodeId = u64,
-        Node = BasicNode,
-        Entry = Entry<C>,
-        SnapshotData = Cursor<Vec<u8>>,
-    >
+    C: RaftTypeConfig<NodeId = u64, Entry = Entry<C>, SnapshotData = Cursor<Vec<u8>>>
 {
 }
 

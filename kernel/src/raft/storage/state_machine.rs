@@ -11,8 +11,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
-    AnyError, BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder,
-    SnapshotMeta, StorageError, StorageIOError, StoredMembership,
+    AnyError, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta,
+    StorageError, StorageIOError, StoredMembership,
 };
 
 use super::{blocking, Fault, OpenError, ReplicatedState, StorageTypeConfig};
@@ -26,21 +26,23 @@ const SNAPSHOT_TMP: &str = "snapshot.bin.tmp";
 const MAGIC: &[u8; 8] = b"MESOSNP1";
 
 type StoreError = StorageError<u64>;
-type Meta = SnapshotMeta<u64, BasicNode>;
+type Meta<N> = SnapshotMeta<u64, N>;
+/// A persisted snapshot: its meta and the state's bytes.
+type Stored<N> = (Meta<N>, Vec<u8>);
 
 /// The state machine store: last applied log id, last membership, and the application state.
-pub struct StateMachineStore<C, S> {
+pub struct StateMachineStore<C: StorageTypeConfig, S> {
     state: Arc<S>,
     last_applied: Option<LogId<u64>>,
-    last_membership: StoredMembership<u64, BasicNode>,
+    last_membership: StoredMembership<u64, C::Node>,
     snapshots: Arc<SnapshotFiles>,
     _config: PhantomData<fn() -> C>,
 }
 
 /// Builds a snapshot from the state captured when it was created.
-pub struct SnapshotBuilder<C> {
+pub struct SnapshotBuilder<C: StorageTypeConfig> {
     snapshots: Arc<SnapshotFiles>,
-    meta: Meta,
+    meta: Meta<C::Node>,
     data: Vec<u8>,
     _config: PhantomData<fn() -> C>,
 }
@@ -126,7 +128,7 @@ where
 
     async fn applied_state(
         &mut self,
-    ) -> Result<(Option<LogId<u64>>, StoredMembership<u64, BasicNode>), StoreError> {
+    ) -> Result<(Option<LogId<u64>>, StoredMembership<u64, C::Node>), StoreError> {
         Ok((self.last_applied, self.last_membership.clone()))
     }
 
@@ -176,7 +178,7 @@ where
 
     async fn install_snapshot(
         &mut self,
-        meta: &Meta,
+        meta: &Meta<C::Node>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StoreError> {
         let data = snapshot.into_inner();
@@ -231,7 +233,11 @@ impl SnapshotFiles {
 
     /// Durably replaces the persisted snapshot with this one unless the persisted one is newer
     /// (a slow build can finish after a newer snapshot was installed). Returns `data`.
-    async fn persist(&self, meta: &Meta, data: Vec<u8>) -> Result<Vec<u8>, Fault> {
+    async fn persist<N: openraft::Node>(
+        &self,
+        meta: &Meta<N>,
+        data: Vec<u8>,
+    ) -> Result<Vec<u8>, Fault> {
         let mut persisted = self.persisted.lock().await;
         if meta.last_log_id < *persisted {
             tracing::info!(snapshot = %meta, "not persisting snapshot older than the current one");
@@ -265,7 +271,7 @@ fn write_snapshot_file(dir: &Path, meta: &[u8], data: &[u8]) -> io::Result<()> {
 }
 
 /// Reads the persisted snapshot, if any, as its meta and the state's bytes.
-fn read_snapshot_file(dir: &Path) -> Result<Option<(Meta, Vec<u8>)>, Fault> {
+fn read_snapshot_file<N: openraft::Node>(dir: &Path) -> Result<Option<Stored<N>>, Fault> {
     let mut file = match File::open(dir.join(SNAPSHOT_FILE)) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -286,7 +292,7 @@ fn read_snapshot_file(dir: &Path) -> Result<Option<(Meta, Vec<u8>)>, Fault> {
     }
     let mut meta = vec![0u8; meta_len as usize];
     file.read_exact(&mut meta)?;
-    let meta: Meta = serde_json::from_slice(&meta)?;
+    let meta: Meta<N> = serde_json::from_slice(&meta)?;
     let mut data = Vec::with_capacity((size - 16 - meta_len) as usize);
     file.read_to_end(&mut data)?;
     Ok(Some((meta, data)))

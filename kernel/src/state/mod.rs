@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize};
 use crate::resources::Resources;
 use crate::spec::TaskSpec;
 
+pub mod clients;
+
+use clients::{Clients, WriteId};
+
 /// An agent's cluster-unique id, chosen by the agent and kept in its work directory.
 pub type AgentId = String;
 /// A framework's cluster-unique id: its name plus a registration number (`hello-3`).
@@ -282,6 +286,25 @@ pub enum Command {
         /// The state and why.
         transition: Transition,
     },
+    /// A client's write: applied once, however often the client sends it.
+    Write {
+        /// Which write of which client.
+        id: WriteId,
+        /// When the leader proposed it (unix ms).
+        time_ms: u64,
+        /// What it does.
+        command: Box<Command>,
+    },
+}
+
+impl Command {
+    /// The command itself, without the write that carries it.
+    pub fn inner(&self) -> &Command {
+        match self {
+            Command::Write { command, .. } => command.inner(),
+            other => other,
+        }
+    }
 }
 
 /// Why a command was refused by the state machine.
@@ -320,6 +343,16 @@ pub struct Applied {
     /// Tasks that must now be killed on their agents (after a teardown or kill, or tasks a
     /// re-registering agent runs that have ended here or are unknown).
     pub to_kill: Vec<String>,
+    /// Tasks a re-registering agent must be told to launch: committed, never started there.
+    #[serde(default)]
+    pub to_launch: Vec<String>,
+    /// Tasks that gained a transition, in order (each one once).
+    #[serde(default)]
+    pub transitions: Vec<String>,
+    /// Set when the command was a write applied before (a client retrying it): the log index
+    /// of its first application. It changed nothing this time.
+    #[serde(default)]
+    pub duplicate_of: Option<u64>,
 }
 
 impl Applied {
@@ -350,6 +383,9 @@ pub struct ClusterState {
     pub framework_seq: u64,
     /// The Raft log index of the last command applied.
     pub applied_index: u64,
+    /// The outcomes of writes their clients may still retry.
+    #[serde(default)]
+    pub clients: Clients,
 }
 
 impl ClusterState {
@@ -391,6 +427,18 @@ impl ClusterState {
     pub fn apply(&mut self, index: u64, cmd: &Command) -> Applied {
         self.applied_index = self.applied_index.max(index);
         match cmd {
+            Command::Write {
+                id,
+                time_ms,
+                command,
+            } => {
+                if let Some(answer) = self.clients.begin(id, *time_ms) {
+                    return answer;
+                }
+                let applied = self.apply(index, command);
+                self.clients.finish(id, index, &applied);
+                applied
+            }
             Command::RegisterAgent { agent, running } => {
                 let time_ms = agent.registered_ms;
                 let mut info = agent.clone();
@@ -400,13 +448,28 @@ impl ClusterState {
                 info.state = AgentState::Active;
                 info.registration = index;
                 self.agents.insert(agent.id.clone(), info);
-                let lost: Vec<String> = self
-                    .agent_tasks(&agent.id)
-                    .filter(|t| !t.state().is_terminal() && !running.contains(&t.id))
-                    .map(|t| t.id.clone())
-                    .collect();
+                let running_now: std::collections::HashSet<&str> =
+                    running.iter().map(String::as_str).collect();
+                // Tasks it does not report: those it was told to launch but never heard of
+                // (the launch was committed, then the leader failed before the agent got it)
+                // are launched again; those it had started are lost.
+                let mut lost = Vec::new();
+                let mut to_launch = Vec::new();
+                for t in self.agent_tasks(&agent.id) {
+                    if t.state().is_terminal() || running_now.contains(t.id.as_str()) {
+                        continue;
+                    }
+                    if t.state() == TaskState::Staging {
+                        if !t.kill_requested {
+                            to_launch.push(t.id.clone());
+                        }
+                    } else {
+                        lost.push(t.id.clone());
+                    }
+                }
+                let mut transitions = Vec::new();
                 for id in lost {
-                    self.push_transition(
+                    let pushed = self.push_transition(
                         &id,
                         Transition {
                             state: TaskState::Lost,
@@ -415,6 +478,9 @@ impl ClusterState {
                             time_ms,
                         },
                     );
+                    if pushed {
+                        transitions.push(id);
+                    }
                 }
                 // What it runs that has ended here (lost while it was away, or never known)
                 // must not keep running unseen.
@@ -429,6 +495,8 @@ impl ClusterState {
                     .collect();
                 Applied {
                     to_kill,
+                    to_launch,
+                    transitions,
                     ..Applied::default()
                 }
             }
@@ -466,8 +534,9 @@ impl ClusterState {
                     .filter(|t| !t.state().is_terminal())
                     .map(|t| t.id.clone())
                     .collect();
+                let mut transitions = Vec::new();
                 for id in live {
-                    self.push_transition(
+                    let pushed = self.push_transition(
                         &id,
                         Transition {
                             state: TaskState::Lost,
@@ -476,8 +545,14 @@ impl ClusterState {
                             time_ms: *time_ms,
                         },
                     );
+                    if pushed {
+                        transitions.push(id);
+                    }
                 }
-                Applied::default()
+                Applied {
+                    transitions,
+                    ..Applied::default()
+                }
             }
             Command::RegisterFramework {
                 name,
@@ -549,8 +624,10 @@ impl ClusterState {
                         return Applied::refused(StateError::TaskExists(t.spec.name.clone()));
                     }
                 }
+                let mut transitions = Vec::new();
                 for t in tasks {
                     let id = task_id(framework_id, &t.spec.name);
+                    transitions.push(id.clone());
                     self.tasks.insert(
                         id.clone(),
                         TaskInfo {
@@ -571,7 +648,10 @@ impl ClusterState {
                         },
                     );
                 }
-                Applied::default()
+                Applied {
+                    transitions,
+                    ..Applied::default()
+                }
             }
             Command::KillTask { task_id, .. } => match self.tasks.get_mut(task_id) {
                 None => Applied::refused(StateError::NoTask(task_id.clone())),
@@ -593,21 +673,28 @@ impl ClusterState {
                 if !self.tasks.contains_key(task_id) {
                     return Applied::refused(StateError::NoTask(task_id.clone()));
                 }
-                self.push_transition(task_id, transition.clone());
-                Applied::default()
+                let pushed = self.push_transition(task_id, transition.clone());
+                Applied {
+                    transitions: if pushed {
+                        vec![task_id.clone()]
+                    } else {
+                        Vec::new()
+                    },
+                    ..Applied::default()
+                }
             }
         }
     }
 
     /// Records a transition unless the task is terminal or already in that state (updates are
     /// retried, so duplicates are normal). A task that ends may push old history out.
-    fn push_transition(&mut self, id: &str, transition: Transition) {
+    fn push_transition(&mut self, id: &str, transition: Transition) -> bool {
         let Some(t) = self.tasks.get_mut(id) else {
-            return;
+            return false;
         };
         let current = t.state();
         if current.is_terminal() || current == transition.state {
-            return;
+            return false;
         }
         let ended = transition.state.is_terminal();
         t.history.push(transition);
@@ -616,6 +703,7 @@ impl ClusterState {
             self.prune_completed_tasks(&framework_id);
             self.prune_completed_frameworks();
         }
+        true
     }
 
     /// The tasks of one framework, found by their id prefix.
@@ -825,19 +913,50 @@ mod tests {
     }
 
     #[test]
-    fn an_agent_reregistering_without_a_task_loses_it() {
+    fn an_agent_reregistering_without_a_started_task_loses_it_and_is_told_to_launch_unstarted_ones()
+    {
         let (mut s, fw) = cluster_with_framework();
         s.apply(3, &launch(&fw, "a1", "name=gone -- sleep 9"));
         s.apply(4, &launch(&fw, "a1", "name=kept -- sleep 9"));
+        s.apply(5, &launch(&fw, "a1", "name=unsent -- sleep 9"));
+        s.apply(6, &launch(&fw, "a1", "name=cancelled -- sleep 9"));
         s.apply(
-            5,
+            7,
+            &Command::KillTask {
+                task_id: task_id(&fw, "cancelled"),
+                time_ms: 7,
+            },
+        );
+        for (index, name) in [(8, "gone"), (9, "kept")] {
+            s.apply(
+                index,
+                &Command::UpdateTask {
+                    task_id: task_id(&fw, name),
+                    transition: Transition {
+                        state: TaskState::Running,
+                        reason: String::new(),
+                        message: String::new(),
+                        time_ms: index,
+                    },
+                },
+            );
+        }
+        let r = s.apply(
+            10,
             &Command::RegisterAgent {
                 agent: agent("a1"),
                 running: vec![task_id(&fw, "kept")],
             },
         );
         assert_eq!(s.tasks[&task_id(&fw, "gone")].state(), TaskState::Lost);
-        assert_eq!(s.tasks[&task_id(&fw, "kept")].state(), TaskState::Staging);
+        assert_eq!(s.tasks[&task_id(&fw, "kept")].state(), TaskState::Running);
+        // Never started there: launched again, not lost; a cancelled one only gets its kill.
+        assert_eq!(r.to_launch, vec![task_id(&fw, "unsent")]);
+        assert_eq!(s.tasks[&task_id(&fw, "unsent")].state(), TaskState::Staging);
+        assert_eq!(
+            s.tasks[&task_id(&fw, "cancelled")].state(),
+            TaskState::Staging
+        );
     }
 
     fn finish(s: &mut ClusterState, index: u64, id: &str) {

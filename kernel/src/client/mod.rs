@@ -1,0 +1,417 @@
+//! A client of the masters: finds the leader among any masters it knows and follows it through
+//! elections, sends writes to it exactly once each, and keeps a local copy of the cluster fed
+//! by the state and leader streams (`copy`, `feeds`).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use tonic::transport::{Channel, Endpoint};
+use tracing::{debug, warn};
+
+use crate::proto::master_client::MasterClient as GrpcMaster;
+use crate::proto::{write_request::Op, LeaderRequest, StatusReply, StatusRequest, WriteRequest};
+
+mod copy;
+mod feeds;
+
+pub use copy::LocalCopy;
+
+/// How long a write waits for a leader to answer before it fails with EIO, by default.
+pub const LEADER_WAIT: Duration = Duration::from_secs(30);
+/// How long every master may stay unreachable (no connection to any) before writes fail at
+/// once instead of waiting for a leader.
+pub const UNREACHABLE_AFTER: Duration = Duration::from_secs(3);
+/// How long one request to one master may take before the next master is tried.
+const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+/// Metadata key of a refusal by a master that does not lead: `<id> <address>` of the leader.
+const LEADER_METADATA: &str = "mesofs-leader";
+
+/// Why a write failed: an errno for the writer and a reason for humans.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct WriteError {
+    /// The errno the writer sees.
+    pub errno: i32,
+    /// Why.
+    pub message: String,
+    /// The leader's term and the position in its leader stream at which the refusal is
+    /// recorded (0 if it is not).
+    pub term: u64,
+    /// See `term`.
+    pub leader_seq: u64,
+}
+
+impl WriteError {
+    /// A write error with an errno and a reason.
+    pub fn new(errno: i32, message: impl Into<String>) -> WriteError {
+        WriteError {
+            errno,
+            message: message.into(),
+            term: 0,
+            leader_seq: 0,
+        }
+    }
+}
+
+/// Where a committed write is visible.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Written {
+    /// The log index of its effect in the state stream (0: it changed nothing replicated).
+    pub index: u64,
+    /// The leader's term that answered.
+    pub term: u64,
+    /// The position in that leader's stream of its effects on offers.
+    pub leader_seq: u64,
+}
+
+struct Inner {
+    /// Known master addresses in order of preference: those given first, then those learned.
+    masters: Mutex<Vec<String>>,
+    /// The leader's address, while known.
+    leader: Mutex<Option<String>>,
+    leader_wait: Duration,
+    /// Names this client's writes (unique per process and start).
+    id: String,
+    next_seq: AtomicU64,
+    /// Numbers of the writes not answered yet.
+    outstanding: Mutex<BTreeSet<u64>>,
+    /// When some master last answered anything; the client's start before that.
+    last_answer: Mutex<Instant>,
+}
+
+/// Connects to masters and follows the leader. Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct MasterClient {
+    inner: Arc<Inner>,
+}
+
+/// A unique name for this client's writes.
+fn client_id() -> String {
+    let host = nix_hostname();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{host}-{}-{nanos:x}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn nix_hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    let r = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if r != 0 {
+        return "host".into();
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// What one attempt to reach the leader gave.
+enum Attempt {
+    /// The write's answer.
+    Done(Result<Written, WriteError>),
+    /// No leader answered (why): try again while the wait lasts.
+    Retry(String),
+    /// Not one master could be connected to (why).
+    Unreachable(String),
+}
+
+impl MasterClient {
+    /// A client of these master addresses (`host:port`).
+    pub fn new(masters: Vec<String>) -> MasterClient {
+        MasterClient::build(masters, LEADER_WAIT)
+    }
+
+    fn build(masters: Vec<String>, leader_wait: Duration) -> MasterClient {
+        MasterClient {
+            inner: Arc::new(Inner {
+                masters: Mutex::new(masters),
+                leader: Mutex::new(None),
+                leader_wait,
+                id: client_id(),
+                next_seq: AtomicU64::new(1),
+                outstanding: Mutex::new(BTreeSet::new()),
+                last_answer: Mutex::new(Instant::now()),
+            }),
+        }
+    }
+
+    /// The same client, with writes waiting up to `wait` for a leader to answer.
+    pub fn with_leader_wait(self, wait: Duration) -> MasterClient {
+        MasterClient::build(self.masters(), wait)
+    }
+
+    /// The master addresses this client knows, in order of preference.
+    pub fn masters(&self) -> Vec<String> {
+        self.inner.masters.lock().expect("masters lock").clone()
+    }
+
+    /// Adds master addresses learned from the masters themselves (the leader, the members).
+    pub fn learn(&self, addresses: impl IntoIterator<Item = String>) {
+        let mut masters = self.inner.masters.lock().expect("masters lock");
+        for a in addresses {
+            if !a.is_empty() && !masters.contains(&a) {
+                debug!(address = %a, "learned a master's address");
+                masters.push(a);
+            }
+        }
+    }
+
+    fn answered(&self) {
+        *self.inner.last_answer.lock().expect("answer lock") = Instant::now();
+    }
+
+    /// How long no master has answered anything.
+    pub fn silent_for(&self) -> Duration {
+        self.inner
+            .last_answer
+            .lock()
+            .expect("answer lock")
+            .elapsed()
+    }
+
+    /// The leader's address, as last found.
+    pub fn known_leader(&self) -> Option<String> {
+        self.inner.leader.lock().expect("leader lock").clone()
+    }
+
+    fn set_leader(&self, address: Option<String>) {
+        if let Some(a) = &address {
+            self.learn([a.clone()]);
+        }
+        *self.inner.leader.lock().expect("leader lock") = address;
+    }
+
+    /// Forgets the leader, so that the next request asks the masters again.
+    pub fn forget_leader(&self) {
+        self.set_leader(None);
+    }
+
+    /// A channel to the leader, found by asking the masters who leads. `Err(true)` when not one
+    /// master could be reached; the reason either way.
+    pub async fn leader_channel(&self) -> Result<Channel, (bool, String)> {
+        if let Some(a) = self.known_leader() {
+            return Ok(channel_to(&a));
+        }
+        let mut reasons = Vec::new();
+        let mut reached = false;
+        for addr in self.masters() {
+            let mut master = GrpcMaster::new(channel_to(&addr));
+            match tokio::time::timeout(ASK_TIMEOUT, master.leader(LeaderRequest {})).await {
+                Ok(Ok(reply)) => {
+                    reached = true;
+                    self.answered();
+                    let reply = reply.into_inner();
+                    if reply.address.is_empty() {
+                        reasons.push(format!("{addr}: knows no leader"));
+                        continue;
+                    }
+                    debug!(leader = %reply.master_id, address = %reply.address, "found the leader");
+                    self.set_leader(Some(reply.address.clone()));
+                    return Ok(channel_to(&reply.address));
+                }
+                Ok(Err(status)) => {
+                    reached |= status.code() != tonic::Code::Unavailable;
+                    reasons.push(format!("{addr}: {}", status.message()));
+                }
+                Err(_) => reasons.push(format!(
+                    "{addr}: no answer within {}s",
+                    ASK_TIMEOUT.as_secs()
+                )),
+            }
+        }
+        if reasons.is_empty() {
+            reasons.push("no master address given".into());
+        }
+        Err((!reached, reasons.join("; ")))
+    }
+
+    /// Takes the leader named by a refusal from a master that does not lead (or forgets the
+    /// leader when the refusal names none).
+    pub fn follow_refusal(&self, status: &tonic::Status) {
+        let named = status
+            .metadata()
+            .get(LEADER_METADATA)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .map(|(_, addr)| addr.to_string());
+        self.set_leader(named);
+    }
+
+    /// Sends one write; returns where its effect is visible. It is sent again (with the same
+    /// write id, so it is applied once) until a leader answers, for up to the leader wait; it
+    /// fails at once with EIO when no master has been reachable for [`UNREACHABLE_AFTER`].
+    pub async fn write(&self, uid: u32, gid: u32, op: Op) -> Result<Written, WriteError> {
+        let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .outstanding
+            .lock()
+            .expect("outstanding lock")
+            .insert(seq);
+        let result = self.write_numbered(seq, uid, gid, op).await;
+        self.inner
+            .outstanding
+            .lock()
+            .expect("outstanding lock")
+            .remove(&seq);
+        result
+    }
+
+    async fn write_numbered(
+        &self,
+        seq: u64,
+        uid: u32,
+        gid: u32,
+        op: Op,
+    ) -> Result<Written, WriteError> {
+        let deadline = tokio::time::Instant::now() + self.inner.leader_wait;
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let why = match self.attempt(seq, uid, gid, &op).await {
+                Attempt::Done(result) => return result,
+                Attempt::Unreachable(why) if self.silent_for() >= UNREACHABLE_AFTER => {
+                    warn!(reason = %why, "no master reachable; the write fails");
+                    return Err(WriteError::new(
+                        libc::EIO,
+                        format!(
+                            "no master reachable for {}s ({why}); check that the masters run and this machine reaches them",
+                            self.silent_for().as_secs()
+                        ),
+                    ));
+                }
+                Attempt::Unreachable(why) | Attempt::Retry(why) => why,
+            };
+            if tokio::time::Instant::now() + backoff > deadline {
+                warn!(reason = %why, "no leader answered in time; the write fails");
+                return Err(WriteError::new(
+                    libc::EIO,
+                    format!(
+                        "no master leader answered within {}s ({why}); check that the masters run",
+                        self.inner.leader_wait.as_secs_f64()
+                    ),
+                ));
+            }
+            debug!(reason = %why, "no leader yet; the write waits for one");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    async fn attempt(&self, seq: u64, uid: u32, gid: u32, op: &Op) -> Attempt {
+        let ch = match self.leader_channel().await {
+            Ok(ch) => ch,
+            Err((true, why)) => return Attempt::Unreachable(why),
+            Err((false, why)) => return Attempt::Retry(why),
+        };
+        let done_below = self
+            .inner
+            .outstanding
+            .lock()
+            .expect("outstanding lock")
+            .first()
+            .copied()
+            .unwrap_or(seq);
+        let req = WriteRequest {
+            uid,
+            gid,
+            op: Some(op.clone()),
+            client: self.inner.id.clone(),
+            seq,
+            done_below,
+        };
+        match GrpcMaster::new(ch).write(req).await {
+            Ok(reply) => {
+                self.answered();
+                let r = reply.into_inner();
+                match r.errno {
+                    0 => Attempt::Done(Ok(Written {
+                        index: r.index,
+                        term: r.term,
+                        leader_seq: r.leader_seq,
+                    })),
+                    // The leader lost its leadership before committing.
+                    libc::EAGAIN => {
+                        self.forget_leader();
+                        Attempt::Retry(r.error)
+                    }
+                    errno => Attempt::Done(Err(WriteError {
+                        errno,
+                        message: r.error,
+                        term: r.term,
+                        leader_seq: r.leader_seq,
+                    })),
+                }
+            }
+            Err(status) => {
+                // Whatever happened to the request, sending it again is safe: it carries its
+                // write id, and the masters apply each write once.
+                if status.code() == tonic::Code::FailedPrecondition {
+                    self.answered();
+                    self.follow_refusal(&status);
+                } else {
+                    self.forget_leader();
+                }
+                Attempt::Retry(status.message().to_string())
+            }
+        }
+    }
+
+    /// Starts keeping a local copy of the cluster, fed by a state stream (from the first master
+    /// in order that serves one) and the leader stream.
+    pub fn spawn_local_copy(&self) -> LocalCopy {
+        let copy = LocalCopy::default();
+        tokio::spawn(feeds::state(self.clone(), copy.clone()));
+        tokio::spawn(feeds::leader(self.clone(), copy.clone()));
+        copy
+    }
+}
+
+/// A cached channel to `host:port`: connected on first use, reconnected after failures.
+pub fn channel_to(addr: &str) -> Channel {
+    static CHANNELS: OnceLock<Mutex<HashMap<String, Channel>>> = OnceLock::new();
+    let mut channels = CHANNELS
+        .get_or_init(Default::default)
+        .lock()
+        .expect("channels lock");
+    if let Some(ch) = channels.get(addr) {
+        return ch.clone();
+    }
+    let ch = endpoint(addr).map_or_else(
+        // An address that is not one: every call fails, saying so.
+        |_| Endpoint::from_static("http://invalid.invalid:1").connect_lazy(),
+        |e| e.connect_lazy(),
+    );
+    channels.insert(addr.to_string(), ch.clone());
+    ch
+}
+
+fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        // Notice a master that vanished without closing the connection, and reconnect.
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true))
+}
+
+/// Connects to a gRPC endpoint at `host:port` now.
+pub async fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
+    endpoint(addr)?.connect().await
+}
+
+/// Asks the master at `addr` for its status.
+pub async fn master_status(addr: &str) -> Result<StatusReply, String> {
+    let mut master = GrpcMaster::new(channel_to(addr));
+    match tokio::time::timeout(ASK_TIMEOUT, master.status(StatusRequest {})).await {
+        Ok(Ok(r)) => Ok(r.into_inner()),
+        Ok(Err(s)) => Err(s.message().to_string()),
+        Err(_) => Err(format!("no answer within {}s", ASK_TIMEOUT.as_secs())),
+    }
+}

@@ -1,0 +1,295 @@
+//! The `Master` gRPC service: the state stream and status from any master; writes, agent
+//! sessions and the leader stream from the leader, and from any other master a refusal naming
+//! the leader.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use futures::Stream;
+use openraft::ServerState;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::warn;
+
+use super::hub::Hub;
+use super::leader::Leader;
+use crate::proto::master_server::Master as MasterRpc;
+use crate::proto::{
+    AgentMessage, FollowRequest, LeaderEvent as WireLeaderEvent, LeaderReply, LeaderRequest,
+    MasterMessage, StatusReply, StatusRequest, WatchEvent as WireEvent, WatchRequest, WriteReply,
+    WriteRequest,
+};
+use crate::raft::{MasterNode, Raft};
+
+/// Metadata key of a refusal by a master that does not lead: the leader's address.
+pub const LEADER_METADATA: &str = "mesofs-leader";
+
+#[derive(Clone)]
+pub(super) struct MasterService {
+    id: u64,
+    me: MasterNode,
+    raft: Raft,
+    hub: Arc<Hub>,
+    pub(super) leader: Arc<Mutex<Option<Arc<Leader>>>>,
+}
+
+impl MasterService {
+    pub(super) fn new(
+        id: u64,
+        me: MasterNode,
+        raft: Raft,
+        hub: Arc<Hub>,
+        leader: Arc<Mutex<Option<Arc<Leader>>>>,
+    ) -> MasterService {
+        MasterService {
+            id,
+            me,
+            raft,
+            hub,
+            leader,
+        }
+    }
+
+    pub(super) fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub(super) fn me(&self) -> &MasterNode {
+        &self.me
+    }
+
+    pub(super) fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    pub(super) fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// The leader as this master knows it: id and address.
+    fn known_leader(&self) -> Option<(u64, String)> {
+        let m = self.raft.metrics().borrow().clone();
+        let id = m.current_leader?;
+        if id == self.id {
+            return Some((id, self.me.addr.clone()));
+        }
+        let node = m.membership_config.membership().get_node(&id)?;
+        Some((id, node.addr.clone()))
+    }
+
+    /// The leader's runtime, or a refusal that names the leader.
+    fn leading(&self) -> Result<Arc<Leader>, Status> {
+        if let Some(l) = self.leader.lock().expect("leader lock").clone() {
+            return Ok(l);
+        }
+        let mut status = match self.known_leader() {
+            Some((id, _)) if id == self.id => Status::unavailable(format!(
+                "master {} was just elected and is catching up with the log; retry",
+                self.id
+            )),
+            Some((id, addr)) => Status::failed_precondition(format!(
+                "master {} is not the leader; master {id} at {addr} is",
+                self.id
+            )),
+            None => Status::unavailable(format!(
+                "master {} knows no leader (an election is under way, or it is cut off from the majority)",
+                self.id
+            )),
+        };
+        if let Some((id, addr)) = self.known_leader().filter(|(id, _)| *id != self.id) {
+            if let Ok(v) = format!("{id} {addr}").parse() {
+                status.metadata_mut().insert(LEADER_METADATA, v);
+            }
+        }
+        Err(status)
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl MasterRpc for MasterService {
+    type AgentSessionStream = BoxStream<MasterMessage>;
+    type WatchStream = BoxStream<WireEvent>;
+    type FollowStream = BoxStream<WireLeaderEvent>;
+
+    async fn agent_session(
+        &self,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Self::AgentSessionStream>, Status> {
+        let leader = self.leading()?;
+        let mut inbound = request.into_inner();
+        let (in_tx, in_rx) = mpsc::channel(4096);
+        // A reader task, so the session can drain whatever has arrived in one batch.
+        tokio::spawn(async move {
+            while let Ok(Some(msg)) = inbound.message().await {
+                if in_tx.send(msg).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        tokio::spawn(leader.agent_session(in_rx, out_tx));
+        let stream = UnboundedReceiverStream::new(out_rx).map(Ok);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn watch(
+        &self,
+        request: Request<WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let from = request.into_inner().from_index;
+        let sub = self.hub.subscribe(from).await;
+        let (tx, out) = mpsc::channel::<Result<WireEvent, Status>>(1024);
+        tokio::spawn(async move {
+            for e in sub.first {
+                if tx
+                    .send(Ok(WireEvent {
+                        json: e.json.clone(),
+                    }))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            let mut live = sub.live;
+            loop {
+                match live.recv().await {
+                    Ok(e) if e.index <= sub.start => {}
+                    Ok(e) => {
+                        if tx
+                            .send(Ok(WireEvent {
+                                json: e.json.clone(),
+                            }))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        // The watcher resumes from the index it reached.
+                        warn!(missed = n, "a watcher fell behind; ending its stream");
+                        let _ = tx
+                            .send(Err(Status::data_loss("watcher fell behind; resume")))
+                            .await;
+                        return;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(out))))
+    }
+
+    async fn follow(
+        &self,
+        _request: Request<FollowRequest>,
+    ) -> Result<Response<Self::FollowStream>, Status> {
+        let leader = self.leading()?;
+        let Some((first, mut live)) = leader.board().subscribe() else {
+            return Err(Status::unavailable("this leadership just ended; retry"));
+        };
+        let (tx, out) = mpsc::channel::<Result<WireLeaderEvent, Status>>(1024);
+        tokio::spawn(async move {
+            if tx
+                .send(Ok(WireLeaderEvent {
+                    json: first.json.clone(),
+                }))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            loop {
+                match live.recv().await {
+                    Ok(e) if e.seq <= first.seq => {}
+                    Ok(e) => {
+                        if tx
+                            .send(Ok(WireLeaderEvent {
+                                json: e.json.clone(),
+                            }))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        warn!(
+                            missed = n,
+                            "a follower of the leader stream fell behind; ending its stream"
+                        );
+                        let _ = tx
+                            .send(Err(Status::data_loss("fell behind; follow again")))
+                            .await;
+                        return;
+                    }
+                    // The leadership ended: so does the stream.
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(out))))
+    }
+
+    async fn write(&self, request: Request<WriteRequest>) -> Result<Response<WriteReply>, Status> {
+        let leader = self.leading()?;
+        Ok(Response::new(leader.write(request.into_inner()).await))
+    }
+
+    async fn leader(
+        &self,
+        _request: Request<LeaderRequest>,
+    ) -> Result<Response<LeaderReply>, Status> {
+        let term = self.raft.metrics().borrow().current_term;
+        let (master_id, address) = match self.known_leader() {
+            Some((id, addr)) => (format!("m{id}"), addr),
+            None => (String::new(), String::new()),
+        };
+        Ok(Response::new(LeaderReply {
+            master_id,
+            address,
+            term,
+        }))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Response<StatusReply>, Status> {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let list = |ids: Vec<u64>| -> Vec<String> {
+            ids.into_iter()
+                .map(|id| {
+                    let addr = membership.get_node(&id).map_or("", |n| n.addr.as_str());
+                    format!("{id}={addr}")
+                })
+                .collect()
+        };
+        let role = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Follower | ServerState::Shutdown => "follower",
+        };
+        let (leader_id, leader_address) = self.known_leader().unwrap_or_default();
+        Ok(Response::new(StatusReply {
+            id: self.id,
+            address: self.me.addr.clone(),
+            incarnation: self.me.incarnation.clone(),
+            initialized: m.last_log_index.is_some(),
+            role: role.into(),
+            term: m.current_term,
+            leader_id,
+            leader_address,
+            applied: m.last_applied.map_or(0, |l| l.index),
+            voters: list(membership.voter_ids().collect()),
+            learners: list(membership.learner_ids().collect()),
+        }))
+    }
+}

@@ -1,0 +1,103 @@
+//! Exactly-once writes: each write a client (a mount) sends carries its own id, and the state
+//! remembers the outcome of every write its client may still retry, so a write sent again
+//! after a failover, a timeout or a lost reply is answered, not applied twice (the client
+//! sessions of the Raft dissertation, §6.3).
+//!
+//! A client numbers its writes and tells, with each one, the lowest number it has not had an
+//! answer for (`done_below`): outcomes below it are forgotten, so what is kept is bounded by the
+//! writes in flight. A client silent for [`CLIENT_IDLE_MS`] is forgotten whole.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Applied, FrameworkId, StateError};
+
+/// How long (by the times in the commands) a client may send no write before its outcomes are
+/// forgotten; a retry comes within seconds, a mount restarted is a new client.
+pub const CLIENT_IDLE_MS: u64 = 3_600_000;
+
+/// Names one write of one client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteId {
+    /// The client: unique per mount process.
+    pub client: String,
+    /// This write's number, from 1, unique within the client.
+    pub seq: u64,
+    /// Every write of this client numbered below this has been answered and is not retried.
+    pub done_below: u64,
+}
+
+/// What a write did, kept to answer its retries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteOutcome {
+    /// The log index at which it was applied.
+    pub index: u64,
+    /// Its refusal by the state machine, if any.
+    pub error: Option<StateError>,
+    /// The framework id a registration created.
+    pub framework_id: Option<FrameworkId>,
+}
+
+/// One client's writes that may still be retried.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientWrites {
+    /// The time of its latest write (unix ms, as the proposer stamped it).
+    pub last_ms: u64,
+    /// Outcomes by write number.
+    pub outcomes: BTreeMap<u64, WriteOutcome>,
+}
+
+/// The outcomes of every client's unanswered writes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Clients {
+    /// By client id.
+    pub clients: BTreeMap<String, ClientWrites>,
+}
+
+impl Clients {
+    /// The outcome of a write applied before, if it is still remembered.
+    pub fn outcome(&self, id: &WriteId) -> Option<&WriteOutcome> {
+        self.clients.get(&id.client)?.outcomes.get(&id.seq)
+    }
+
+    /// Starts applying write `id` at `time_ms`: forgets what its client says is answered and
+    /// idle clients. Returns the answer to give when the write was applied before (or was
+    /// answered already), in which case it must change nothing.
+    pub fn begin(&mut self, id: &WriteId, time_ms: u64) -> Option<Applied> {
+        self.clients
+            .retain(|c, w| c == &id.client || w.last_ms.saturating_add(CLIENT_IDLE_MS) > time_ms);
+        let writes = self.clients.entry(id.client.clone()).or_default();
+        writes.last_ms = writes.last_ms.max(time_ms);
+        writes.outcomes = writes.outcomes.split_off(&id.done_below);
+        if let Some(o) = writes.outcomes.get(&id.seq) {
+            return Some(Applied {
+                error: o.error.clone(),
+                framework_id: o.framework_id.clone(),
+                duplicate_of: Some(o.index),
+                ..Applied::default()
+            });
+        }
+        if id.seq < id.done_below {
+            // Its client had its answer already: a stray copy, changing nothing.
+            return Some(Applied {
+                duplicate_of: Some(0),
+                ..Applied::default()
+            });
+        }
+        None
+    }
+
+    /// Records what write `id`, applied at `index`, did.
+    pub fn finish(&mut self, id: &WriteId, index: u64, applied: &Applied) {
+        let writes = self.clients.entry(id.client.clone()).or_default();
+        writes.outcomes.insert(
+            id.seq,
+            WriteOutcome {
+                index,
+                error: applied.error.clone(),
+                framework_id: applied.framework_id.clone(),
+            },
+        );
+    }
+}
