@@ -286,18 +286,38 @@ impl Session {
     }
 
     async fn run(self: Arc<Self>) {
-        let mut backoff = Duration::from_millis(100);
+        const FIRST: Duration = Duration::from_millis(20);
+        // Short enough that agents find a new leader soon after the election.
+        const MAX_BACKOFF: Duration = Duration::from_millis(250);
+        let mut backoff = FIRST;
         loop {
-            match self.clone().connect_once().await {
-                Ok(()) => {
-                    info!("master session ended; reconnecting");
-                    backoff = Duration::from_millis(100);
+            let result = self.clone().connect_once().await;
+            // A session that was registered ended: its leader is likely gone, and the next
+            // one must hear from this agent soon.
+            let registered = self
+                .outbox
+                .session
+                .lock()
+                .expect("session lock")
+                .take()
+                .is_some();
+            match result {
+                Ok(()) => info!("master session ended; finding the leader"),
+                Err(e) if registered => {
+                    info!(error = %e, "master session broke; finding the leader")
                 }
                 Err(e) => debug!(error = %e, "cannot reach the leading master; retrying"),
             }
-            *self.outbox.session.lock().expect("session lock") = None;
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
+            if registered {
+                self.masters.forget_leader();
+                backoff = FIRST;
+            }
+            // Jittered, so that many agents do not ask the masters in step.
+            let nanos = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            tokio::time::sleep(backoff.mul_f64(0.5 + f64::from(nanos % 1000) / 2000.0)).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 
@@ -323,8 +343,12 @@ impl Session {
         let mut inbound = match GrpcMaster::new(ch).agent_session(outbound).await {
             Ok(r) => r.into_inner(),
             Err(s) => {
-                // A master that does not lead names the one that does.
-                self.masters.follow_refusal(&s);
+                if s.code() == tonic::Code::FailedPrecondition {
+                    // A master that does not lead names the one that does.
+                    self.masters.follow_refusal(&s);
+                } else {
+                    self.masters.forget_leader();
+                }
                 return Err(s.message().to_string());
             }
         };

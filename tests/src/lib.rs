@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
+pub mod masters;
+pub mod netns;
 pub mod vm;
 
 /// Resources the dev agent offers in tests: small and fixed, so tests do not depend on the
@@ -66,6 +68,8 @@ fn workspace_root() -> PathBuf {
 pub struct Process {
     name: String,
     args: Vec<OsString>,
+    /// The network namespace it runs in (`/run/netns/<name>`), if not the test's.
+    netns: Option<String>,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -73,9 +77,16 @@ pub struct Process {
 impl Process {
     /// Starts `mesofs` with these arguments, logging to `log`.
     pub fn start(name: &str, args: Vec<OsString>, log: PathBuf) -> Process {
+        Process::start_in(name, None, args, log)
+    }
+
+    /// Starts `mesofs` in a network namespace made with `ip netns add` (its mount namespace
+    /// stays the test's, so a mount it makes is the test's too).
+    pub fn start_in(name: &str, netns: Option<&str>, args: Vec<OsString>, log: PathBuf) -> Process {
         let mut p = Process {
             name: name.to_string(),
             args,
+            netns: netns.map(String::from),
             child: None,
             log,
         };
@@ -89,7 +100,16 @@ impl Process {
             .append(true)
             .open(&self.log)
             .expect("log file");
-        let child = Command::new(mesofs_bin())
+        // nsenter execs mesofs in place, so the child's pid is mesofs's.
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}")).arg(mesofs_bin());
+                c
+            }
+            None => Command::new(mesofs_bin()),
+        };
+        let child = cmd
             .args(&self.args)
             .env("RUST_LOG", "info,mesofs_kernel=debug")
             .stdout(Stdio::null())
@@ -284,7 +304,8 @@ pub trait Mounted {
     }
 }
 
-fn temp_dir() -> tempfile::TempDir {
+/// A fresh temporary directory for one test's processes.
+pub fn temp_dir() -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix("mesofs-test-")
         .tempdir()
@@ -292,7 +313,7 @@ fn temp_dir() -> tempfile::TempDir {
 }
 
 /// Waits for a fresh mount to show a leader and a registered agent.
-fn wait_until_ready(m: &mut impl Mounted) {
+pub fn wait_until_ready(m: &mut impl Mounted) {
     let mount = m.mountpoint().to_path_buf();
     m.wait_for(
         "the mount to show a leader and an agent",
@@ -497,28 +518,26 @@ pub fn describe(status: std::process::ExitStatus) -> String {
     }
 }
 
+/// The pids of the processes whose command line contains `needle`.
+pub fn pids_of(needle: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let c: Vec<u8> = c
+                    .into_iter()
+                    .map(|b| if b == 0 { b' ' } else { b })
+                    .collect();
+                String::from_utf8_lossy(&c).contains(needle)
+            })
+        })
+        .collect()
+}
+
 /// Whether any process's command line contains `needle`.
 pub fn process_running(needle: &str) -> bool {
-    std::fs::read_dir("/proc")
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .filter(|e| {
-                    e.file_name()
-                        .to_string_lossy()
-                        .chars()
-                        .all(|c| c.is_ascii_digit())
-                })
-                .any(|e| {
-                    std::fs::read(e.path().join("cmdline"))
-                        .map(|c| {
-                            let c: Vec<u8> = c
-                                .into_iter()
-                                .map(|b| if b == 0 { b' ' } else { b })
-                                .collect();
-                            String::from_utf8_lossy(&c).contains(needle)
-                        })
-                        .unwrap_or(false)
-                })
-        })
-        .unwrap_or(false)
+    !pids_of(needle).is_empty()
 }

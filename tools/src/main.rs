@@ -92,6 +92,9 @@ struct RaftArgs {
     /// hearing from the leader before it stands for election.
     #[arg(long, default_value = "200-400", value_name = "MIN-MAX", value_parser = parse_range)]
     raft_election: (u64, u64),
+    /// Take a snapshot of the state every this many log entries and purge the log before it.
+    #[arg(long, default_value = "2000", value_name = "ENTRIES")]
+    snapshot_every: u64,
 }
 
 impl RaftArgs {
@@ -103,9 +106,13 @@ impl RaftArgs {
                 self.raft_heartbeat
             );
         }
+        if self.snapshot_every == 0 {
+            bail!("--snapshot-every must be at least 1");
+        }
         Ok(RaftTimings {
             heartbeat_ms: self.raft_heartbeat,
             election_ms: (min, max),
+            snapshot_every: self.snapshot_every,
         })
     }
 }

@@ -76,9 +76,11 @@ async fn stream_state(client: &MasterClient, copy: &LocalCopy, addr: &str) -> En
         }
     };
     let mut master = GrpcMaster::new(channel_to(addr));
-    let mut stream = match master.watch(WatchRequest { from_index }).await {
-        Ok(r) => r.into_inner(),
-        Err(s) => return Ended::Failed(s.message().to_string()),
+    let call = master.watch(WatchRequest { from_index });
+    let mut stream = match tokio::time::timeout(super::ASK_TIMEOUT, call).await {
+        Ok(Ok(r)) => r.into_inner(),
+        Ok(Err(s)) => return Ended::Failed(s.message().to_string()),
+        Err(_) => return Ended::Failed("no answer".into()),
     };
     let mut delivered = false;
     let mut check = tokio::time::interval(Duration::from_secs(1));
@@ -110,6 +112,7 @@ async fn stream_state(client: &MasterClient, copy: &LocalCopy, addr: &str) -> En
                 Ok(event) => {
                     if !delivered {
                         delivered = true;
+                        info!(master = %addr, from_index, "reading the cluster state from this master");
                         copy.set_streams(Some(true), None);
                     }
                     client.answered();
@@ -140,29 +143,27 @@ pub(super) async fn leader(client: MasterClient, copy: LocalCopy) {
     let mut backoff = Duration::from_millis(20);
     loop {
         match client.leader_channel().await {
-            Ok(ch) => {
-                let ended = follow(&client, &copy, ch).await;
-                client.forget_leader();
-                match ended {
-                    Ok(why) => {
-                        info!(reason = %why, "leader stream ended; finding the leader");
-                        copy.leader_lost(&why);
-                        backoff = Duration::from_millis(20);
-                        continue;
-                    }
-                    Err(why) => {
-                        debug!(reason = %why, "no leader stream");
-                        copy.leader_lost("the leader is unreachable");
-                    }
+            Ok(ch) => match follow(&client, &copy, ch).await {
+                Ok(why) => {
+                    client.forget_leader();
+                    info!(reason = %why, "leader stream ended; finding the leader");
+                    copy.leader_lost(&why);
+                    backoff = Duration::from_millis(20);
+                    continue;
                 }
-            }
+                Err(why) => {
+                    debug!(reason = %why, "no leader stream");
+                    copy.leader_lost("the leader is unreachable");
+                }
+            },
             Err((_, why)) => {
                 debug!(reason = %why, "no leader to follow");
                 copy.leader_lost("no master leads");
             }
         }
         tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_millis(500));
+        // Asking a few masters who leads is cheap; finding the new leader fast is not.
+        backoff = (backoff * 2).min(Duration::from_millis(100));
     }
 }
 
@@ -176,8 +177,11 @@ async fn follow(
     let mut stream = match GrpcMaster::new(ch).follow(FollowRequest {}).await {
         Ok(r) => r.into_inner(),
         Err(s) => {
+            // A master that does not lead names the one that does (or none).
             if s.code() == tonic::Code::FailedPrecondition {
                 client.follow_refusal(&s);
+            } else {
+                client.forget_leader();
             }
             return Err(s.message().to_string());
         }
@@ -216,7 +220,10 @@ async fn follow(
         };
         return match leader {
             Some(l) => Ok(format!("leader {l} {why}")),
-            None => Err(why),
+            None => {
+                client.forget_leader();
+                Err(why)
+            }
         };
     }
 }

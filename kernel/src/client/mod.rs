@@ -25,6 +25,12 @@ pub const LEADER_WAIT: Duration = Duration::from_secs(30);
 pub const UNREACHABLE_AFTER: Duration = Duration::from_secs(3);
 /// How long one request to one master may take before the next master is tried.
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a master that knows no leader may wait for one before answering who leads.
+const LEADER_WAIT_MS: u32 = 1_000;
+/// How often a connection to a master is pinged, and how long the answer may take before the
+/// connection counts as dead.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Metadata key of a refusal by a master that does not lead: `<id> <address>` of the leader.
 const LEADER_METADATA: &str = "mesofs-leader";
 
@@ -199,11 +205,23 @@ impl MasterClient {
         if let Some(a) = self.known_leader() {
             return Ok(channel_to(&a));
         }
+        // Every master at once: one that is down or cut off must not delay the answer.
+        let mut asks: futures::stream::FuturesUnordered<_> = self
+            .masters()
+            .into_iter()
+            .map(|addr| async move {
+                let mut master = GrpcMaster::new(channel_to(&addr));
+                let ask = master.leader(LeaderRequest {
+                    wait_ms: LEADER_WAIT_MS,
+                });
+                let reply = tokio::time::timeout(ASK_TIMEOUT, ask).await;
+                (addr, reply)
+            })
+            .collect();
         let mut reasons = Vec::new();
         let mut reached = false;
-        for addr in self.masters() {
-            let mut master = GrpcMaster::new(channel_to(&addr));
-            match tokio::time::timeout(ASK_TIMEOUT, master.leader(LeaderRequest {})).await {
+        while let Some((addr, reply)) = futures::StreamExt::next(&mut asks).await {
+            match reply {
                 Ok(Ok(reply)) => {
                     reached = true;
                     self.answered();
@@ -299,7 +317,7 @@ impl MasterClient {
             }
             debug!(reason = %why, "no leader yet; the write waits for one");
             tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_millis(500));
+            backoff = (backoff * 2).min(Duration::from_millis(100));
         }
     }
 
@@ -395,9 +413,10 @@ fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
     Ok(Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true)
-        // Notice a master that vanished without closing the connection, and reconnect.
-        .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(10))
+        // Notice within 1 to 3 s a master that vanished without closing the connection (its
+        // host or link went down), so streams and sessions move to the next leader.
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true))
 }
 

@@ -57,13 +57,15 @@ pub enum MasterError {
 }
 
 /// Raft's timing: how often the leader heartbeats and how long followers wait for one before
-/// electing a new leader (a random time in `election_ms`).
+/// electing a new leader (a random time in `election_ms`); and how often the log is compacted.
 #[derive(Clone, Copy, Debug)]
 pub struct RaftTimings {
     /// Milliseconds between the leader's heartbeats.
     pub heartbeat_ms: u64,
     /// The election timeout's range in milliseconds.
     pub election_ms: (u64, u64),
+    /// A snapshot is taken every this many log entries, and the log before it purged.
+    pub snapshot_every: u64,
 }
 
 impl Default for RaftTimings {
@@ -74,6 +76,7 @@ impl Default for RaftTimings {
         RaftTimings {
             heartbeat_ms: 100,
             election_ms: (200, 400),
+            snapshot_every: 2000,
         }
     }
 }
@@ -215,8 +218,9 @@ pub async fn start(config: MasterConfig) -> Result<MasterHandle, MasterError> {
         heartbeat_interval: t.heartbeat_ms,
         election_timeout_min: t.election_ms.0,
         election_timeout_max: t.election_ms.1,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(2000),
-        max_in_snapshot_log_to_keep: 100,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(t.snapshot_every),
+        // Entries kept past a snapshot, so a follower a little behind needs no snapshot.
+        max_in_snapshot_log_to_keep: t.snapshot_every.min(100),
         ..Config::default()
     }
     .validate()

@@ -4,6 +4,7 @@
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::Stream;
 use openraft::ServerState;
@@ -86,7 +87,7 @@ impl MasterService {
         }
         let mut status = match self.known_leader() {
             Some((id, _)) if id == self.id => Status::unavailable(format!(
-                "master {} was just elected and is catching up with the log; retry",
+                "master {} does not serve as leader now: it was just elected and is catching up with the log, or it cannot reach a majority of the masters; retry",
                 self.id
             )),
             Some((id, addr)) => Status::failed_precondition(format!(
@@ -243,8 +244,18 @@ impl MasterRpc for MasterService {
 
     async fn leader(
         &self,
-        _request: Request<LeaderRequest>,
+        request: Request<LeaderRequest>,
     ) -> Result<Response<LeaderReply>, Status> {
+        // During an election, answer as soon as there is a leader rather than have every
+        // agent and mount poll.
+        let wait = Duration::from_millis(u64::from(request.into_inner().wait_ms).min(5_000));
+        if self.known_leader().is_none() && !wait.is_zero() {
+            let _ = self
+                .raft
+                .wait(Some(wait))
+                .metrics(|m| m.current_leader.is_some(), "a leader is known")
+                .await;
+        }
         let term = self.raft.metrics().borrow().current_term;
         let (master_id, address) = match self.known_leader() {
             Some((id, addr)) => (format!("m{id}"), addr),

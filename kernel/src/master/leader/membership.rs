@@ -180,7 +180,13 @@ impl Leader {
                     )
                     .await
                     {
-                        Ok(Ok(s)) if s.id == id => {
+                        // Another incarnation answering at its address (its data directory
+                        // was wiped) is not this member.
+                        Ok(Ok(s))
+                            if s.id == id
+                                && (node.incarnation.is_empty()
+                                    || s.incarnation == node.incarnation) =>
+                        {
                             let role = if voter { s.role } else { "learner".to_string() };
                             (role, s.applied)
                         }

@@ -207,7 +207,14 @@ impl Leader {
         }
         info!(framework = %fw.id, tasks = r.applied.to_kill.len(), "framework torn down");
         self.send_kills(&r.applied.to_kill);
-        self.allocate(rescinded.into_iter().map(|o| o.agent_id));
+        // Offers made to it while the teardown committed (resources freed meanwhile) go too:
+        // left outstanding, they would hold their agents until they expire.
+        let late = self.board.remove_offers_where(
+            |o| o.framework_id == fw.id,
+            "framework torn down",
+            false,
+        );
+        self.allocate(rescinded.into_iter().chain(late).map(|o| o.agent_id));
         Ok(r.index)
     }
 

@@ -188,6 +188,7 @@ where
         })?;
         self.last_applied = meta.last_log_id;
         self.last_membership = meta.last_membership.clone();
+        tracing::info!(snapshot = %meta, "installed a snapshot from the leader");
         self.snapshots
             .persist(meta, data)
             .await

@@ -1,4 +1,4 @@
-//! `mesofs bench`: launches N tasks of `true` through a real mount on a local one-machine
+//! The launch benchmark: launches N tasks of `true` through a real mount on a local one-machine
 //! cluster, and in the same run times a bare loop that creates a cgroup, forks and execs
 //! `true` and waits for it. The ratio of the two rates is the figure that matters.
 
@@ -15,9 +15,9 @@ use mesofs_agent::daemon::{self as agent, AgentConfig};
 use mesofs_kernel::client::MasterClient;
 use mesofs_kernel::master::{self, LeaderConfig, MasterConfig, RaftTimings};
 
-/// Options of `mesofs bench`.
+/// Options of the launch benchmark.
 #[derive(Args)]
-pub struct BenchArgs {
+pub struct LaunchArgs {
     /// How many tasks of `true` to launch.
     #[arg(long, default_value = "200")]
     tasks: usize,
@@ -30,7 +30,7 @@ pub struct BenchArgs {
 }
 
 /// Runs the benchmark and prints its figures.
-pub async fn run(args: BenchArgs) -> Result<()> {
+pub async fn run(args: LaunchArgs) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("the benchmark mounts FUSE and creates cgroups: run it as root");
     }

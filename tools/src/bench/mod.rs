@@ -1,0 +1,60 @@
+//! `mesofs bench`: benchmarks that print their figures (never assert them; these machines are
+//! shared and noisy).
+//!
+//! - `launch` (the default): launch throughput and latency through a mount, against a bare
+//!   cgroup + fork/exec loop measured in the same run;
+//! - `failover`: three masters on loopback; the time from SIGKILL of the leader to the first
+//!   write accepted, and to every agent registered with the new leader;
+//! - `writes`: replicated writes per second with three masters, fsync on, at several numbers
+//!   of concurrent writers.
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+
+mod failover;
+mod launch;
+mod masters;
+mod writes;
+
+/// Options of `mesofs bench`.
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    which: Option<Which>,
+    #[command(flatten)]
+    launch: launch::LaunchArgs,
+}
+
+#[derive(Subcommand)]
+enum Which {
+    /// Launch throughput and latency through a mount, against a bare cgroup + exec loop (the
+    /// default).
+    Launch(launch::LaunchArgs),
+    /// Three masters on loopback: from SIGKILL of the leader to the first write accepted, and
+    /// to every agent registered with the new leader.
+    Failover(failover::FailoverArgs),
+    /// Replicated writes per second with three masters (fsync on) and several numbers of
+    /// concurrent writers.
+    Writes(writes::WritesArgs),
+}
+
+/// Runs the chosen benchmark and prints its figures.
+pub async fn run(args: BenchArgs) -> Result<()> {
+    match args.which {
+        None => launch::run(args.launch).await,
+        Some(Which::Launch(a)) => launch::run(a).await,
+        Some(Which::Failover(a)) => failover::run(a).await,
+        Some(Which::Writes(a)) => writes::run(a).await,
+    }
+}
+
+/// Median, minimum and maximum of some durations, in milliseconds.
+fn spread(samples: &[std::time::Duration]) -> (f64, f64, f64) {
+    let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+    ms.sort_by(|a, b| a.total_cmp(b));
+    if ms.is_empty() {
+        return (0.0, 0.0, 0.0);
+    }
+    (ms[ms.len() / 2], ms[0], ms[ms.len() - 1])
+}
