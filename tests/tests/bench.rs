@@ -50,3 +50,44 @@ fn the_benchmark_launches_its_tasks_and_prints_every_figure() {
         .unwrap_or_else(|| panic!("no ratio in:\n{stdout}"));
     assert!(ratio > 0.0);
 }
+
+/// Runs `mesofs bench ARGS` in a temporary directory; returns what it printed.
+fn bench(args: &[&str]) -> String {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let out = Command::new(mesofs_bin())
+        .arg("bench")
+        .args(args)
+        .arg("--dir")
+        .arg(tmp.path())
+        .output()
+        .expect("running mesofs bench");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "mesofs bench {args:?} failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{stdout}");
+    stdout
+}
+
+#[test]
+fn the_failover_benchmark_kills_the_leader_and_prints_both_times() {
+    if !can_run() {
+        return;
+    }
+    let out = bench(&["failover", "--rounds", "1", "--agents", "2"]);
+    assert!(figure(&out, "to the first write accepted", "ms") > 0.0);
+    assert!(figure(&out, "registered with the new leader", "ms") > 0.0);
+}
+
+#[test]
+fn the_writes_benchmark_prints_a_rate_per_number_of_writers() {
+    if !can_run() {
+        return;
+    }
+    let out = bench(&["writes", "--writers", "1,4", "--seconds", "0.5"]);
+    assert!(figure(&out, " 1 writers:", "writes/s") > 0.0);
+    assert!(figure(&out, " 4 writers:", "writes/s") > 0.0);
+}
