@@ -142,10 +142,7 @@ pub async fn send(
 /// fails with ETIMEDOUT), then, briefly, its effect on the leader's offers.
 async fn visible(copy: &LocalCopy, written: &Written) -> Result<(), WriteError> {
     let index = written.index;
-    if !copy
-        .wait_until_async(VISIBLE_TIMEOUT, |v| v.index >= index)
-        .await
-    {
+    if !copy.wait_for_index(index, VISIBLE_TIMEOUT).await {
         let have = copy.view().index;
         return Err(WriteError::new(
             libc::ETIMEDOUT,

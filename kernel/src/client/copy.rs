@@ -2,10 +2,11 @@
 //! readable from threads (the FUSE callbacks) and tasks alike, with waits that wake on every
 //! change.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify};
 
 use crate::watch::{LeaderEvent, StateEvent, View};
 
@@ -16,6 +17,9 @@ struct Shared {
     /// Whether the state stream and the leader stream are up.
     streams: Mutex<(bool, bool)>,
     notify: Notify,
+    /// Writers waiting for the view to reach a log index, by index: woken only when it does,
+    /// not on every change (hundreds of writers in flight would each wake on every command).
+    index_waiters: Mutex<BTreeMap<u64, Vec<oneshot::Sender<()>>>>,
 }
 
 /// A local copy of the cluster kept current by the streams; cheap to clone.
@@ -32,8 +36,37 @@ impl LocalCopy {
 
     /// Applies one event of the state stream and wakes every waiter.
     pub fn apply_state(&self, event: &StateEvent) {
-        self.view().apply_state(event);
+        let index = {
+            let mut view = self.view();
+            view.apply_state(event);
+            view.index
+        };
         self.changed();
+        let reached = {
+            let mut waiters = self.shared.index_waiters.lock().expect("waiters lock");
+            let later = waiters.split_off(&(index + 1));
+            std::mem::replace(&mut *waiters, later)
+        };
+        for tx in reached.into_values().flatten() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Waits until the view has applied log index `index`, or `timeout` passes; returns
+    /// whether it has.
+    pub async fn wait_for_index(&self, index: u64, timeout: Duration) -> bool {
+        let rx = {
+            let mut waiters = self.shared.index_waiters.lock().expect("waiters lock");
+            // Checked under the waiters' lock: an apply that reaches `index` after this check
+            // takes the lock after us, and wakes us.
+            if self.view().index >= index {
+                return true;
+            }
+            let (tx, rx) = oneshot::channel();
+            waiters.entry(index).or_default().push(tx);
+            rx
+        };
+        tokio::time::timeout(timeout, rx).await.is_ok() || self.view().index >= index
     }
 
     /// Applies one event of the leader stream and wakes every waiter.

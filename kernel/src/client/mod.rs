@@ -290,16 +290,26 @@ impl MasterClient {
     ) -> Result<Written, WriteError> {
         let deadline = tokio::time::Instant::now() + self.inner.leader_wait;
         let mut backoff = Duration::from_millis(20);
+        // Whether an attempt reached a leader that may have committed it without answering.
+        let mut maybe = false;
+        let caveat = |maybe: bool| {
+            if maybe {
+                "; a leader that failed before answering may still have applied it: look at the tree before writing again"
+            } else {
+                "; nothing was applied"
+            }
+        };
         loop {
-            let why = match self.attempt(seq, uid, gid, &op).await {
+            let why = match self.attempt(seq, uid, gid, &op, &mut maybe).await {
                 Attempt::Done(result) => return result,
                 Attempt::Unreachable(why) if self.silent_for() >= UNREACHABLE_AFTER => {
                     warn!(reason = %why, "no master reachable; the write fails");
                     return Err(WriteError::new(
                         libc::EIO,
                         format!(
-                            "no master reachable for {}s ({why}); check that the masters run and this machine reaches them",
-                            self.silent_for().as_secs()
+                            "no master reachable for {}s ({why}); check that the masters run and this machine reaches them{}",
+                            self.silent_for().as_secs(),
+                            caveat(maybe)
                         ),
                     ));
                 }
@@ -310,8 +320,9 @@ impl MasterClient {
                 return Err(WriteError::new(
                     libc::EIO,
                     format!(
-                        "no master leader answered within {}s ({why}); check that the masters run",
-                        self.inner.leader_wait.as_secs_f64()
+                        "no master leader answered within {}s ({why}); check that the masters run{}",
+                        self.inner.leader_wait.as_secs_f64(),
+                        caveat(maybe)
                     ),
                 ));
             }
@@ -321,7 +332,7 @@ impl MasterClient {
         }
     }
 
-    async fn attempt(&self, seq: u64, uid: u32, gid: u32, op: &Op) -> Attempt {
+    async fn attempt(&self, seq: u64, uid: u32, gid: u32, op: &Op, maybe: &mut bool) -> Attempt {
         let ch = match self.leader_channel().await {
             Ok(ch) => ch,
             Err((true, why)) => return Attempt::Unreachable(why),
@@ -353,8 +364,10 @@ impl MasterClient {
                         term: r.term,
                         leader_seq: r.leader_seq,
                     })),
-                    // The leader lost its leadership before committing.
+                    // The leader lost its leadership before committing (the next leader may
+                    // still commit it: sending it again is safe).
                     libc::EAGAIN => {
+                        *maybe = true;
                         self.forget_leader();
                         Attempt::Retry(r.error)
                     }
@@ -373,6 +386,9 @@ impl MasterClient {
                     self.answered();
                     self.follow_refusal(&status);
                 } else {
+                    // The request may have reached the leader before the connection failed.
+                    *maybe |= status.code() != tonic::Code::Unavailable
+                        || !status.message().contains("connect");
                     self.forget_leader();
                 }
                 Attempt::Retry(status.message().to_string())

@@ -69,8 +69,7 @@ pub async fn run(args: WritesArgs) -> Result<()> {
                         let t = Instant::now();
                         let written = client.write(0, 0, op).await?;
                         let index = written.index;
-                        copy.wait_until_async(Duration::from_secs(10), |v| v.index >= index)
-                            .await;
+                        copy.wait_for_index(index, Duration::from_secs(10)).await;
                         latencies.push(t.elapsed());
                         register = !register;
                     }
