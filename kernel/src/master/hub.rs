@@ -171,11 +171,13 @@ impl ReplicatedState for Hub {
     fn apply(&self, index: u64, cmd: &Command) -> Response {
         let mut state = self.lock();
         let applied = state.apply(index, cmd);
-        // No receivers is fine: nobody watches yet.
-        let _ = self.tx.send(Encoded::new(&StateEvent::Applied {
-            index,
-            command: cmd.clone(),
-        }));
+        // Encoded once for every watcher, and not at all when none watches this master.
+        if self.tx.receiver_count() > 0 {
+            let _ = self.tx.send(Encoded::new(&StateEvent::Applied {
+                index,
+                command: cmd.clone(),
+            }));
+        }
         Response { applied }
     }
 
