@@ -68,6 +68,7 @@ pub(super) async fn follow(service: MasterService, config: LeaderConfig, lease: 
                 epoch,
                 offer_seq,
             );
+            runtime.run_proposer();
             runtime.watch_absent_agents();
             runtime.watch_masters();
             *service.leader.lock().expect("leader lock") = Some(runtime.clone());

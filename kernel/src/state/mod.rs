@@ -286,6 +286,8 @@ pub enum Command {
         /// The state and why.
         transition: Transition,
     },
+    /// Commands proposed together, applied in order at one log index.
+    Batch(Vec<Command>),
     /// A client's write: applied once, however often the client sends it.
     Write {
         /// Which write of which client.
@@ -295,16 +297,6 @@ pub enum Command {
         /// What it does.
         command: Box<Command>,
     },
-}
-
-impl Command {
-    /// The command itself, without the write that carries it.
-    pub fn inner(&self) -> &Command {
-        match self {
-            Command::Write { command, .. } => command.inner(),
-            other => other,
-        }
-    }
 }
 
 /// Why a command was refused by the state machine.
@@ -349,6 +341,9 @@ pub struct Applied {
     /// Tasks that gained a transition, in order (each one once).
     #[serde(default)]
     pub transitions: Vec<String>,
+    /// For a [`Command::Batch`], what each of its commands did, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub batch: Vec<Applied>,
     /// Set when the command was a write applied before (a client retrying it): the log index
     /// of its first application. It changed nothing this time.
     #[serde(default)]
@@ -427,6 +422,14 @@ impl ClusterState {
     pub fn apply(&mut self, index: u64, cmd: &Command) -> Applied {
         self.applied_index = self.applied_index.max(index);
         match cmd {
+            Command::Batch(commands) => {
+                let batch: Vec<Applied> = commands.iter().map(|c| self.apply(index, c)).collect();
+                Applied {
+                    transitions: batch.iter().flat_map(|a| a.transitions.clone()).collect(),
+                    batch,
+                    ..Applied::default()
+                }
+            }
             Command::Write {
                 id,
                 time_ms,
@@ -1147,6 +1150,87 @@ mod tests {
         assert!(!s.frameworks.contains_key(&ids[1]));
         assert!(!s.tasks.contains_key(&task_id(&ids[0], "t")));
         assert!(s.frameworks.contains_key(&ids[2]));
+    }
+
+    #[test]
+    fn a_batch_applies_its_commands_in_order_each_with_its_own_answer() {
+        let (mut s, fw) = cluster_with_framework();
+        let id = |seq| WriteId {
+            client: "m".into(),
+            seq,
+            done_below: 1,
+        };
+        let write = |seq, command| Command::Write {
+            id: id(seq),
+            time_ms: 7,
+            command: Box::new(command),
+        };
+        let r = s.apply(
+            7,
+            &Command::Batch(vec![
+                write(1, launch(&fw, "a1", "name=t -- true")),
+                // The same task again: refused by the state, the first stands.
+                write(2, launch(&fw, "a1", "name=t -- false")),
+                // A retry of write 1 in the same entry: answered, not applied again.
+                write(1, launch(&fw, "a1", "name=t -- true")),
+            ]),
+        );
+        assert_eq!(r.batch.len(), 3);
+        assert_eq!(r.batch[0].error, None);
+        assert_eq!(r.batch[0].duplicate_of, None);
+        assert_eq!(r.batch[1].error, Some(StateError::TaskExists("t".into())));
+        assert_eq!(r.batch[2].duplicate_of, Some(7));
+        assert_eq!(r.transitions, vec![task_id(&fw, "t")]);
+        assert_eq!(s.framework_tasks(&fw).count(), 1);
+        assert_eq!(s.clients.outcome(&id(1)).map(|o| o.index), Some(7));
+    }
+
+    #[test]
+    fn a_write_retried_after_it_was_applied_changes_nothing_and_gets_the_first_answer() {
+        let mut s = ClusterState::default();
+        let register = |seq, done_below| Command::Write {
+            id: WriteId {
+                client: "m".into(),
+                seq,
+                done_below,
+            },
+            time_ms: 1,
+            command: Box::new(Command::RegisterFramework {
+                name: "f".into(),
+                uid: 0,
+                gid: 0,
+                time_ms: 1,
+            }),
+        };
+        let first = s.apply(1, &register(1, 1));
+        let again = s.apply(2, &register(1, 1));
+        assert_eq!(again.duplicate_of, Some(1));
+        assert_eq!(again.framework_id, first.framework_id);
+        assert_eq!(s.frameworks.len(), 1);
+        // Once the client says write 1 is answered, its outcome is forgotten...
+        s.apply(3, &register(2, 2));
+        assert!(s.clients.clients["m"].outcomes.keys().all(|seq| *seq >= 2));
+        // ...and a stray copy of it still changes nothing.
+        let stray = s.apply(4, &register(1, 2));
+        assert!(stray.duplicate_of.is_some());
+        assert_eq!(s.frameworks.len(), 1);
+        // A client silent for an hour is forgotten.
+        s.apply(
+            5,
+            &Command::Write {
+                id: WriteId {
+                    client: "other".into(),
+                    seq: 1,
+                    done_below: 1,
+                },
+                time_ms: 1 + clients::CLIENT_IDLE_MS,
+                command: Box::new(Command::TeardownFramework {
+                    framework_id: "nope".into(),
+                    time_ms: 2,
+                }),
+            },
+        );
+        assert!(!s.clients.clients.contains_key("m"));
     }
 
     #[test]

@@ -22,11 +22,13 @@ use crate::state::{Applied, Command};
 use crate::watch::LeaderInfo;
 
 mod agents;
+mod batch;
 pub mod board;
 mod membership;
 mod offers;
 mod writes;
 
+use batch::Batches;
 pub use board::Board;
 
 /// Unix time in milliseconds.
@@ -63,7 +65,7 @@ impl Default for LeaderConfig {
 }
 
 /// A refused write: the errno for the writer and why.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Refusal {
     errno: i32,
     message: String,
@@ -74,6 +76,13 @@ fn refuse(errno: i32, message: impl Into<String>) -> Refusal {
         errno,
         message: message.into(),
     }
+}
+
+fn leadership_lost() -> Refusal {
+    refuse(
+        libc::EAGAIN,
+        "this master stopped leading before the write was committed; retry with the new leader",
+    )
 }
 
 struct Session {
@@ -109,6 +118,7 @@ pub struct Leader {
     sessions: Mutex<HashMap<String, Session>>,
     session_seq: AtomicU64,
     alloc: Mutex<Allocation>,
+    batches: Batches,
     stopped: watch::Sender<bool>,
     me: Weak<Leader>,
 }
@@ -137,6 +147,7 @@ impl Leader {
                 offer_seq,
                 ..Allocation::default()
             }),
+            batches: Batches::default(),
             stopped: watch::channel(false).0,
             me: me.clone(),
         })
@@ -177,28 +188,34 @@ impl Leader {
     }
 
     /// Commits a command, or says why not: this master stopped leading (EAGAIN: the writer
-    /// retries with the next leader) or Raft failed (EIO).
+    /// retries with the next leader) or Raft failed (EIO). Commands proposed while another
+    /// proposal is in flight go together in the next entry (`batch`).
     async fn propose(&self, cmd: Command) -> Result<Committed, Refusal> {
-        let lost = || {
-            refuse(
-                libc::EAGAIN,
-                "this master stopped leading before the write was committed; retry with the new leader",
-            )
-        };
         if self.is_stopped() {
-            return Err(lost());
+            return Err(leadership_lost());
         }
+        let done = self.batches.submit(cmd);
+        tokio::select! {
+            r = done => r.unwrap_or_else(|_| Err(leadership_lost())),
+            _ = self.until_stopped() => Err(leadership_lost()),
+        }
+    }
+
+    /// Commits one entry now.
+    async fn propose_now(&self, cmd: Command) -> Result<Committed, Refusal> {
         let write = self.raft.client_write(cmd);
         let result = tokio::select! {
             r = write => r,
-            _ = self.until_stopped() => return Err(lost()),
+            _ = self.until_stopped() => return Err(leadership_lost()),
         };
         match result {
             Ok(r) => Ok(Committed {
                 index: r.log_id.index,
                 applied: r.data.applied,
             }),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(lost()),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(leadership_lost())
+            }
             Err(e) => Err(refuse(libc::EIO, format!("could not commit: {e}"))),
         }
     }
