@@ -230,9 +230,12 @@ impl View {
                     return;
                 }
                 let applied = self.state.apply(*index, command);
-                for id in &applied.transitions {
-                    if let Some(t) = self.state.tasks.get(id) {
-                        let line = task_line(t, t.last());
+                for n in &applied.transitions {
+                    let Some(t) = self.state.tasks.get(&n.task_id) else {
+                        continue;
+                    };
+                    if let Some(tr) = t.history.get(n.at) {
+                        let line = task_line(t, tr);
                         let fw = t.framework_id.clone();
                         self.log(&fw, line);
                     }
@@ -370,4 +373,85 @@ fn offer_line(o: &Offer) -> String {
         "offer {} agent={} hostname={} resources={}\n",
         o.id, o.agent_id, o.hostname, o.resources
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::parse_spec_line;
+    use crate::state::{NewTask, TaskState};
+
+    fn update(id: &str, state: TaskState) -> Command {
+        Command::UpdateTask {
+            task_id: id.into(),
+            transition: Transition {
+                state,
+                reason: String::new(),
+                message: String::new(),
+                time_ms: 3,
+            },
+        }
+    }
+
+    #[test]
+    fn each_transition_of_a_batch_is_its_own_events_line_in_order() {
+        let mut v = View::default();
+        v.apply_state(&StateEvent::Snapshot {
+            index: 0,
+            state: ClusterState::default(),
+        });
+        let spec = parse_spec_line("name=t -- true").unwrap();
+        let setup = vec![
+            Command::RegisterAgent {
+                agent: crate::state::AgentInfo {
+                    id: "a".into(),
+                    hostname: "h".into(),
+                    address: "h:1".into(),
+                    resources: Resources::parse("cpus:1;mem:64").unwrap(),
+                    state: crate::state::AgentState::Active,
+                    registered_ms: 0,
+                    registration: 0,
+                },
+                running: vec![],
+            },
+            Command::RegisterFramework {
+                name: "f".into(),
+                uid: 0,
+                gid: 0,
+                time_ms: 1,
+            },
+            Command::LaunchTasks {
+                framework_id: "f-1".into(),
+                agent_id: "a".into(),
+                tasks: vec![NewTask {
+                    resources: spec.resources(),
+                    spec,
+                    ports: vec![],
+                }],
+                time_ms: 2,
+            },
+        ];
+        v.apply_state(&StateEvent::Applied {
+            index: 1,
+            command: Command::Batch(setup),
+        });
+        // Two updates of one task in one entry: each its own line, not the last one twice.
+        v.apply_state(&StateEvent::Applied {
+            index: 2,
+            command: Command::Batch(vec![
+                update("f-1.t", TaskState::Running),
+                update("f-1.t", TaskState::Finished),
+            ]),
+        });
+        let lines: Vec<&str> = v.events["f-1"].lines.iter().map(String::as_str).collect();
+        assert_eq!(
+            lines,
+            [
+                "task t TASK_STAGING\n",
+                "task t TASK_RUNNING\n",
+                "task t TASK_FINISHED\n"
+            ]
+        );
+        assert_eq!(v.index, 2);
+    }
 }

@@ -134,4 +134,23 @@ done
         long_pids,
         "the long task was not touched"
     );
+
+    // The framework's events lost and repeated no task line across the failover.
+    let events = c.sh_ok("cat frameworks/f/events");
+    let mut lines: BTreeMap<&str, usize> = BTreeMap::new();
+    for l in events.lines().filter(|l| l.starts_with("task ")) {
+        *lines.entry(l).or_default() += 1;
+    }
+    for name in acknowledged.iter().chain(&existed) {
+        for state in ["TASK_STAGING", "TASK_RUNNING"] {
+            let line = format!("task {name} {state}");
+            assert_eq!(lines.get(line.as_str()), Some(&1), "{line} once in events");
+        }
+        let finished: usize = lines
+            .iter()
+            .filter(|(l, _)| l.starts_with(&format!("task {name} TASK_FINISHED")))
+            .map(|(_, n)| n)
+            .sum();
+        assert_eq!(finished, 1, "task {name} TASK_FINISHED once in events");
+    }
 }

@@ -299,6 +299,15 @@ pub enum Command {
     },
 }
 
+/// A transition a command added to a task: which task, and where in its history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewTransition {
+    /// The task's cluster-unique id.
+    pub task_id: String,
+    /// The transition's position in the task's history.
+    pub at: usize,
+}
+
 /// Why a command was refused by the state machine.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum StateError {
@@ -338,9 +347,9 @@ pub struct Applied {
     /// Tasks a re-registering agent must be told to launch: committed, never started there.
     #[serde(default)]
     pub to_launch: Vec<String>,
-    /// Tasks that gained a transition, in order (each one once).
+    /// The transitions tasks gained, in order.
     #[serde(default)]
-    pub transitions: Vec<String>,
+    pub transitions: Vec<NewTransition>,
     /// For a [`Command::Batch`], what each of its commands did, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub batch: Vec<Applied>,
@@ -481,9 +490,7 @@ impl ClusterState {
                             time_ms,
                         },
                     );
-                    if pushed {
-                        transitions.push(id);
-                    }
+                    transitions.extend(pushed);
                 }
                 // What it runs that has ended here (lost while it was away, or never known)
                 // must not keep running unseen.
@@ -548,9 +555,7 @@ impl ClusterState {
                             time_ms: *time_ms,
                         },
                     );
-                    if pushed {
-                        transitions.push(id);
-                    }
+                    transitions.extend(pushed);
                 }
                 Applied {
                     transitions,
@@ -630,7 +635,10 @@ impl ClusterState {
                 let mut transitions = Vec::new();
                 for t in tasks {
                     let id = task_id(framework_id, &t.spec.name);
-                    transitions.push(id.clone());
+                    transitions.push(NewTransition {
+                        task_id: id.clone(),
+                        at: 0,
+                    });
                     self.tasks.insert(
                         id.clone(),
                         TaskInfo {
@@ -678,35 +686,37 @@ impl ClusterState {
                 }
                 let pushed = self.push_transition(task_id, transition.clone());
                 Applied {
-                    transitions: if pushed {
-                        vec![task_id.clone()]
-                    } else {
-                        Vec::new()
-                    },
+                    transitions: pushed.into_iter().collect(),
                     ..Applied::default()
                 }
             }
         }
     }
 
-    /// Records a transition unless the task is terminal or already in that state (updates are
-    /// retried, so duplicates are normal). A task that ends may push old history out.
-    fn push_transition(&mut self, id: &str, transition: Transition) -> bool {
-        let Some(t) = self.tasks.get_mut(id) else {
-            return false;
-        };
+    /// Records a transition unless the task is terminal, or already in that state or a later one
+    /// (updates are retried, so duplicates and stale ones are normal). A task that ends may push
+    /// old history out.
+    fn push_transition(&mut self, id: &str, transition: Transition) -> Option<NewTransition> {
+        let t = self.tasks.get_mut(id)?;
         let current = t.state();
-        if current.is_terminal() || current == transition.state {
-            return false;
+        // A task's states only move forward (an update sent again after a failover, arriving
+        // after a later one, must not take the task back).
+        if current.is_terminal() || (!transition.state.is_terminal() && transition.state <= current)
+        {
+            return None;
         }
         let ended = transition.state.is_terminal();
         t.history.push(transition);
+        let added = NewTransition {
+            task_id: id.to_string(),
+            at: t.history.len() - 1,
+        };
         if ended {
             let framework_id = t.framework_id.clone();
             self.prune_completed_tasks(&framework_id);
             self.prune_completed_frameworks();
         }
-        true
+        Some(added)
     }
 
     /// The tasks of one framework, found by their id prefix.
@@ -871,7 +881,7 @@ mod tests {
     }
 
     #[test]
-    fn terminal_tasks_ignore_later_updates_and_duplicates_are_dropped() {
+    fn terminal_tasks_ignore_later_updates_and_duplicate_or_stale_ones_are_dropped() {
         let (mut s, fw) = cluster_with_framework();
         s.apply(3, &launch(&fw, "a1", "name=t -- true"));
         let id = task_id(&fw, "t");
@@ -884,14 +894,22 @@ mod tests {
                 time_ms: 9,
             },
         };
-        s.apply(4, &up(TaskState::Running));
+        s.apply(4, &up(TaskState::Starting));
         s.apply(5, &up(TaskState::Running));
-        s.apply(6, &up(TaskState::Finished));
-        s.apply(7, &up(TaskState::Lost));
+        s.apply(6, &up(TaskState::Running));
+        // Sent again after a failover, arriving after the later one: stale.
+        s.apply(7, &up(TaskState::Starting));
+        s.apply(8, &up(TaskState::Finished));
+        s.apply(9, &up(TaskState::Lost));
         let states: Vec<_> = s.tasks[&id].history.iter().map(|t| t.state).collect();
         assert_eq!(
             states,
-            vec![TaskState::Staging, TaskState::Running, TaskState::Finished]
+            vec![
+                TaskState::Staging,
+                TaskState::Starting,
+                TaskState::Running,
+                TaskState::Finished
+            ]
         );
     }
 
@@ -1180,7 +1198,13 @@ mod tests {
         assert_eq!(r.batch[0].duplicate_of, None);
         assert_eq!(r.batch[1].error, Some(StateError::TaskExists("t".into())));
         assert_eq!(r.batch[2].duplicate_of, Some(7));
-        assert_eq!(r.transitions, vec![task_id(&fw, "t")]);
+        assert_eq!(
+            r.transitions,
+            vec![NewTransition {
+                task_id: task_id(&fw, "t"),
+                at: 0
+            }]
+        );
         assert_eq!(s.framework_tasks(&fw).count(), 1);
         assert_eq!(s.clients.outcome(&id(1)).map(|o| o.index), Some(7));
     }
