@@ -104,7 +104,16 @@ pub async fn send(
     };
     match client.write(uid, gid, op).await {
         Ok(written) => visible(copy, &written).await.inspect_err(|e| {
-            warn!(%framework, command, index = written.index, reason = %e.message, "write committed but not visible here")
+            warn!(%framework, command, index = written.index, reason = %e.message, "write committed but not visible here");
+            // Said where the writer reads refusals, though this write took effect.
+            let id = copy
+                .view()
+                .state
+                .framework_by_name(&framework)
+                .map(|f| f.id.clone());
+            if let Some(id) = id {
+                record_refusal(copy, &id, &e.message);
+            }
         }),
         Err(e) => {
             info!(%framework, %task, command, uid, errno = e.errno, reason = %e.message, "write refused");
