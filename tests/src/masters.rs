@@ -82,7 +82,7 @@ impl Masters {
         let mut cluster = Masters {
             masters: Vec::new(),
             addrs,
-            // Placeholders until the masters run: the agent and mount start after them.
+            // Started before the masters: they look for a leader until one is elected.
             agent: Process::start("agent", agent_args, dir.path().join("agent.log")),
             mounter: Process::start("mount", mount_args, dir.path().join("mount.log")),
             mount,
