@@ -1,6 +1,7 @@
 //! Who may do what. The mount runs without `default_permissions`, so these checks are the
 //! only ones: they follow the mode bits the tree shows, with root allowed everything the
-//! files can do, and writing a file that has no write meaning refused to everyone.
+//! files can do, and writing a file that has no write meaning refused to everyone. Reading a
+//! task's `stdout`/`stderr` is for its framework's owner (and root).
 
 use mesofs_kernel::watch::View;
 
@@ -27,6 +28,10 @@ pub fn check_open(view: &View, node: &Node, uid: u32, read: bool, write: bool) -
         }
     }
     if read && !node.readable() && uid != 0 {
+        return Err(libc::EACCES);
+    }
+    // Readable by others only when the mode says so (a task's output is its owner's).
+    if read && node.mode() & 0o004 == 0 && !owns(view, node, uid) {
         return Err(libc::EACCES);
     }
     Ok(())

@@ -132,6 +132,13 @@ pub(crate) async fn read_sandbox(
         Err(SandboxError::Refused { status, .. }) if status.code() == tonic::Code::NotFound => {
             reply.data(&[])
         }
+        // The agent will not serve it (a symlink, not a regular file, not the task user's).
+        Err(SandboxError::Refused { status, .. })
+            if status.code() == tonic::Code::PermissionDenied =>
+        {
+            warn!(task = %task_id, file, reason = %status.message(), "the agent refused the sandbox read");
+            reply.error(Errno::EACCES)
+        }
         Err(e) => {
             warn!(task = %task_id, file, error = %e, "sandbox read failed");
             reply.error(Errno::EIO);

@@ -548,13 +548,15 @@ impl Node {
         self.kind() == Kind::File && self.content() == Content::Control
     }
 
-    /// Permission bits (with the sticky bit on `/frameworks`).
+    /// Permission bits (with the sticky bit on `/frameworks`). A task's output is its
+    /// framework owner's alone.
     pub fn mode(&self) -> u16 {
         match self.kind() {
             Kind::Dir if *self == Node::Frameworks => 0o1777,
             Kind::Dir => 0o755,
             Kind::Symlink => 0o777,
             Kind::File if self.writable() => 0o200,
+            Kind::File if matches!(self.content(), Content::Sandbox { .. }) => 0o400,
             Kind::File => 0o444,
         }
     }
