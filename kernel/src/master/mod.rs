@@ -247,8 +247,11 @@ pub async fn start(config: MasterConfig) -> Result<MasterHandle, MasterError> {
         hub.clone(),
         Arc::new(Mutex::new(None)),
     );
-    // A leader that hears no majority for this long stops acting as leader.
-    let lease = Duration::from_millis(t.election_ms.1);
+    // A leader that hears no majority for this long stops acting as leader: by then the others
+    // (who stand for election after the maximum election timeout twice over at most) may have
+    // a new leader. Shorter, and one slow append (openraft then backs off 500 ms from that
+    // follower) while the followers write snapshots would drop a healthy leader's runtime.
+    let lease = Duration::from_millis(2 * t.election_ms.1);
     tokio::spawn(leadership::follow(
         service.clone(),
         config.leader.clone(),
