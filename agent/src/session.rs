@@ -428,6 +428,20 @@ impl Session {
                 }
             };
             self.outbox.push(&l.task_id, TaskState::Starting, "", "");
+            let user = match task_user(&l) {
+                Ok(u) => u,
+                Err(message) => {
+                    self.phases.lock().expect("phases lock").remove(&l.task_id);
+                    warn!(user = %l.user, "{message}");
+                    self.outbox.push(
+                        &l.task_id,
+                        TaskState::Failed,
+                        "REASON_CONTAINER_LAUNCH_FAILED",
+                        &message,
+                    );
+                    return;
+                }
+            };
             let mut env: Vec<(String, String)> = spec.env.clone().into_iter().collect();
             for (i, p) in l.ports.iter().enumerate() {
                 env.push((format!("PORT{i}"), p.to_string()));
@@ -448,10 +462,7 @@ impl Session {
                 mem_mb: (spec.mem.milli() as u64).div_ceil(1000).max(1),
                 pids_max: 4096,
                 kill_grace: Duration::from_millis(spec.grace_ms),
-                user: Some(TaskUser {
-                    uid: l.uid,
-                    gid: l.gid,
-                }),
+                user: Some(user),
             };
             let cancelled = matches!(
                 self.phases.lock().expect("phases lock").get(&l.task_id),
@@ -539,6 +550,29 @@ impl Session {
     /// The sandbox directory of a task, running or not.
     pub fn sandbox_dir(work_dir: &std::path::Path, task_id: &str) -> PathBuf {
         work_dir.join("sandboxes").join(task_id)
+    }
+}
+
+/// Who a task runs as: its framework owner's user name as this agent resolves it (its uid and
+/// primary gid here), never a uid from the machine where the framework was made; the uid and
+/// gid of the launch only for frameworks from before user names.
+fn task_user(l: &proto::LaunchTask) -> Result<TaskUser, String> {
+    if l.user.is_empty() {
+        return Ok(TaskUser {
+            uid: l.uid,
+            gid: l.gid,
+        });
+    }
+    match nix::unistd::User::from_name(&l.user) {
+        Ok(Some(u)) => Ok(TaskUser {
+            uid: u.uid.as_raw(),
+            gid: u.gid.as_raw(),
+        }),
+        Ok(None) => Err(format!(
+            "user {:?} does not exist on this agent: create it here, or run the framework as a user every agent has",
+            l.user
+        )),
+        Err(e) => Err(format!("cannot look up user {:?} on this agent: {e}", l.user)),
     }
 }
 

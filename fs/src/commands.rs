@@ -171,10 +171,11 @@ async fn visible(copy: &LocalCopy, written: &Written) -> Result<(), WriteError> 
     Ok(())
 }
 
-/// `mkdir NAME`: registers a framework.
-pub fn register(name: &str) -> Op {
+/// `mkdir NAME` by `user`: registers a framework owned by that user name.
+pub fn register(name: &str, user: &str) -> Op {
     Op::RegisterFramework(proto::RegisterFramework {
         name: name.to_string(),
+        user: user.to_string(),
     })
 }
 

@@ -329,10 +329,15 @@ impl Filesystem for MesoFs {
             return reply.error(Errno::EINVAL);
         }
         let (uid, gid, pid) = (req.uid(), req.gid(), req.pid());
+        // A framework belongs to a user name: its tasks run as that user on every agent.
+        let Some(user) = self.shared.users.name(uid) else {
+            info!(framework = %name, uid, "mkdir refused: the uid has no user name on this machine, and a framework belongs to a user name (its tasks run as that user on the agents)");
+            return reply.error(Errno::EPERM);
+        };
         let name = name.to_string();
         let shared = self.shared.clone();
         self.spawn(async move {
-            let op = commands::register(&name);
+            let op = commands::register(&name, &user);
             if let Err(e) = shared.send(pid, uid, gid, op).await {
                 return reply.error(errno(e.errno));
             }

@@ -81,6 +81,11 @@ impl Cluster {
     pub fn framework(&mut self, name: &str, uid: u32) -> String {
         self.command(Command::RegisterFramework {
             name: name.into(),
+            user: if uid == 0 {
+                "root".into()
+            } else {
+                "nobody".into()
+            },
             uid,
             gid: uid,
             time_ms: 1_700_000_001_000,

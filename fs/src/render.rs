@@ -104,6 +104,8 @@ pub fn render(view: &View, node: &Node, users: &UserNames) -> Option<String> {
             let fw = active_framework(view, f)?;
             match file {
                 FrameworkFile::Id => line(&fw.id),
+                FrameworkFile::User if !fw.user.is_empty() => format!("{} {}\n", fw.uid, fw.user),
+                // A framework from before user names: the name this machine gives its uid.
                 FrameworkFile::User => match users.name(fw.uid) {
                     Some(name) => format!("{} {name}\n", fw.uid),
                     None => line(fw.uid.to_string()),

@@ -229,6 +229,26 @@ pub fn validate_name(name: &str) -> Result<(), NameError> {
     Ok(())
 }
 
+/// Checks a user name: what `useradd` accepts, `[A-Za-z0-9_][A-Za-z0-9._-]*` with an optional
+/// trailing `$`, at most 64 bytes (the same errors as a task name's).
+pub fn validate_user(user: &str) -> Result<(), NameError> {
+    let first = user.chars().next().ok_or(NameError::Empty)?;
+    if !(first.is_ascii_alphanumeric() || first == '_') {
+        return Err(NameError::BadStart(first));
+    }
+    let body = user.strip_suffix('$').unwrap_or(user);
+    if let Some(bad) = body
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(NameError::BadChar(bad));
+    }
+    if user.len() > MAX_NAME_LEN {
+        return Err(NameError::TooLong(user.len()));
+    }
+    Ok(())
+}
+
 /// Whether `name` can be an environment variable name: `[A-Za-z_][A-Za-z0-9_]*`.
 pub fn is_valid_env_name(name: &str) -> bool {
     let mut bytes = name.bytes();
@@ -814,6 +834,28 @@ fn plain_decimal(raw: &str) -> Result<Result<String, ScalarProblem>, ()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_names_are_what_useradd_accepts() {
+        for ok in [
+            "root",
+            "nobody",
+            "_apt",
+            "alice.b-c",
+            "svc$",
+            "systemd-timesync",
+        ] {
+            assert_eq!(validate_user(ok), Ok(()), "{ok}");
+        }
+        assert_eq!(validate_user(""), Err(NameError::Empty));
+        assert_eq!(validate_user("-x"), Err(NameError::BadStart('-')));
+        assert_eq!(validate_user("a b"), Err(NameError::BadChar(' ')));
+        assert_eq!(validate_user("a$b"), Err(NameError::BadChar('$')));
+        assert!(matches!(
+            validate_user(&"u".repeat(65)),
+            Err(NameError::TooLong(65))
+        ));
+    }
     use proptest::prelude::*;
 
     fn sc(text: &str) -> Scalar {

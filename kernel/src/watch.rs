@@ -416,6 +416,7 @@ mod tests {
             },
             Command::RegisterFramework {
                 name: "f".into(),
+                user: "root".into(),
                 uid: 0,
                 gid: 0,
                 time_ms: 1,

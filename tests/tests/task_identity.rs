@@ -61,3 +61,67 @@ fn a_task_runs_as_the_user_who_made_its_framework() {
     );
     assert_eq!(dev.read("frameworks/mine/tasks/who/stdout"), "0\nroot");
 }
+
+#[test]
+fn a_framework_belongs_to_a_user_name_and_an_agent_without_that_user_fails_its_tasks() {
+    if !can_run() {
+        return;
+    }
+    let dev = Dev::start();
+    let user = format!("mfst{}", std::process::id() % 100_000);
+    let made = std::process::Command::new("useradd")
+        .args(["--no-create-home", "--shell", "/usr/sbin/nologin", &user])
+        .status()
+        .expect("running useradd");
+    assert!(made.success(), "useradd {user}");
+    let uid = nix::unistd::User::from_name(&user)
+        .unwrap()
+        .expect("the user exists")
+        .uid;
+    let as_user = format!("setpriv --reuid={uid} --regid={uid} --clear-groups");
+    dev.sh_ok(&format!("{as_user} mkdir frameworks/gone"));
+    assert_eq!(
+        dev.read("frameworks/gone/user"),
+        format!("{uid} {user}"),
+        "the framework records its owner's name"
+    );
+    // The user leaves the agent's machine: the framework's tasks cannot run there as anyone.
+    let removed = std::process::Command::new("userdel")
+        .arg(&user)
+        .status()
+        .expect("running userdel");
+    assert!(removed.success(), "userdel {user}");
+    let offer = dev
+        .sh_ok("cat frameworks/gone/offers/next")
+        .trim()
+        .to_string();
+    dev.sh_ok(&format!(
+        "echo 'name=t -- id' > frameworks/gone/offers/{offer}/launch"
+    ));
+    assert_eq!(
+        dev.sh_ok("cat frameworks/gone/tasks/t/wait").trim(),
+        "TASK_FAILED"
+    );
+    let status: serde_json::Value =
+        serde_json::from_str(&dev.read("frameworks/gone/tasks/t/status.json")).unwrap();
+    assert_eq!(
+        status["reason"], "REASON_CONTAINER_LAUNCH_FAILED",
+        "{status}"
+    );
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&format!("user \"{user}\" does not exist on this agent")),
+        "{status}"
+    );
+
+    // A uid with no name at all cannot make a framework.
+    let out = dev.sh("setpriv --reuid=65533 --regid=65533 --clear-groups mkdir frameworks/anon");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Operation not permitted"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

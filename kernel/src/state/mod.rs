@@ -78,6 +78,10 @@ pub struct FrameworkInfo {
     pub id: FrameworkId,
     /// Its name: the directory under `/frameworks`.
     pub name: String,
+    /// Its owner's user name: its tasks run as this user on every agent (empty for frameworks
+    /// from before user names, whose tasks run as `uid`).
+    #[serde(default)]
+    pub user: String,
     /// The uid that registered it and owns its directory.
     pub uid: u32,
     /// The gid of its directory.
@@ -247,6 +251,9 @@ pub enum Command {
     RegisterFramework {
         /// Its directory name.
         name: String,
+        /// Its owner's user name (empty in logs from before user names).
+        #[serde(default)]
+        user: String,
         /// Owner uid.
         uid: u32,
         /// Owner gid.
@@ -564,6 +571,7 @@ impl ClusterState {
             }
             Command::RegisterFramework {
                 name,
+                user,
                 uid,
                 gid,
                 time_ms,
@@ -578,6 +586,7 @@ impl ClusterState {
                     FrameworkInfo {
                         id: id.clone(),
                         name: name.clone(),
+                        user: user.clone(),
                         uid: *uid,
                         gid: *gid,
                         role: "*".into(),
@@ -815,6 +824,7 @@ mod tests {
                 2,
                 &Command::RegisterFramework {
                     name: "hello".into(),
+                    user: "root".into(),
                     uid: 0,
                     gid: 0,
                     time_ms: 2,
@@ -833,6 +843,7 @@ mod tests {
             3,
             &Command::RegisterFramework {
                 name: "hello".into(),
+                user: "root".into(),
                 uid: 0,
                 gid: 0,
                 time_ms: 3,
@@ -857,6 +868,7 @@ mod tests {
                 4,
                 &Command::RegisterFramework {
                     name: "hello".into(),
+                    user: "root".into(),
                     uid: 0,
                     gid: 0,
                     time_ms: 4,
@@ -1129,6 +1141,7 @@ mod tests {
                     index,
                     &Command::RegisterFramework {
                         name: format!("f{i}"),
+                        user: "root".into(),
                         uid: 0,
                         gid: 0,
                         time_ms: index,
@@ -1221,6 +1234,7 @@ mod tests {
             time_ms: 1,
             command: Box::new(Command::RegisterFramework {
                 name: "f".into(),
+                user: "root".into(),
                 uid: 0,
                 gid: 0,
                 time_ms: 1,

@@ -98,6 +98,7 @@ pub async fn run(args: FailoverArgs) -> Result<()> {
         masters.kill(leader);
         let op = Op::RegisterFramework(proto::RegisterFramework {
             name: format!("failover-{round}"),
+            user: "root".into(),
         });
         client
             .write(0, 0, op)

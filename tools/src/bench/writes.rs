@@ -62,7 +62,10 @@ pub async fn run(args: WritesArgs) -> Result<()> {
                     let mut register = true;
                     while start.elapsed() < duration {
                         let op = if register {
-                            Op::RegisterFramework(proto::RegisterFramework { name: name.clone() })
+                            Op::RegisterFramework(proto::RegisterFramework {
+                                name: name.clone(),
+                                user: "root".into(),
+                            })
                         } else {
                             Op::TeardownFramework(proto::TeardownFramework { name: name.clone() })
                         };

@@ -60,7 +60,9 @@ impl Leader {
         let w = write.as_ref();
         let result = async {
             match op {
-                Op::RegisterFramework(r) => self.register_framework(w, &r.name, uid, gid).await,
+                Op::RegisterFramework(r) => {
+                    self.register_framework(w, &r.name, &r.user, uid, gid).await
+                }
                 Op::TeardownFramework(r) => self.teardown_framework(w, &r.name, uid).await,
                 Op::Launch(r) => {
                     self.launch(w, &r.framework, uid, &r.offer_id, &r.text)
@@ -144,6 +146,7 @@ impl Leader {
         &self,
         write: Option<&WriteId>,
         name: &str,
+        user: &str,
         uid: u32,
         gid: u32,
     ) -> Result<u64, Refusal> {
@@ -153,11 +156,18 @@ impl Leader {
                 format!("invalid framework name {name:?}: {e}"),
             )
         })?;
+        crate::spec::validate_user(user).map_err(|e| {
+            refuse(
+                libc::EINVAL,
+                format!("invalid owner user name {user:?}: {e}; a framework belongs to a user name, which its tasks run as on the agents"),
+            )
+        })?;
         let r = self
             .commit_write(
                 write,
                 Command::RegisterFramework {
                     name: name.to_string(),
+                    user: user.to_string(),
                     uid,
                     gid,
                     time_ms: now_ms(),
@@ -461,6 +471,7 @@ impl Leader {
                         ports: t.ports.clone(),
                         uid: fw.uid,
                         gid: fw.gid,
+                        user: fw.user.clone(),
                     };
                     Some((t.agent_id.clone(), launch))
                 })
