@@ -65,6 +65,15 @@ pub fn record_refusal(copy: &LocalCopy, framework_id: &str, message: &str) {
     view.record_refusal(framework_id, message);
 }
 
+/// Records a reason in the `error` and `events` of the framework named `name`, if registered.
+fn record_for_name(copy: &LocalCopy, name: &str, message: &str) {
+    let mut view = copy.view();
+    let Some(id) = view.state.framework_by_name(name).map(|f| f.id.clone()) else {
+        return;
+    };
+    view.record_refusal(&id, message);
+}
+
 /// The framework name a command is about.
 pub fn op_framework(op: &Op) -> &str {
     match op {
@@ -106,14 +115,7 @@ pub async fn send(
         Ok(written) => visible(copy, &written).await.inspect_err(|e| {
             warn!(%framework, command, index = written.index, reason = %e.message, "write committed but not visible here");
             // Said where the writer reads refusals, though this write took effect.
-            let id = copy
-                .view()
-                .state
-                .framework_by_name(&framework)
-                .map(|f| f.id.clone());
-            if let Some(id) = id {
-                record_refusal(copy, &id, &e.message);
-            }
+            record_for_name(copy, &framework, &e.message);
         }),
         Err(e) => {
             info!(%framework, %task, command, uid, errno = e.errno, reason = %e.message, "write refused");
@@ -133,14 +135,7 @@ pub async fn send(
                 .await;
             }
             if !shown(&copy.view()) && command != "register" {
-                let id = copy
-                    .view()
-                    .state
-                    .framework_by_name(&framework)
-                    .map(|f| f.id.clone());
-                if let Some(id) = id {
-                    record_refusal(copy, &id, &e.message);
-                }
+                record_for_name(copy, &framework, &e.message);
             }
             Err(e)
         }

@@ -14,7 +14,8 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::warn;
 
-use super::hub::Hub;
+use super::hub::{Encoded, Hub};
+use super::leader::board::EncodedLeaderEvent;
 use super::leader::Leader;
 use crate::proto::master_server::Master as MasterRpc;
 use crate::proto::{
@@ -110,6 +111,72 @@ impl MasterService {
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
+/// An event of a broadcast stream, encoded once for every receiver.
+trait Relayed: Send + Sync + 'static {
+    /// Its position in the stream.
+    fn position(&self) -> u64;
+    /// Its JSON.
+    fn json(&self) -> &str;
+}
+
+impl Relayed for Encoded {
+    fn position(&self) -> u64 {
+        self.index
+    }
+
+    fn json(&self) -> &str {
+        &self.json
+    }
+}
+
+impl Relayed for EncodedLeaderEvent {
+    fn position(&self) -> u64 {
+        self.seq
+    }
+
+    fn json(&self) -> &str {
+        &self.json
+    }
+}
+
+/// A receiver's stream: `first`, then every live event past position `start`. A receiver that
+/// falls too far behind gets DATA_LOSS and comes again (`again` says how).
+fn relay<E: Relayed, W: Send + 'static>(
+    first: Vec<String>,
+    start: u64,
+    mut live: broadcast::Receiver<Arc<E>>,
+    wrap: fn(String) -> W,
+    again: &'static str,
+) -> BoxStream<W> {
+    let (tx, out) = mpsc::channel::<Result<W, Status>>(1024);
+    tokio::spawn(async move {
+        for json in first {
+            if tx.send(Ok(wrap(json))).await.is_err() {
+                return;
+            }
+        }
+        loop {
+            match live.recv().await {
+                Ok(e) if e.position() <= start => {}
+                Ok(e) => {
+                    if tx.send(Ok(wrap(e.json().to_string()))).await.is_err() {
+                        return;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    warn!(missed = n, "a receiver fell behind; ending its stream");
+                    let message = format!("fell {n} events behind; {again}");
+                    let _ = tx.send(Err(Status::data_loss(message))).await;
+                    return;
+                }
+                // The stream's source is gone (for the leader stream: the leadership ended).
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+    Box::pin(ReceiverStream::new(out))
+}
+
 #[tonic::async_trait]
 impl MasterRpc for MasterService {
     type AgentSessionStream = BoxStream<MasterMessage>;
@@ -143,47 +210,15 @@ impl MasterRpc for MasterService {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let from = request.into_inner().from_index;
         let sub = self.hub.subscribe(from).await;
-        let (tx, out) = mpsc::channel::<Result<WireEvent, Status>>(1024);
-        tokio::spawn(async move {
-            for e in sub.first {
-                if tx
-                    .send(Ok(WireEvent {
-                        json: e.json.clone(),
-                    }))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            }
-            let mut live = sub.live;
-            loop {
-                match live.recv().await {
-                    Ok(e) if e.index <= sub.start => {}
-                    Ok(e) => {
-                        if tx
-                            .send(Ok(WireEvent {
-                                json: e.json.clone(),
-                            }))
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        // The watcher resumes from the index it reached.
-                        warn!(missed = n, "a watcher fell behind; ending its stream");
-                        let _ = tx
-                            .send(Err(Status::data_loss("watcher fell behind; resume")))
-                            .await;
-                        return;
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(out))))
+        let first = sub.first.iter().map(|e| e.json.clone()).collect();
+        let stream = relay(
+            first,
+            sub.start,
+            sub.live,
+            |json| WireEvent { json },
+            "resume",
+        );
+        Ok(Response::new(stream))
     }
 
     async fn follow(
@@ -191,50 +226,18 @@ impl MasterRpc for MasterService {
         _request: Request<FollowRequest>,
     ) -> Result<Response<Self::FollowStream>, Status> {
         let leader = self.leading()?;
-        let Some((first, mut live)) = leader.board().subscribe() else {
+        let Some((first, live)) = leader.board().subscribe() else {
             return Err(Status::unavailable("this leadership just ended; retry"));
         };
-        let (tx, out) = mpsc::channel::<Result<WireLeaderEvent, Status>>(1024);
-        tokio::spawn(async move {
-            if tx
-                .send(Ok(WireLeaderEvent {
-                    json: first.json.clone(),
-                }))
-                .await
-                .is_err()
-            {
-                return;
-            }
-            loop {
-                match live.recv().await {
-                    Ok(e) if e.seq <= first.seq => {}
-                    Ok(e) => {
-                        if tx
-                            .send(Ok(WireLeaderEvent {
-                                json: e.json.clone(),
-                            }))
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        warn!(
-                            missed = n,
-                            "a follower of the leader stream fell behind; ending its stream"
-                        );
-                        let _ = tx
-                            .send(Err(Status::data_loss("fell behind; follow again")))
-                            .await;
-                        return;
-                    }
-                    // The leadership ended: so does the stream.
-                    Err(broadcast::error::RecvError::Closed) => return,
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(out))))
+        let wrap = |json| WireLeaderEvent { json };
+        let stream = relay(
+            vec![first.json.clone()],
+            first.seq,
+            live,
+            wrap,
+            "follow again",
+        );
+        Ok(Response::new(stream))
     }
 
     async fn write(&self, request: Request<WriteRequest>) -> Result<Response<WriteReply>, Status> {
