@@ -1,6 +1,6 @@
 //! The mesofs cluster model and master: resources, task specs, the replicated state machine,
-//! Raft storage and network, the allocator, the leader's runtime, the gRPC services, and a
-//! client that finds and follows the leader.
+//! Raft storage and network, the allocator, the leader's runtime, the gRPC services, a client
+//! that finds and follows the leader, and the cluster's certificates and TLS.
 
 pub mod client;
 pub mod master;
@@ -9,4 +9,5 @@ pub mod raft;
 pub mod resources;
 pub mod spec;
 pub mod state;
+pub mod tls;
 pub mod watch;

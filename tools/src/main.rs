@@ -38,6 +38,47 @@ enum Cmd {
     Dev(DevArgs),
     /// Measure launch throughput and latency through the mount against a bare cgroup+exec loop.
     Bench(bench::BenchArgs),
+    /// Make the cluster's certificate authority.
+    #[command(subcommand)]
+    Ca(CaCmd),
+    /// Issue a component's certificate from the cluster's certificate authority.
+    #[command(subcommand)]
+    Cert(CertCmd),
+}
+
+#[derive(Subcommand)]
+enum CaCmd {
+    /// Make a new CA in a directory: ca.pem (share it) and ca.key (keep it safe: it makes
+    /// certificates that every component trusts).
+    Init {
+        /// Where to write ca.pem and ca.key.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertCmd {
+    /// Issue a certificate and key for one component: cert.pem, key.pem and the CA's ca.pem,
+    /// in one directory (a component's TLS directory).
+    Issue {
+        /// The CA directory (`mesofs ca init`).
+        #[arg(long, value_name = "DIR")]
+        ca: PathBuf,
+        /// What the component is: master, agent, mount or operator.
+        #[arg(long)]
+        kind: mesofs_kernel::tls::Kind,
+        /// Its name: a master's id, an agent's id, or a name for a mount or operator.
+        #[arg(long)]
+        name: String,
+        /// A host name or address the component is dialed by (its certificate is valid for
+        /// these); repeat for several. Masters and agents need theirs.
+        #[arg(long = "host", value_name = "HOST")]
+        hosts: Vec<String>,
+        /// Where to write cert.pem, key.pem and ca.pem.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -265,6 +306,25 @@ fn main() -> Result<()> {
             Cmd::Mount(a) => run_mount(a).await,
             Cmd::Dev(a) => run_dev(a).await,
             Cmd::Bench(a) => bench::run(a).await,
+            Cmd::Ca(CaCmd::Init { dir }) => {
+                mesofs_kernel::tls::init_ca(&dir)?;
+                println!("made a CA in {} (ca.pem, ca.key)", dir.display());
+                Ok(())
+            }
+            Cmd::Cert(CertCmd::Issue {
+                ca,
+                kind,
+                name,
+                hosts,
+                out,
+            }) => {
+                mesofs_kernel::tls::issue(&ca, kind, &name, &hosts, &out)?;
+                println!(
+                    "issued {kind}:{name} in {} (cert.pem, key.pem, ca.pem)",
+                    out.display()
+                );
+                Ok(())
+            }
         }
     })
 }
