@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesofs_kernel::client::MasterClient;
+use mesofs_kernel::client::{Connector, MasterClient};
 use mesofs_kernel::proto::files_server::FilesServer;
 use mesofs_kernel::resources::Resources;
 use tokio::net::TcpListener;
@@ -159,7 +159,7 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
     };
     let session = Session::start(
         identity,
-        MasterClient::new(config.masters.clone()),
+        MasterClient::new(config.masters.clone(), Connector::plain()),
         containerizer.clone(),
         exits,
         recovered,

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mesofs_kernel::client::MasterClient;
+use mesofs_kernel::client::{Connector, MasterClient};
 use mesofs_kernel::proto::files_server::{Files, FilesServer};
 use mesofs_kernel::proto::{ReadReply, ReadRequest};
 use mesofs_kernel::state::TaskState;
@@ -91,7 +91,7 @@ impl Mounted {
         let dir = tempfile::tempdir().unwrap();
         // Nothing listens on port 1: every command that reaches the network fails with EIO,
         // after a short wait for a leader.
-        let client = MasterClient::new(vec!["127.0.0.1:1".into()])
+        let client = MasterClient::new(vec!["127.0.0.1:1".into()], Connector::plain())
             .with_leader_wait(Duration::from_millis(300));
         let mount = mount(
             dir.path(),

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use mesofs_kernel::client::channel;
+use mesofs_kernel::client::Connector;
 use mesofs_kernel::proto::files_client::FilesClient;
 use mesofs_kernel::proto::{ReadReply, ReadRequest};
 use tonic::transport::Channel;
@@ -46,12 +46,20 @@ pub enum SandboxError {
 }
 
 /// Connections to agents' Files services, one per address, made on first use.
-#[derive(Default)]
 pub struct SandboxFiles {
+    connector: Connector,
     channels: Mutex<HashMap<String, Channel>>,
 }
 
 impl SandboxFiles {
+    /// Connections dialed through `connector` (as the mount).
+    pub fn new(connector: Connector) -> SandboxFiles {
+        SandboxFiles {
+            connector,
+            channels: Mutex::default(),
+        }
+    }
+
     async fn client(&self, address: &str) -> Result<FilesClient<Channel>, SandboxError> {
         let cached = self
             .channels
@@ -62,12 +70,12 @@ impl SandboxFiles {
         let ch = match cached {
             Some(ch) => ch,
             None => {
-                let ch = channel(address)
-                    .await
-                    .map_err(|e| SandboxError::Unreachable {
+                let ch = self.connector.connect(address).await.map_err(|e| {
+                    SandboxError::Unreachable {
                         address: address.to_string(),
                         message: e.to_string(),
-                    })?;
+                    }
+                })?;
                 self.channels
                     .lock()
                     .expect("channels lock")

@@ -56,12 +56,12 @@ impl Shared {
     /// Shared state over a client, a local copy and a runtime.
     pub fn new(client: MasterClient, copy: LocalCopy, rt: tokio::runtime::Handle) -> Shared {
         Shared {
+            sandbox: SandboxFiles::new(client.connector().clone()),
             client,
             copy,
             rt,
             inodes: Mutex::new(Inodes::default()),
             handles: Handles::default(),
-            sandbox: SandboxFiles::default(),
             users: UserNames::default(),
             events: EventStreams::default(),
             unmounting: AtomicBool::new(false),

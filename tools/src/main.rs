@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use mesofs_agent::daemon::{self as agent, AgentConfig};
-use mesofs_kernel::client::MasterClient;
+use mesofs_kernel::client::{Connector, MasterClient};
 use mesofs_kernel::master::{self, LeaderConfig, MasterConfig, RaftTimings};
 use tracing::info;
 
@@ -404,8 +404,8 @@ fn prepare_mountpoint(path: &Path) -> Result<()> {
 
 async fn run_mount(a: MountArgs) -> Result<()> {
     prepare_mountpoint(&a.mount)?;
-    let client =
-        MasterClient::new(a.master).with_leader_wait(seconds(a.leader_wait, "--leader-wait")?);
+    let client = MasterClient::new(a.master, Connector::plain())
+        .with_leader_wait(seconds(a.leader_wait, "--leader-wait")?);
     let copy = client.spawn_local_copy();
     let mount = mesofs_fs::mount(&a.mount, client, copy, tokio::runtime::Handle::current())
         .with_context(|| format!("mounting at {}", a.mount.display()))?;
@@ -442,7 +442,7 @@ async fn run_dev(a: DevArgs) -> Result<()> {
         supervisor: std::env::current_exe().ok(),
     })
     .await?;
-    let client = MasterClient::new(vec![master_addr.clone()]);
+    let client = MasterClient::new(vec![master_addr.clone()], Connector::plain());
     let copy = client.spawn_local_copy();
     let mount = mesofs_fs::mount(&a.mount, client, copy, tokio::runtime::Handle::current())
         .with_context(|| format!("mounting at {}", a.mount.display()))?;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tracing::{debug, info};
 
-use super::{channel_to, LocalCopy, MasterClient};
+use super::{LocalCopy, MasterClient};
 use crate::proto::master_client::MasterClient as GrpcMaster;
 use crate::proto::{FollowRequest, WatchRequest};
 use crate::watch::{LeaderEvent, StateEvent};
@@ -75,7 +75,7 @@ async fn stream_state(client: &MasterClient, copy: &LocalCopy, addr: &str) -> En
             v.index
         }
     };
-    let mut master = GrpcMaster::new(channel_to(addr));
+    let mut master = GrpcMaster::new(client.connector().channel(addr));
     let call = master.watch(WatchRequest { from_index });
     let mut stream = match tokio::time::timeout(super::ASK_TIMEOUT, call).await {
         Ok(Ok(r)) => r.into_inner(),

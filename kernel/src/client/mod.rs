@@ -2,20 +2,22 @@
 //! elections, sends writes to it exactly once each, and keeps a local copy of the cluster fed
 //! by the state and leader streams (`copy`, `feeds`).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tracing::{debug, warn};
 
 use crate::proto::master_client::MasterClient as GrpcMaster;
 use crate::proto::{write_request::Op, LeaderRequest, StatusReply, StatusRequest, WriteRequest};
 
+mod connect;
 mod copy;
 mod feeds;
 
+pub use connect::Connector;
 pub use copy::LocalCopy;
 
 /// How long a write waits for a leader to answer before it fails with EIO, by default.
@@ -27,10 +29,6 @@ pub const UNREACHABLE_AFTER: Duration = Duration::from_secs(3);
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a master that knows no leader may wait for one before answering who leads.
 const LEADER_WAIT_MS: u32 = 1_000;
-/// How often a connection to a master is pinged, and how long the answer may take before the
-/// connection counts as dead.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Metadata key of a refusal by a master that does not lead: `<id> <address>` of the leader.
 const LEADER_METADATA: &str = "mesofs-leader";
 
@@ -73,6 +71,8 @@ pub struct Written {
 }
 
 struct Inner {
+    /// How it dials the masters.
+    connector: Connector,
     /// Known master addresses in order of preference: those given first, then those learned.
     masters: Mutex<Vec<String>>,
     /// The leader's address, while known.
@@ -129,14 +129,15 @@ enum Attempt {
 }
 
 impl MasterClient {
-    /// A client of these master addresses (`host:port`).
-    pub fn new(masters: Vec<String>) -> MasterClient {
-        MasterClient::build(masters, LEADER_WAIT)
+    /// A client of these master addresses (`host:port`), dialing them through `connector`.
+    pub fn new(masters: Vec<String>, connector: Connector) -> MasterClient {
+        MasterClient::build(masters, connector, LEADER_WAIT)
     }
 
-    fn build(masters: Vec<String>, leader_wait: Duration) -> MasterClient {
+    fn build(masters: Vec<String>, connector: Connector, leader_wait: Duration) -> MasterClient {
         MasterClient {
             inner: Arc::new(Inner {
+                connector,
                 masters: Mutex::new(masters),
                 leader: Mutex::new(None),
                 leader_wait,
@@ -150,7 +151,12 @@ impl MasterClient {
 
     /// The same client, with writes waiting up to `wait` for a leader to answer.
     pub fn with_leader_wait(self, wait: Duration) -> MasterClient {
-        MasterClient::build(self.masters(), wait)
+        MasterClient::build(self.masters(), self.inner.connector.clone(), wait)
+    }
+
+    /// How this client dials.
+    pub fn connector(&self) -> &Connector {
+        &self.inner.connector
     }
 
     /// The master addresses this client knows, in order of preference.
@@ -203,14 +209,14 @@ impl MasterClient {
     /// master could be reached; the reason either way.
     pub async fn leader_channel(&self) -> Result<Channel, (bool, String)> {
         if let Some(a) = self.known_leader() {
-            return Ok(channel_to(&a));
+            return Ok(self.inner.connector.channel(&a));
         }
         // Every master at once: one that is down or cut off must not delay the answer.
         let mut asks: futures::stream::FuturesUnordered<_> = self
             .masters()
             .into_iter()
             .map(|addr| async move {
-                let mut master = GrpcMaster::new(channel_to(&addr));
+                let mut master = GrpcMaster::new(self.inner.connector.channel(&addr));
                 let ask = master.leader(LeaderRequest {
                     wait_ms: LEADER_WAIT_MS,
                 });
@@ -232,7 +238,7 @@ impl MasterClient {
                     }
                     debug!(leader = %reply.master_id, address = %reply.address, "found the leader");
                     self.set_leader(Some(reply.address.clone()));
-                    return Ok(channel_to(&reply.address));
+                    return Ok(self.inner.connector.channel(&reply.address));
                 }
                 Ok(Err(status)) => {
                     reached |= status.code() != tonic::Code::Unavailable;
@@ -406,44 +412,9 @@ impl MasterClient {
     }
 }
 
-/// A cached channel to `host:port`: connected on first use, reconnected after failures.
-pub fn channel_to(addr: &str) -> Channel {
-    static CHANNELS: OnceLock<Mutex<HashMap<String, Channel>>> = OnceLock::new();
-    let mut channels = CHANNELS
-        .get_or_init(Default::default)
-        .lock()
-        .expect("channels lock");
-    if let Some(ch) = channels.get(addr) {
-        return ch.clone();
-    }
-    let ch = endpoint(addr).map_or_else(
-        // An address that is not one: every call fails, saying so.
-        |_| Endpoint::from_static("http://invalid.invalid:1").connect_lazy(),
-        |e| e.connect_lazy(),
-    );
-    channels.insert(addr.to_string(), ch.clone());
-    ch
-}
-
-fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(Duration::from_secs(1))
-        .tcp_nodelay(true)
-        // Notice within 1 to 3 s a master that vanished without closing the connection (its
-        // host or link went down), so streams and sessions move to the next leader.
-        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .keep_alive_while_idle(true))
-}
-
-/// Connects to a gRPC endpoint at `host:port` now.
-pub async fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
-    endpoint(addr)?.connect().await
-}
-
 /// Asks the master at `addr` for its status.
-pub async fn master_status(addr: &str) -> Result<StatusReply, String> {
-    let mut master = GrpcMaster::new(channel_to(addr));
+pub async fn master_status(connector: &Connector, addr: &str) -> Result<StatusReply, String> {
+    let mut master = GrpcMaster::new(connector.channel(addr));
     match tokio::time::timeout(ASK_TIMEOUT, master.status(StatusRequest {})).await {
         Ok(Ok(r)) => Ok(r.into_inner()),
         Ok(Err(s)) => Err(s.message().to_string()),

@@ -15,6 +15,7 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use super::MasterError;
+use crate::client::Connector;
 use crate::raft::{MasterNode, Raft};
 
 /// How often the initializing master asks its peers again while too few answer.
@@ -25,6 +26,7 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(1);
 /// Initializes the cluster or starts waiting to be contacted, as described above.
 pub async fn start(
     raft: &Raft,
+    connector: &Connector,
     id: u64,
     me: &MasterNode,
     peers: &BTreeMap<u64, String>,
@@ -68,10 +70,10 @@ pub async fn start(
         );
         return Ok(());
     }
-    let raft = raft.clone();
+    let (raft, connector) = (raft.clone(), connector.clone());
     let me = me.clone();
     let peers = peers.clone();
-    tokio::spawn(async move { initialize_when_ready(raft, id, me, peers).await });
+    tokio::spawn(async move { initialize_when_ready(raft, connector, id, me, peers).await });
     Ok(())
 }
 
@@ -85,12 +87,18 @@ enum Survey {
     Refuse(String),
 }
 
-async fn survey(id: u64, me: &MasterNode, peers: &BTreeMap<u64, String>) -> Survey {
+async fn survey(
+    connector: &Connector,
+    id: u64,
+    me: &MasterNode,
+    peers: &BTreeMap<u64, String>,
+) -> Survey {
     let asks = peers
         .iter()
         .filter(|(p, _)| **p != id)
         .map(|(p, addr)| async move {
-            let reply = tokio::time::timeout(ASK_TIMEOUT, crate::client::master_status(addr)).await;
+            let ask = crate::client::master_status(connector, addr);
+            let reply = tokio::time::timeout(ASK_TIMEOUT, ask).await;
             (*p, addr.clone(), reply)
         });
     let mut members = BTreeMap::from([(id, me.clone())]);
@@ -125,13 +133,19 @@ async fn survey(id: u64, me: &MasterNode, peers: &BTreeMap<u64, String>) -> Surv
     }
 }
 
-async fn initialize_when_ready(raft: Raft, id: u64, me: MasterNode, peers: BTreeMap<u64, String>) {
+async fn initialize_when_ready(
+    raft: Raft,
+    connector: Connector,
+    id: u64,
+    me: MasterNode,
+    peers: BTreeMap<u64, String>,
+) {
     let mut said = None;
     loop {
         if raft.is_initialized().await.unwrap_or(true) {
             return;
         }
-        match survey(id, &me, &peers).await {
+        match survey(&connector, id, &me, &peers).await {
             Survey::Ready(members) => {
                 match raft.initialize(members.clone()).await {
                     Ok(()) => info!(

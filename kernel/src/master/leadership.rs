@@ -62,6 +62,7 @@ pub(super) async fn follow(service: MasterService, config: LeaderConfig, lease: 
             info!(term = m.current_term, epoch, "this master leads");
             let runtime = Leader::new(
                 service.raft().clone(),
+                service.connector().clone(),
                 service.hub().clone(),
                 config.clone(),
                 info,

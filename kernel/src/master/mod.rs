@@ -23,6 +23,7 @@ mod service;
 pub use hub::Hub;
 pub use leader::{Leader, LeaderConfig};
 
+use crate::client::Connector;
 use crate::proto::master_server::MasterServer;
 use crate::proto::raft_server::RaftServer;
 use crate::raft::network::{GrpcNetworkFactory, RaftService};
@@ -225,10 +226,11 @@ pub async fn start(config: MasterConfig) -> Result<MasterHandle, MasterError> {
     }
     .validate()
     .map_err(|e| MasterError::Raft(e.to_string()))?;
+    let connector = Connector::plain();
     let raft = Raft::new(
         config.id,
         Arc::new(raft_config),
-        GrpcNetworkFactory,
+        GrpcNetworkFactory::new(connector.clone()),
         log_store,
         sm_store,
     )
@@ -238,11 +240,12 @@ pub async fn start(config: MasterConfig) -> Result<MasterHandle, MasterError> {
         addr: advertised.clone(),
         incarnation: incarnation.clone(),
     };
-    formation::start(&raft, config.id, &me, &config.peers).await?;
+    formation::start(&raft, &connector, config.id, &me, &config.peers).await?;
 
     let service = MasterService::new(
         config.id,
         me,
+        connector,
         raft.clone(),
         hub.clone(),
         Arc::new(Mutex::new(None)),

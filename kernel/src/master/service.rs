@@ -17,6 +17,7 @@ use tracing::warn;
 use super::hub::{Encoded, Hub};
 use super::leader::board::EncodedLeaderEvent;
 use super::leader::Leader;
+use crate::client::Connector;
 use crate::proto::master_server::Master as MasterRpc;
 use crate::proto::{
     AgentMessage, FollowRequest, LeaderEvent as WireLeaderEvent, LeaderReply, LeaderRequest,
@@ -32,6 +33,7 @@ pub const LEADER_METADATA: &str = "mesofs-leader";
 pub(super) struct MasterService {
     id: u64,
     me: MasterNode,
+    connector: Connector,
     raft: Raft,
     hub: Arc<Hub>,
     pub(super) leader: Arc<Mutex<Option<Arc<Leader>>>>,
@@ -41,6 +43,7 @@ impl MasterService {
     pub(super) fn new(
         id: u64,
         me: MasterNode,
+        connector: Connector,
         raft: Raft,
         hub: Arc<Hub>,
         leader: Arc<Mutex<Option<Arc<Leader>>>>,
@@ -48,6 +51,7 @@ impl MasterService {
         MasterService {
             id,
             me,
+            connector,
             raft,
             hub,
             leader,
@@ -60,6 +64,11 @@ impl MasterService {
 
     pub(super) fn me(&self) -> &MasterNode {
         &self.me
+    }
+
+    /// How this master dials the others.
+    pub(super) fn connector(&self) -> &Connector {
+        &self.connector
     }
 
     pub(super) fn raft(&self) -> &Raft {

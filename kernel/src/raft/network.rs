@@ -19,6 +19,7 @@ use tonic::transport::Channel;
 use tonic::{Request, Status};
 
 use super::{MasterNode, Raft, TypeConfig};
+use crate::client::Connector;
 use crate::proto::raft_client::RaftClient;
 use crate::proto::raft_server;
 use crate::proto::RaftPayload;
@@ -30,9 +31,18 @@ const TARGET_ID: &str = "mesofs-target-id";
 /// Metadata key: the incarnation of the master a Raft request is meant for.
 const TARGET_INCARNATION: &str = "mesofs-target-incarnation";
 
-/// Makes a gRPC client per peer master.
+/// Makes a gRPC client per peer master, dialing as this master.
 #[derive(Clone, Default)]
-pub struct GrpcNetworkFactory;
+pub struct GrpcNetworkFactory {
+    connector: Connector,
+}
+
+impl GrpcNetworkFactory {
+    /// A factory whose clients dial through `connector`.
+    pub fn new(connector: Connector) -> GrpcNetworkFactory {
+        GrpcNetworkFactory { connector }
+    }
+}
 
 impl RaftNetworkFactory<TypeConfig> for GrpcNetworkFactory {
     type Network = GrpcNetwork;
@@ -41,6 +51,7 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetworkFactory {
         GrpcNetwork {
             target,
             node: node.clone(),
+            connector: self.connector.clone(),
             client: None,
         }
     }
@@ -50,6 +61,7 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetworkFactory {
 pub struct GrpcNetwork {
     target: NodeId,
     node: MasterNode,
+    connector: Connector,
     client: Option<RaftClient<Channel>>,
 }
 
@@ -60,7 +72,9 @@ impl GrpcNetwork {
         if let Some(c) = &self.client {
             return Ok(c.clone());
         }
-        let ch = crate::client::channel(&self.node.addr)
+        let ch = self
+            .connector
+            .connect(&self.node.addr)
             .await
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
         let c = RaftClient::new(ch);

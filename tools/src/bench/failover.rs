@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use mesofs_agent::daemon::{self as agent, AgentConfig};
-use mesofs_kernel::client::{LocalCopy, MasterClient};
+use mesofs_kernel::client::{Connector, LocalCopy, MasterClient};
 use mesofs_kernel::proto::{self, write_request::Op};
 use mesofs_kernel::state::AgentState;
 
@@ -70,7 +70,7 @@ pub async fn run(args: FailoverArgs) -> Result<()> {
             .await?,
         );
     }
-    let client = MasterClient::new(masters.addrs.clone());
+    let client = MasterClient::new(masters.addrs.clone(), Connector::plain());
     let copy = client.spawn_local_copy();
     let n = args.agents;
     until(&copy, "a leader and every agent", |v| {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use mesofs_agent::daemon::{self as agent, AgentConfig};
-use mesofs_kernel::client::MasterClient;
+use mesofs_kernel::client::{Connector, MasterClient};
 use mesofs_kernel::master::{self, LeaderConfig, MasterConfig, RaftTimings};
 
 /// Options of the launch benchmark.
@@ -69,7 +69,7 @@ pub async fn run(args: LaunchArgs) -> Result<()> {
         supervisor: std::env::current_exe().ok(),
     })
     .await?;
-    let client = MasterClient::new(vec![master.addr.to_string()]);
+    let client = MasterClient::new(vec![master.addr.to_string()], Connector::plain());
     let copy = client.spawn_local_copy();
     let mount = mesofs_fs::mount(&mount_path, client, copy, tokio::runtime::Handle::current())?;
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use mesofs_kernel::client::MasterClient;
+use mesofs_kernel::client::{Connector, MasterClient};
 use mesofs_kernel::proto::{self, write_request::Op};
 
 use super::masters::LocalMasters;
@@ -38,7 +38,7 @@ pub async fn run(args: WritesArgs) -> Result<()> {
         .tempdir_in(&args.dir)
         .context("creating the bench directory")?;
     let masters = LocalMasters::start(3, tmp.path())?;
-    let client = MasterClient::new(masters.addrs.clone());
+    let client = MasterClient::new(masters.addrs.clone(), Connector::plain());
     let copy = client.spawn_local_copy();
     if !copy
         .wait_until_async(Duration::from_secs(60), |v| v.leader.is_some())

@@ -74,7 +74,9 @@ impl Leader {
         let failed = |e: String| refuse(libc::EIO, e);
         match change {
             Change::Add(id, addr) => {
-                let status = crate::client::master_status(&addr).await.map_err(|e| {
+                let status = crate::client::master_status(&self.connector, &addr)
+                    .await
+                    .map_err(|e| {
                     refuse(
                         libc::ECONNREFUSED,
                         format!("cannot reach a master at {addr} ({e}); start it first (mesofs master --id {id} ...)"),
@@ -176,7 +178,7 @@ impl Leader {
                 } else {
                     match tokio::time::timeout(
                         POLL_TIMEOUT,
-                        crate::client::master_status(&node.addr),
+                        crate::client::master_status(&self.connector, &node.addr),
                     )
                     .await
                     {

@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::warn;
 
 use super::hub::Hub;
+use crate::client::Connector;
 use crate::proto::{master_message, MasterMessage};
 use crate::raft::Raft;
 use crate::resources::Resources;
@@ -110,6 +111,7 @@ struct Committed {
 /// The leader's runtime.
 pub struct Leader {
     raft: Raft,
+    connector: Connector,
     hub: Arc<Hub>,
     board: Board,
     config: LeaderConfig,
@@ -128,6 +130,7 @@ impl Leader {
     /// index at which it began) prefixes its offer ids, numbered after `offer_seq`.
     pub fn new(
         raft: Raft,
+        connector: Connector,
         hub: Arc<Hub>,
         config: LeaderConfig,
         leader: LeaderInfo,
@@ -136,6 +139,7 @@ impl Leader {
     ) -> Arc<Leader> {
         Arc::new_cyclic(|me| Leader {
             raft,
+            connector,
             hub,
             board: Board::new(leader.clone()),
             config,
