@@ -9,6 +9,7 @@ use std::time::Duration;
 use mesofs_kernel::client::{Connector, MasterClient};
 use mesofs_kernel::proto::files_server::FilesServer;
 use mesofs_kernel::resources::Resources;
+use mesofs_kernel::tls::{Kind, TlsFiles};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::transport::server::TcpIncoming;
@@ -35,6 +36,9 @@ pub enum AgentError {
     /// `--resources` did not parse.
     #[error("invalid --resources: {0}")]
     Resources(String),
+    /// The TLS directory does not fit this agent.
+    #[error("{0}")]
+    Tls(String),
     /// The Files service could not listen.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -64,6 +68,9 @@ pub struct AgentConfig {
     /// The `mesofs` binary, run (`mesofs supervise`) as each task's supervisor so that tasks
     /// survive a restart of the agent; `None`: tasks end with the agent.
     pub supervisor: Option<PathBuf>,
+    /// Its certificate (kind agent, named by the agent's id) for mutual TLS with the masters
+    /// and on its file service; `None`: plain gRPC (`--insecure`).
+    pub tls: Option<TlsFiles>,
 }
 
 /// A running agent.
@@ -95,15 +102,37 @@ impl AgentHandle {
 }
 
 /// Starts an agent: detects resources, serves sandbox files, and registers with the masters.
-pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
+pub async fn start(mut config: AgentConfig) -> Result<AgentHandle, AgentError> {
+    // Absolute: task supervisors run in their sandboxes and write into the work directory.
+    config.work_dir =
+        std::path::absolute(&config.work_dir).map_err(|source| AgentError::WorkDir {
+            dir: config.work_dir.clone(),
+            source,
+        })?;
     let work_err = |source| AgentError::WorkDir {
         dir: config.work_dir.clone(),
         source,
     };
     std::fs::create_dir_all(config.work_dir.join("sandboxes")).map_err(work_err)?;
     let lock = lock_work_dir(&config.work_dir)?;
-    let agent_id =
-        crate::inventory::agent_id(&config.work_dir, &config.hostname).map_err(work_err)?;
+    // With a certificate, the agent is who its certificate says (the masters register it
+    // under that id only); the work directory must not belong to another agent.
+    let named = match &config.tls {
+        Some(files) if files.principal.kind != Kind::Agent => {
+            return Err(AgentError::Tls(format!(
+                "the TLS directory's certificate is for {}, not an agent: issue one with `mesofs cert issue --kind agent --name ID ...`",
+                files.principal
+            )))
+        }
+        Some(files) => Some(files.principal.name.clone()),
+        None => {
+            warn!("--insecure: this agent talks plain gRPC, and anyone who reaches its file service can read its tasks' output");
+            None
+        }
+    };
+    let agent_id = crate::inventory::agent_id(&config.work_dir, &config.hostname, named.as_deref())
+        .map_err(work_err)?
+        .map_err(AgentError::Tls)?;
     let resources = match &config.resources {
         Some(r) => Resources::parse(r)
             .map_err(|e| AgentError::Resources(e.to_string()))?
@@ -122,8 +151,14 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
     })?;
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let files = FilesService::new(config.work_dir.clone());
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(files) = &config.tls {
+        builder = builder
+            .tls_config(files.server())
+            .map_err(|e| AgentError::Tls(e.to_string()))?;
+    }
     tokio::spawn(async move {
-        let r = tonic::transport::Server::builder()
+        let r = builder
             .add_service(FilesServer::new(files))
             .serve_with_incoming_shutdown(
                 // Without nodelay, small replies wait out the peer's delayed ACK (~40 ms).
@@ -159,7 +194,13 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
     };
     let session = Session::start(
         identity,
-        MasterClient::new(config.masters.clone(), Connector::plain()),
+        MasterClient::new(
+            config.masters.clone(),
+            config
+                .tls
+                .clone()
+                .map_or_else(Connector::plain, Connector::tls),
+        ),
         containerizer.clone(),
         exits,
         recovered,

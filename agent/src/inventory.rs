@@ -29,11 +29,26 @@ fn mem_total_mb() -> Option<u64> {
     Some(kb / 1024)
 }
 
-/// This agent's id: read from the work directory, or made and saved on first start.
-pub fn agent_id(work_dir: &Path, hostname: &str) -> std::io::Result<String> {
+/// This agent's id: read from the work directory, or saved there on first start (the name its
+/// certificate gives, `named`, or one made of the host name). `Err` when the directory holds
+/// another id than `named`.
+pub fn agent_id(
+    work_dir: &Path,
+    hostname: &str,
+    named: Option<&str>,
+) -> std::io::Result<Result<String, String>> {
     let path = work_dir.join("agent_id");
     match std::fs::read_to_string(&path) {
-        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_string()),
+        Ok(id) if !id.trim().is_empty() => {
+            let id = id.trim().to_string();
+            Ok(match named {
+                Some(n) if n != id => Err(format!(
+                    "the work directory {} belongs to agent {id:?}, but the certificate names agent {n:?}: use that agent's certificate, or another --work-dir",
+                    work_dir.display()
+                )),
+                _ => Ok(id),
+            })
+        }
         _ => {
             let mut bytes = [0u8; 4];
             use std::io::Read;
@@ -48,13 +63,16 @@ pub fn agent_id(work_dir: &Path, hostname: &str) -> std::io::Result<String> {
                     }
                 })
                 .collect();
-            let id = format!("{host}-{:08x}", u32::from_le_bytes(bytes));
+            let id = named.map_or_else(
+                || format!("{host}-{:08x}", u32::from_le_bytes(bytes)),
+                String::from,
+            );
             std::fs::create_dir_all(work_dir)?;
             let tmp = work_dir.join("agent_id.tmp");
             std::fs::write(&tmp, format!("{id}\n"))?;
             std::fs::File::open(&tmp)?.sync_all()?;
             std::fs::rename(&tmp, &path)?;
-            Ok(id)
+            Ok(Ok(id))
         }
     }
 }

@@ -279,6 +279,13 @@ pub struct TlsFiles {
     pub principal: Principal,
 }
 
+impl fmt::Debug for TlsFiles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the key.
+        write!(f, "TlsFiles({})", self.principal)
+    }
+}
+
 impl TlsFiles {
     /// Loads `ca.pem`, `cert.pem` and `key.pem` from `dir`.
     pub fn load(dir: &Path) -> Result<TlsFiles, TlsError> {

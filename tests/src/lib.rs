@@ -304,6 +304,64 @@ pub trait Mounted {
     }
 }
 
+/// A cluster CA of a test's own, and certificates from it, made as an operator would with
+/// `mesofs ca init` and `mesofs cert issue`.
+pub struct TestCa {
+    dir: PathBuf,
+}
+
+impl TestCa {
+    /// Makes a CA under `dir`.
+    pub fn new(dir: &Path) -> TestCa {
+        let ca = TestCa {
+            dir: dir.to_path_buf(),
+        };
+        ca.mesofs(&["ca", "init", "--dir"], &[dir.join("ca").as_os_str()]);
+        ca
+    }
+
+    fn mesofs(&self, args: &[&str], more: &[&std::ffi::OsStr]) {
+        let out = Command::new(mesofs_bin())
+            .args(args)
+            .args(more)
+            .output()
+            .expect("running mesofs");
+        assert!(
+            out.status.success(),
+            "mesofs {args:?} {more:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A name no other test's component has (agents on one machine must differ: an agent's
+    /// cgroups are named by its id, and a starting agent takes the unknown ones there for its
+    /// own leftovers).
+    pub fn unique(&self, prefix: &str) -> String {
+        let tag: String = self
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .collect();
+        format!("{prefix}-{tag}")
+    }
+
+    /// Issues a certificate for `kind`/`name`, valid for `hosts`; returns its TLS directory.
+    pub fn issue(&self, kind: &str, name: &str, hosts: &[&str]) -> PathBuf {
+        let out = self.dir.join("tls").join(format!("{kind}-{name}"));
+        let mut args = vec!["cert", "issue", "--kind", kind, "--name", name];
+        for h in hosts {
+            args.extend(["--host", h]);
+        }
+        args.push("--ca");
+        let ca = self.dir.join("ca");
+        self.mesofs(&args, &[ca.as_os_str(), "--out".as_ref(), out.as_os_str()]);
+        out
+    }
+}
+
 /// A fresh temporary directory for one test's processes.
 pub fn temp_dir() -> tempfile::TempDir {
     tempfile::Builder::new()
@@ -446,9 +504,12 @@ impl Cluster {
             .port();
         let master_addr = format!("127.0.0.1:{port}");
         let mount = tmp.path().join("mnt");
+        let ca = TestCa::new(tmp.path());
         let os = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
         let mut args = os(&["master", "--listen", &master_addr, "--data-dir"]);
         args.push(tmp.path().join("master").into_os_string());
+        args.push("--tls".into());
+        args.push(ca.issue("master", "1", &["127.0.0.1"]).into_os_string());
         args.extend(master_args.iter().map(OsString::from));
         let master = Process::start("master", args, tmp.path().join("master.log"));
         let mut args = os(&[
@@ -463,9 +524,17 @@ impl Cluster {
         ]);
         let agent_work_dir = tmp.path().join("agent");
         args.push(agent_work_dir.clone().into_os_string());
+        args.push("--tls".into());
+        let agent_name = ca.unique("agent");
+        args.push(
+            ca.issue("agent", &agent_name, &["127.0.0.1"])
+                .into_os_string(),
+        );
         let agent = Process::start("agent", args, tmp.path().join("agent.log"));
         let mut args = os(&["mount", "--master", &master_addr, "--mount"]);
         args.push(mount.clone().into_os_string());
+        args.push("--tls".into());
+        args.push(ca.issue("mount", "mount", &[]).into_os_string());
         let mounter = Process::start("mount", args, tmp.path().join("mount.log"));
         let mut cluster = Cluster {
             master,

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::netns::Network;
-use crate::{temp_dir, wait_until_ready, Mounted, Process, TEST_RESOURCES};
+use crate::{temp_dir, wait_until_ready, Mounted, Process, TestCa, TEST_RESOURCES};
 
 /// Masters, an agent and a mount.
 pub struct Masters {
@@ -26,6 +26,7 @@ pub struct Masters {
     /// The test hosts, when the masters run on them.
     pub net: Option<Network>,
     master_args: Vec<String>,
+    ca: TestCa,
     dir: tempfile::TempDir,
 }
 
@@ -60,12 +61,14 @@ impl Masters {
 
     fn start_with(addrs: Vec<String>, net: Option<Network>, master_args: &[&str]) -> Masters {
         let dir = temp_dir();
+        let ca = TestCa::new(dir.path());
         let mount = dir.path().join("mnt");
         let all = addrs.join(",");
-        let listen = match &net {
-            Some(n) => format!("{}:0", n.gateway()),
-            None => "127.0.0.1:0".into(),
+        let ip = match &net {
+            Some(n) => n.gateway(),
+            None => "127.0.0.1".into(),
         };
+        let listen = format!("{ip}:0");
         let mut agent_args = os(&[
             "agent",
             "--master",
@@ -77,8 +80,13 @@ impl Masters {
             "--work-dir",
         ]);
         agent_args.push(dir.path().join("agent").into_os_string());
+        agent_args.push("--tls".into());
+        let agent_name = ca.unique("agent");
+        agent_args.push(ca.issue("agent", &agent_name, &[&ip]).into_os_string());
         let mut mount_args = os(&["mount", "--master", &all, "--mount"]);
         mount_args.push(mount.clone().into_os_string());
+        mount_args.push("--tls".into());
+        mount_args.push(ca.issue("mount", "mount", &[]).into_os_string());
         let mut cluster = Masters {
             masters: Vec::new(),
             addrs,
@@ -89,6 +97,7 @@ impl Masters {
             other_mounts: Vec::new(),
             net,
             master_args: master_args.iter().map(|s| s.to_string()).collect(),
+            ca,
             dir,
         };
         for id in 1..=cluster.addrs.len() as u64 {
@@ -127,6 +136,13 @@ impl Masters {
             "--data-dir",
         ]);
         args.push(self.data_dir(id).into_os_string());
+        let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
+        args.push("--tls".into());
+        args.push(
+            self.ca
+                .issue("master", &id.to_string(), &[host])
+                .into_os_string(),
+        );
         args.extend(self.master_args.iter().map(OsString::from));
         let ns = self.net.as_ref().map(|n| n.ns(id as usize));
         Process::start_in(
@@ -208,6 +224,8 @@ impl Masters {
         let path = self.dir.path().join(name);
         let mut args = os(&["mount", "--master", &list.join(","), "--mount"]);
         args.push(path.clone().into_os_string());
+        args.push("--tls".into());
+        args.push(self.ca.issue("mount", name, &[]).into_os_string());
         args.extend(extra.iter().map(OsString::from));
         let ns = host.and_then(|h| Some(self.net.as_ref()?.ns(h as usize)));
         let p = Process::start_in(

@@ -167,6 +167,7 @@ fn a_second_agent_on_the_same_work_directory_refuses_to_start() {
             "127.0.0.1:1",
             "--listen",
             "127.0.0.1:0",
+            "--insecure",
         ])
         .arg("--work-dir")
         .arg(&c.agent_work_dir)

@@ -11,9 +11,11 @@ use clap::{Args, Parser, Subcommand};
 use mesofs_agent::daemon::{self as agent, AgentConfig};
 use mesofs_kernel::client::{Connector, MasterClient};
 use mesofs_kernel::master::{self, LeaderConfig, MasterConfig, RaftTimings};
+use mesofs_kernel::tls::Kind;
 use tracing::info;
 
 mod bench;
+mod certs;
 
 #[derive(Parser)]
 #[command(
@@ -202,8 +204,9 @@ struct MasterArgs {
     /// This master's Raft node id (a positive number, unique in the cluster).
     #[arg(long, default_value = "1")]
     id: u64,
-    /// Address to listen on.
-    #[arg(long, default_value = "0.0.0.0:5050")]
+    /// Address to listen on (loopback by default: pass this machine's address, or 0.0.0.0 with
+    /// --advertise, for other machines to reach it).
+    #[arg(long, default_value = "127.0.0.1:5050")]
     listen: SocketAddr,
     /// The HOST:PORT other masters, agents and mounts dial to reach this master (required when
     /// --listen is an unspecified address such as 0.0.0.0).
@@ -220,6 +223,8 @@ struct MasterArgs {
     #[command(flatten)]
     raft: RaftArgs,
     #[command(flatten)]
+    tls: certs::TlsArgs,
+    #[command(flatten)]
     leader: LeaderArgs,
 }
 
@@ -231,8 +236,9 @@ struct AgentArgs {
     /// Directory of sandboxes and the agent's id.
     #[arg(long, default_value = "/var/lib/mesofs/agent")]
     work_dir: PathBuf,
-    /// Address of the agent's file service.
-    #[arg(long, default_value = "0.0.0.0:5051")]
+    /// Address of the agent's file service (loopback by default: pass this machine's address
+    /// for mounts on other machines to read sandboxes).
+    #[arg(long, default_value = "127.0.0.1:5051")]
     listen: SocketAddr,
     /// The HOST:PORT mounts dial to read sandboxes (by default the listen address, or the
     /// host name and listen port when listening on every interface).
@@ -244,6 +250,8 @@ struct AgentArgs {
     /// Resources to offer in Mesos syntax, e.g. "cpus:2;mem:1024;ports:[31000-31999]" (detected when absent).
     #[arg(long)]
     resources: Option<String>,
+    #[command(flatten)]
+    tls: certs::TlsArgs,
 }
 
 #[derive(Args)]
@@ -257,6 +265,8 @@ struct MountArgs {
     /// Seconds a write waits for a leader to answer (a master restarting, an election) before it fails with EIO.
     #[arg(long, default_value = "30", value_name = "SECONDS")]
     leader_wait: f64,
+    #[command(flatten)]
+    tls: certs::TlsArgs,
 }
 
 #[derive(Args)]
@@ -358,6 +368,14 @@ async fn run_master(a: MasterArgs) -> Result<()> {
         peers: parse_peers(&a.peers)?,
         data_dir: a.data_dir,
         timings: a.raft.timings()?,
+        tls: a.tls.load(
+            "mesofs master",
+            &[Kind::Master],
+            &format!(
+                "mesofs cert issue --ca CA --kind master --name {} --host HOST --out DIR",
+                a.id
+            ),
+        )?,
         leader: a.leader.config()?,
     })
     .await?;
@@ -376,6 +394,11 @@ async fn run_agent(a: AgentArgs) -> Result<()> {
         hostname: a.hostname.unwrap_or_else(hostname),
         resources: a.resources,
         supervisor: std::env::current_exe().ok(),
+        tls: a.tls.load(
+            "mesofs agent",
+            &[Kind::Agent],
+            "mesofs cert issue --ca CA --kind agent --name ID --host HOST --out DIR",
+        )?,
     })
     .await?;
     let sig = stop_signal().await?;
@@ -404,7 +427,13 @@ fn prepare_mountpoint(path: &Path) -> Result<()> {
 
 async fn run_mount(a: MountArgs) -> Result<()> {
     prepare_mountpoint(&a.mount)?;
-    let client = MasterClient::new(a.master, Connector::plain())
+    let tls = a.tls.load(
+        "mesofs mount",
+        &[Kind::Mount, Kind::Operator],
+        "mesofs cert issue --ca CA --kind mount --name NAME --out DIR",
+    )?;
+    let connector = tls.map_or_else(Connector::plain, Connector::tls);
+    let client = MasterClient::new(a.master, connector)
         .with_leader_wait(seconds(a.leader_wait, "--leader-wait")?);
     let copy = client.spawn_local_copy();
     let mount = mesofs_fs::mount(&a.mount, client, copy, tokio::runtime::Handle::current())
@@ -421,6 +450,12 @@ async fn run_dev(a: DevArgs) -> Result<()> {
         bail!("--data-dir must not be empty");
     }
     prepare_mountpoint(&a.mount)?;
+    // Its own CA and certificates: security costs the newcomer no command.
+    let work_dir = a.data_dir.join("agent");
+    let agent_id = mesofs_agent::inventory::agent_id(&work_dir, &hostname(), None)
+        .with_context(|| format!("reading the agent's id in {}", work_dir.display()))?
+        .map_err(anyhow::Error::msg)?;
+    let tls = certs::dev_tls(&a.data_dir, &agent_id, a.listen.ip())?;
     let master = master::start(MasterConfig {
         id: 1,
         listen: a.listen,
@@ -428,21 +463,23 @@ async fn run_dev(a: DevArgs) -> Result<()> {
         peers: BTreeMap::new(),
         data_dir: a.data_dir.join("master"),
         timings: RaftTimings::default(),
+        tls: Some(tls.master),
         leader: a.leader.config()?,
     })
     .await?;
     let master_addr = master.advertised.clone();
     let agent = agent::start(AgentConfig {
         masters: vec![master_addr.clone()],
-        work_dir: a.data_dir.join("agent"),
+        work_dir,
         listen: SocketAddr::new(master.addr.ip(), 0),
         advertise: None,
         hostname: hostname(),
         resources: a.resources,
         supervisor: std::env::current_exe().ok(),
+        tls: Some(tls.agent),
     })
     .await?;
-    let client = MasterClient::new(vec![master_addr.clone()], Connector::plain());
+    let client = MasterClient::new(vec![master_addr.clone()], Connector::tls(tls.mount));
     let copy = client.spawn_local_copy();
     let mount = mesofs_fs::mount(&a.mount, client, copy, tokio::runtime::Handle::current())
         .with_context(|| format!("mounting at {}", a.mount.display()))?;

@@ -28,6 +28,7 @@ use crate::proto::master_server::MasterServer;
 use crate::proto::raft_server::RaftServer;
 use crate::raft::network::{GrpcNetworkFactory, RaftService};
 use crate::raft::{storage, MasterNode, Raft};
+use crate::tls::{Kind, Principal, TlsFiles};
 use service::MasterService;
 
 /// Why a master could not start.
@@ -55,6 +56,9 @@ pub enum MasterError {
     /// Raft failed to start.
     #[error("raft failed: {0}")]
     Raft(String),
+    /// Its TLS directory does not fit it.
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// Raft's timing: how often the leader heartbeats and how long followers wait for one before
@@ -99,6 +103,9 @@ pub struct MasterConfig {
     pub data_dir: PathBuf,
     /// Raft's heartbeat and election timing.
     pub timings: RaftTimings,
+    /// Its certificate (kind master, named by its id) for mutual TLS on every connection it
+    /// serves and makes; `None`: plain gRPC (`--insecure`).
+    pub tls: Option<TlsFiles>,
     /// The leader's settings.
     pub leader: LeaderConfig,
 }
@@ -226,7 +233,25 @@ pub async fn start(config: MasterConfig) -> Result<MasterHandle, MasterError> {
     }
     .validate()
     .map_err(|e| MasterError::Raft(e.to_string()))?;
-    let connector = Connector::plain();
+    let connector = match &config.tls {
+        Some(files) => {
+            let want = Principal {
+                kind: Kind::Master,
+                name: config.id.to_string(),
+            };
+            if files.principal != want {
+                return Err(MasterError::Tls(format!(
+                    "the TLS directory's certificate is for {}, not {want}: issue one with `mesofs cert issue --kind master --name {} ...`",
+                    files.principal, config.id
+                )));
+            }
+            Connector::tls(files.clone())
+        }
+        None => {
+            warn!("--insecure: masters, agents and mounts talk plain gRPC, and anyone who reaches this master's port can write as any user and register as any agent");
+            Connector::plain()
+        }
+    };
     let raft = Raft::new(
         config.id,
         Arc::new(raft_config),
@@ -263,12 +288,18 @@ pub async fn start(config: MasterConfig) -> Result<MasterHandle, MasterError> {
 
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let raft_service = RaftService::new(raft.clone(), config.id, incarnation);
-    let server = tokio::spawn(async move {
+    let mut builder = tonic::transport::Server::builder()
         // Keepalive pings end the streams of agents and mounts whose host vanished without
         // closing the connection, so their sessions end and their offers are rescinded.
-        let result = tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(5)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .http2_keepalive_interval(Some(Duration::from_secs(5)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)));
+    if let Some(files) = &config.tls {
+        builder = builder
+            .tls_config(files.server())
+            .map_err(|e| MasterError::Tls(e.to_string()))?;
+    }
+    let server = tokio::spawn(async move {
+        let result = builder
             .add_service(MasterServer::new(service))
             .add_service(RaftServer::new(raft_service))
             .serve_with_incoming_shutdown(
@@ -305,6 +336,7 @@ mod tests {
             peers: peers.iter().map(|(i, a)| (*i, a.to_string())).collect(),
             data_dir: PathBuf::from("/nonexistent"),
             timings: RaftTimings::default(),
+            tls: None,
             leader: LeaderConfig::default(),
         }
     }

@@ -13,6 +13,7 @@ use mesofs_agent::daemon::{self as agent, AgentConfig};
 use mesofs_kernel::client::{Connector, LocalCopy, MasterClient};
 use mesofs_kernel::proto::{self, write_request::Op};
 use mesofs_kernel::state::AgentState;
+use mesofs_kernel::tls::Kind;
 
 use super::masters::LocalMasters;
 use super::spread;
@@ -66,11 +67,15 @@ pub async fn run(args: FailoverArgs) -> Result<()> {
                 hostname: format!("bench-agent-{i}"),
                 resources: Some("cpus:1;mem:1024".into()),
                 supervisor: std::env::current_exe().ok(),
+                tls: Some(masters.issue(Kind::Agent, &format!("bench-agent-{i}"))?),
             })
             .await?,
         );
     }
-    let client = MasterClient::new(masters.addrs.clone(), Connector::plain());
+    let client = MasterClient::new(
+        masters.addrs.clone(),
+        Connector::tls(masters.issue(Kind::Mount, "bench")?),
+    );
     let copy = client.spawn_local_copy();
     let n = args.agents;
     until(&copy, "a leader and every agent", |v| {

@@ -43,6 +43,8 @@ pub async fn run(args: LaunchArgs) -> Result<()> {
         .context("creating the bench directory")?;
     let mount_path = tmp.path().join("mnt");
     std::fs::create_dir_all(&mount_path)?;
+    // Certificates as `mesofs dev` makes them: the real, mutual-TLS path.
+    let tls = crate::certs::dev_tls(tmp.path(), "bench-agent", "127.0.0.1".parse()?)?;
     let master = master::start(MasterConfig {
         id: 1,
         listen: "127.0.0.1:0".parse()?,
@@ -50,6 +52,7 @@ pub async fn run(args: LaunchArgs) -> Result<()> {
         peers: Default::default(),
         data_dir: tmp.path().join("master"),
         timings: RaftTimings::default(),
+        tls: Some(tls.master),
         leader: LeaderConfig::default(),
     })
     .await?;
@@ -67,9 +70,10 @@ pub async fn run(args: LaunchArgs) -> Result<()> {
         hostname: "localhost".into(),
         resources: Some(resources),
         supervisor: std::env::current_exe().ok(),
+        tls: Some(tls.agent),
     })
     .await?;
-    let client = MasterClient::new(vec![master.addr.to_string()], Connector::plain());
+    let client = MasterClient::new(vec![master.addr.to_string()], Connector::tls(tls.mount));
     let copy = client.spawn_local_copy();
     let mount = mesofs_fs::mount(&mount_path, client, copy, tokio::runtime::Handle::current())?;
 

@@ -1,10 +1,12 @@
-//! Masters for the benchmarks: `mesofs master` processes on loopback forming one cluster, so a
-//! benchmark can SIGKILL one as a real failure would.
+//! Masters for the benchmarks: `mesofs master` processes on loopback forming one cluster, with
+//! mutual TLS from a CA of the benchmark's own, so a benchmark can SIGKILL one as a real
+//! failure would.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use anyhow::{Context, Result};
+use mesofs_kernel::tls::{self, Kind, TlsFiles};
 
 /// Master processes, `children[i]` being master `i + 1`.
 pub struct LocalMasters {
@@ -26,16 +28,32 @@ impl LocalMasters {
         let addrs = (0..n)
             .map(|_| Ok(format!("127.0.0.1:{}", free_port()?)))
             .collect::<Result<Vec<_>>>()?;
-        let mut m = LocalMasters {
+        let m = LocalMasters {
             children: Vec::new(),
             addrs,
             dir: dir.to_path_buf(),
         };
+        tls::init_ca(&m.dir.join("ca")).context("making the benchmark's CA")?;
+        let mut m = m;
         for id in 1..=n as u64 {
+            m.issue(Kind::Master, &id.to_string())?;
             let child = m.spawn(id)?;
             m.children.push(Some(child));
         }
         Ok(m)
+    }
+
+    /// Issues a certificate from the benchmark's CA (valid for loopback) and loads it.
+    pub fn issue(&self, kind: Kind, name: &str) -> Result<TlsFiles> {
+        let out = self.dir.join("tls").join(format!("{kind}-{name}"));
+        tls::issue(
+            &self.dir.join("ca"),
+            kind,
+            name,
+            &["127.0.0.1".into()],
+            &out,
+        )?;
+        Ok(TlsFiles::load(&out)?)
     }
 
     fn spawn(&self, id: u64) -> Result<Child> {
@@ -54,6 +72,8 @@ impl LocalMasters {
             .arg(&self.addrs[id as usize - 1])
             .args(["--peers", &peers.join(","), "--data-dir"])
             .arg(self.dir.join(format!("master{id}")))
+            .arg("--tls")
+            .arg(self.dir.join("tls").join(format!("master-{id}")))
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)

@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use mesofs_kernel::client::{Connector, MasterClient};
 use mesofs_kernel::proto::{self, write_request::Op};
+use mesofs_kernel::tls::Kind;
 
 use super::masters::LocalMasters;
 use super::spread;
@@ -38,7 +39,10 @@ pub async fn run(args: WritesArgs) -> Result<()> {
         .tempdir_in(&args.dir)
         .context("creating the bench directory")?;
     let masters = LocalMasters::start(3, tmp.path())?;
-    let client = MasterClient::new(masters.addrs.clone(), Connector::plain());
+    let client = MasterClient::new(
+        masters.addrs.clone(),
+        Connector::tls(masters.issue(Kind::Mount, "bench")?),
+    );
     let copy = client.spawn_local_copy();
     if !copy
         .wait_until_async(Duration::from_secs(60), |v| v.leader.is_some())
