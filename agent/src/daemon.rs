@@ -9,7 +9,7 @@ use std::time::Duration;
 use mesofs_kernel::client::{Connector, MasterClient};
 use mesofs_kernel::proto::files_server::FilesServer;
 use mesofs_kernel::resources::Resources;
-use mesofs_kernel::tls::{Kind, TlsFiles};
+use mesofs_kernel::tls::{Guard, Kind, TlsFiles};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::transport::server::TcpIncoming;
@@ -150,7 +150,7 @@ pub async fn start(mut config: AgentConfig) -> Result<AgentHandle, AgentError> {
         source,
     })?;
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-    let files = FilesService::new(config.work_dir.clone());
+    let files = FilesService::new(config.work_dir.clone(), Guard::of(config.tls.as_ref()));
     let mut builder = tonic::transport::Server::builder();
     if let Some(files) = &config.tls {
         builder = builder

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use mesofs_kernel::proto::files_server::Files;
 use mesofs_kernel::proto::{ReadReply, ReadRequest};
+use mesofs_kernel::tls::{Guard, Kind};
 use nix::errno::Errno;
 use nix::fcntl::{openat, OFlag};
 use nix::sys::stat::Mode;
@@ -27,12 +28,14 @@ const MAX_READ: u64 = 1 << 20;
 /// Serves sandbox files under a work directory.
 pub struct FilesService {
     work_dir: PathBuf,
+    guard: Guard,
 }
 
 impl FilesService {
-    /// A service for sandboxes under `work_dir/sandboxes`.
-    pub fn new(work_dir: PathBuf) -> FilesService {
-        FilesService { work_dir }
+    /// A service for sandboxes under `work_dir/sandboxes`, to masters and mounts only (when
+    /// `guard` checks certificates).
+    pub fn new(work_dir: PathBuf, guard: Guard) -> FilesService {
+        FilesService { work_dir, guard }
     }
 }
 
@@ -134,6 +137,8 @@ pub fn open_sandbox_file(
 #[tonic::async_trait]
 impl Files for FilesService {
     async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadReply>, Status> {
+        self.guard
+            .admit(&request, "read sandboxes", &[Kind::Master, Kind::Mount])?;
         let req = request.into_inner();
         if !valid_component(&req.task_id) || !matches!(req.file.as_str(), "stdout" | "stderr") {
             return Err(Status::invalid_argument(

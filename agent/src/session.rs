@@ -13,13 +13,15 @@ use mesofs_kernel::proto::{self, agent_message, master_message, AgentMessage};
 use mesofs_kernel::spec::{TaskCommand, TaskSpec};
 use mesofs_kernel::state::TaskState;
 use tokio::sync::mpsc;
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::checkpoint::{Checkpoints, UpdateCheckpoint};
 use crate::containerizer::{Command, Containerizer, ExitKind, LaunchSpec, TaskExit, TaskUser};
 
 /// How often unacknowledged status updates are sent again.
 const RETRY_INTERVAL: Duration = Duration::from_secs(2);
+/// How long an agent whose registration was refused waits before asking again.
+const REFUSED_RETRY: Duration = Duration::from_secs(5);
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -343,6 +345,15 @@ impl Session {
         let mut inbound = match GrpcMaster::new(ch).agent_session(outbound).await {
             Ok(r) => r.into_inner(),
             Err(s) => {
+                if matches!(
+                    s.code(),
+                    tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
+                ) {
+                    // Not something a retry mends: the operator must give this agent another
+                    // certificate. Say so each time, at a pace that does not flood the log.
+                    error!(reason = %s.message(), "the master refused this agent's registration");
+                    tokio::time::sleep(REFUSED_RETRY).await;
+                }
                 if s.code() == tonic::Code::FailedPrecondition {
                     // A master that does not lead names the one that does.
                     self.masters.follow_refusal(&s);

@@ -339,6 +339,57 @@ pub fn peer_principal<T>(req: &tonic::Request<T>) -> Result<Principal, tonic::St
     principal_of(first.as_ref()).map_err(|e| tonic::Status::unauthenticated(e.to_string()))
 }
 
+/// Who a server lets call it: with certificates, callers of the given kinds; without (an
+/// `--insecure` server), anyone, since it cannot tell callers apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Guard {
+    /// Mutual TLS: the caller's certificate names its principal.
+    Certificates,
+    /// Plain gRPC (`--insecure`): no principal, nothing refused.
+    Open,
+}
+
+impl Guard {
+    /// The guard of a server configured with `tls` (or without).
+    pub fn of(tls: Option<&TlsFiles>) -> Guard {
+        if tls.is_some() {
+            Guard::Certificates
+        } else {
+            Guard::Open
+        }
+    }
+
+    /// The caller's principal, if it is one of `kinds`; otherwise PERMISSION_DENIED (or
+    /// UNAUTHENTICATED without a mesofs certificate), logged here and said to the caller.
+    /// `what` names the call, as in "speak Raft". An open guard admits anyone, as `None`.
+    pub fn admit<T>(
+        self,
+        req: &tonic::Request<T>,
+        what: &str,
+        kinds: &[Kind],
+    ) -> Result<Option<Principal>, tonic::Status> {
+        if self == Guard::Open {
+            return Ok(None);
+        }
+        let remote = req
+            .remote_addr()
+            .map_or_else(|| "an unknown address".to_string(), |a| a.to_string());
+        let who = peer_principal(req).inspect_err(|s| {
+            tracing::warn!(%remote, what, reason = %s.message(), "refused a caller without a mesofs certificate");
+        })?;
+        if kinds.contains(&who.kind) {
+            return Ok(Some(who));
+        }
+        let allowed: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
+        let message = format!(
+            "{who} may not {what}: only a certificate of kind {} may",
+            allowed.join(" or ")
+        );
+        tracing::warn!(%remote, principal = %who, "refused: {message}");
+        Err(tonic::Status::permission_denied(message))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -489,6 +489,10 @@ pub struct Cluster {
     pub mount: PathBuf,
     /// The agent's work directory.
     pub agent_work_dir: PathBuf,
+    /// The master's address.
+    pub master_addr: String,
+    /// The CA the cluster's certificates come from.
+    pub ca: TestCa,
     _tmp: tempfile::TempDir,
 }
 
@@ -542,6 +546,8 @@ impl Cluster {
             mounter,
             mount,
             agent_work_dir,
+            master_addr,
+            ca,
             _tmp: tmp,
         };
         wait_until_ready(&mut cluster);

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use tracing::{debug, info};
+use tracing::{debug, error, info};
 
 use super::{LocalCopy, MasterClient};
 use crate::proto::master_client::MasterClient as GrpcMaster;
@@ -79,7 +79,12 @@ async fn stream_state(client: &MasterClient, copy: &LocalCopy, addr: &str) -> En
     let call = master.watch(WatchRequest { from_index });
     let mut stream = match tokio::time::timeout(super::ASK_TIMEOUT, call).await {
         Ok(Ok(r)) => r.into_inner(),
-        Ok(Err(s)) => return Ended::Failed(s.message().to_string()),
+        Ok(Err(s)) => {
+            if super::refused_identity(&s) {
+                error!(master = %addr, reason = %s.message(), "the master refused to serve this mount its state");
+            }
+            return Ended::Failed(s.message().to_string());
+        }
         Err(_) => return Ended::Failed("no answer".into()),
     };
     let mut delivered = false;
@@ -177,6 +182,9 @@ async fn follow(
     let mut stream = match GrpcMaster::new(ch).follow(FollowRequest {}).await {
         Ok(r) => r.into_inner(),
         Err(s) => {
+            if super::refused_identity(&s) {
+                error!(reason = %s.message(), "the leader refused to serve this mount its offers");
+            }
             // A master that does not lead names the one that does (or none).
             if s.code() == tonic::Code::FailedPrecondition {
                 client.follow_refusal(&s);

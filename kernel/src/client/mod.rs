@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tonic::transport::Channel;
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use crate::proto::master_client::MasterClient as GrpcMaster;
 use crate::proto::{write_request::Op, LeaderRequest, StatusReply, StatusRequest, WriteRequest};
@@ -385,6 +385,13 @@ impl MasterClient {
                     })),
                 }
             }
+            Err(status) if refused_identity(&status) => {
+                error!(reason = %status.message(), "the master refused this client's certificate");
+                Attempt::Done(Err(WriteError::new(
+                    libc::EACCES,
+                    format!("the master refused this mount: {}", status.message()),
+                )))
+            }
             Err(status) => {
                 // Whatever happened to the request, sending it again is safe: it carries its
                 // write id, and the masters apply each write once.
@@ -420,4 +427,12 @@ pub async fn master_status(connector: &Connector, addr: &str) -> Result<StatusRe
         Ok(Err(s)) => Err(s.message().to_string()),
         Err(_) => Err(format!("no answer within {}s", ASK_TIMEOUT.as_secs())),
     }
+}
+
+/// Whether a master refused the caller's certificate (no retry mends that).
+pub(crate) fn refused_identity(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
+    )
 }

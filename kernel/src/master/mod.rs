@@ -28,7 +28,7 @@ use crate::proto::master_server::MasterServer;
 use crate::proto::raft_server::RaftServer;
 use crate::raft::network::{GrpcNetworkFactory, RaftService};
 use crate::raft::{storage, MasterNode, Raft};
-use crate::tls::{Kind, Principal, TlsFiles};
+use crate::tls::{Guard, Kind, Principal, TlsFiles};
 use service::MasterService;
 
 /// Why a master could not start.
@@ -274,6 +274,7 @@ pub async fn start(config: MasterConfig) -> Result<MasterHandle, MasterError> {
         raft.clone(),
         hub.clone(),
         Arc::new(Mutex::new(None)),
+        Guard::of(config.tls.as_ref()),
     );
     // A leader that hears no majority for this long stops acting as leader: by then the others
     // (who stand for election after the maximum election timeout twice over at most) may have
@@ -287,7 +288,12 @@ pub async fn start(config: MasterConfig) -> Result<MasterHandle, MasterError> {
     ));
 
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-    let raft_service = RaftService::new(raft.clone(), config.id, incarnation);
+    let raft_service = RaftService::new(
+        raft.clone(),
+        config.id,
+        incarnation,
+        Guard::of(config.tls.as_ref()),
+    );
     let mut builder = tonic::transport::Server::builder()
         // Keepalive pings end the streams of agents and mounts whose host vanished without
         // closing the connection, so their sessions end and their offers are rescinded.

@@ -20,11 +20,18 @@ use super::leader::Leader;
 use crate::client::Connector;
 use crate::proto::master_server::Master as MasterRpc;
 use crate::proto::{
-    AgentMessage, FollowRequest, LeaderEvent as WireLeaderEvent, LeaderReply, LeaderRequest,
-    MasterMessage, StatusReply, StatusRequest, WatchEvent as WireEvent, WatchRequest, WriteReply,
-    WriteRequest,
+    agent_message, AgentMessage, FollowRequest, LeaderEvent as WireLeaderEvent, LeaderReply,
+    LeaderRequest, MasterMessage, StatusReply, StatusRequest, WatchEvent as WireEvent,
+    WatchRequest, WriteReply, WriteRequest,
 };
 use crate::raft::{MasterNode, Raft};
+use crate::tls::{Guard, Kind};
+
+/// Who writes and reads the state: mounts, and operators' tools.
+const WRITERS: &[Kind] = &[Kind::Mount, Kind::Operator];
+
+/// How long a new agent session may take to send its registration.
+const REGISTER_WITHIN: Duration = Duration::from_secs(10);
 
 /// Metadata key of a refusal by a master that does not lead: the leader's address.
 pub const LEADER_METADATA: &str = "mesofs-leader";
@@ -37,6 +44,7 @@ pub(super) struct MasterService {
     raft: Raft,
     hub: Arc<Hub>,
     pub(super) leader: Arc<Mutex<Option<Arc<Leader>>>>,
+    guard: Guard,
 }
 
 impl MasterService {
@@ -47,6 +55,7 @@ impl MasterService {
         raft: Raft,
         hub: Arc<Hub>,
         leader: Arc<Mutex<Option<Arc<Leader>>>>,
+        guard: Guard,
     ) -> MasterService {
         MasterService {
             id,
@@ -55,6 +64,7 @@ impl MasterService {
             raft,
             hub,
             leader,
+            guard,
         }
     }
 
@@ -196,8 +206,38 @@ impl MasterRpc for MasterService {
         &self,
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::AgentSessionStream>, Status> {
+        let principal = self
+            .guard
+            .admit(&request, "register as an agent", &[Kind::Agent])?;
         let leader = self.leading()?;
         let mut inbound = request.into_inner();
+        // The registration comes first; its id must be the one the certificate names.
+        let first = tokio::time::timeout(REGISTER_WITHIN, inbound.message()).await;
+        let register = match first {
+            Ok(Ok(Some(AgentMessage {
+                msg: Some(agent_message::Msg::Register(r)),
+            }))) => r,
+            Ok(Err(s)) => return Err(s),
+            Ok(Ok(_)) => {
+                return Err(Status::invalid_argument(
+                    "an agent session starts with a registration",
+                ))
+            }
+            Err(_) => {
+                return Err(Status::deadline_exceeded(format!(
+                    "no registration within {}s of opening the session",
+                    REGISTER_WITHIN.as_secs()
+                )))
+            }
+        };
+        if let Some(p) = principal.filter(|p| p.name != register.agent_id) {
+            let message = format!(
+                "{p} may not register as agent {:?}: an agent registers under the name its certificate gives",
+                register.agent_id
+            );
+            warn!("refused: {message}");
+            return Err(Status::permission_denied(message));
+        }
         let (in_tx, in_rx) = mpsc::channel(4096);
         // A reader task, so the session can drain whatever has arrived in one batch.
         tokio::spawn(async move {
@@ -208,7 +248,7 @@ impl MasterRpc for MasterService {
             }
         });
         let (out_tx, out_rx) = mpsc::unbounded_channel();
-        tokio::spawn(leader.agent_session(in_rx, out_tx));
+        tokio::spawn(leader.agent_session(register, in_rx, out_tx));
         let stream = UnboundedReceiverStream::new(out_rx).map(Ok);
         Ok(Response::new(Box::pin(stream)))
     }
@@ -217,6 +257,8 @@ impl MasterRpc for MasterService {
         &self,
         request: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        self.guard
+            .admit(&request, "read the cluster's state", WRITERS)?;
         let from = request.into_inner().from_index;
         let sub = self.hub.subscribe(from).await;
         let first = sub.first.iter().map(|e| e.json.clone()).collect();
@@ -232,8 +274,10 @@ impl MasterRpc for MasterService {
 
     async fn follow(
         &self,
-        _request: Request<FollowRequest>,
+        request: Request<FollowRequest>,
     ) -> Result<Response<Self::FollowStream>, Status> {
+        self.guard
+            .admit(&request, "follow the leader's offers", WRITERS)?;
         let leader = self.leading()?;
         let Some((first, live)) = leader.board().subscribe() else {
             return Err(Status::unavailable("this leadership just ended; retry"));
@@ -250,8 +294,11 @@ impl MasterRpc for MasterService {
     }
 
     async fn write(&self, request: Request<WriteRequest>) -> Result<Response<WriteReply>, Status> {
+        let principal = self.guard.admit(&request, "write", WRITERS)?;
         let leader = self.leading()?;
-        Ok(Response::new(leader.write(request.into_inner()).await))
+        Ok(Response::new(
+            leader.write(request.into_inner(), principal).await,
+        ))
     }
 
     async fn leader(

@@ -23,6 +23,7 @@ use crate::client::Connector;
 use crate::proto::raft_client::RaftClient;
 use crate::proto::raft_server;
 use crate::proto::RaftPayload;
+use crate::tls::{Guard, Kind};
 
 type NodeId = u64;
 
@@ -116,8 +117,14 @@ impl GrpcNetwork {
     ) -> RPCError<NodeId, MasterNode, E> {
         // Drop the channel so the next call reconnects.
         self.client = None;
-        if status.code() == tonic::Code::FailedPrecondition {
-            // Not the master the membership names: say so loudly, it needs an operator.
+        if matches!(
+            status.code(),
+            tonic::Code::FailedPrecondition
+                | tonic::Code::PermissionDenied
+                | tonic::Code::Unauthenticated
+        ) {
+            // Not the master the membership names, or refused our certificate: say so loudly,
+            // it needs an operator.
             tracing::warn!(target = self.target, address = %self.node.addr, error = %status.message(), "raft peer refused");
         } else {
             tracing::debug!(target = self.target, error = %status.message(), "raft rpc failed");
@@ -179,20 +186,24 @@ pub struct RaftService {
     raft: Raft,
     id: NodeId,
     incarnation: String,
+    guard: Guard,
 }
 
 impl RaftService {
-    /// A service for this node: master `id`, whose data directory is `incarnation`.
-    pub fn new(raft: Raft, id: NodeId, incarnation: String) -> RaftService {
+    /// A service for this node: master `id`, whose data directory is `incarnation`; only
+    /// masters may call it (when `guard` checks certificates).
+    pub fn new(raft: Raft, id: NodeId, incarnation: String, guard: Guard) -> RaftService {
         RaftService {
             raft,
             id,
             incarnation,
+            guard,
         }
     }
 
-    /// Decodes a request meant for this master; refuses one meant for another.
+    /// Decodes a request from a master meant for this master; refuses any other.
     fn accept<T: DeserializeOwned>(&self, req: Request<RaftPayload>) -> Result<T, Status> {
+        self.guard.admit(&req, "speak Raft", &[Kind::Master])?;
         let meta = req.metadata();
         let text = |key| meta.get(key).and_then(|v| v.to_str().ok());
         if let Some(target) = text(TARGET_ID) {

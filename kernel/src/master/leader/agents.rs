@@ -13,19 +13,14 @@ use crate::resources::Resources;
 use crate::state::{AgentState, Command, TaskState, Transition};
 
 impl Leader {
-    /// Runs one agent's session: registration, then status updates until the stream ends.
+    /// Runs one agent's session: its registration (read by the service), then status updates
+    /// until the stream ends.
     pub async fn agent_session(
         self: Arc<Self>,
+        reg: proto::RegisterAgent,
         mut inbound: mpsc::Receiver<proto::AgentMessage>,
         tx: mpsc::UnboundedSender<MasterMessage>,
     ) {
-        let Some(proto::AgentMessage {
-            msg: Some(proto::agent_message::Msg::Register(reg)),
-        }) = inbound.recv().await
-        else {
-            warn!("agent session did not start with a registration; closing it");
-            return;
-        };
         let agent_id = reg.agent_id.clone();
         let span = info_span!("agent", agent = %agent_id);
         async {

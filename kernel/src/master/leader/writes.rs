@@ -12,6 +12,7 @@ use crate::resources::Resources;
 use crate::spec::parse_specs;
 use crate::state::clients::WriteId;
 use crate::state::{task_id, Command, FrameworkInfo, NewTask, StateError};
+use crate::tls::Principal;
 
 /// The errno a state machine refusal of this write gives.
 fn op_errno(op: &Op, _error: &StateError) -> i32 {
@@ -26,7 +27,12 @@ fn op_errno(op: &Op, _error: &StateError) -> i32 {
 impl Leader {
     /// Handles one write and answers with an errno and the positions at which its effects are
     /// visible. A write its client sent before (a retry) is answered as it was the first time.
-    pub async fn write(self: &Arc<Self>, req: WriteRequest) -> WriteReply {
+    /// `principal` is the writer's certificate (none on an `--insecure` master).
+    pub async fn write(
+        self: &Arc<Self>,
+        req: WriteRequest,
+        principal: Option<Principal>,
+    ) -> WriteReply {
         let (uid, gid) = (req.uid, req.gid);
         let Some(op) = req.op else {
             return self.reply(Err(refuse(libc::EINVAL, "a write without an operation")));
@@ -56,7 +62,10 @@ impl Leader {
             Op::Membership(_) => String::new(),
         };
         let registering = matches!(op, Op::RegisterFramework(_));
-        let span = info_span!("write", framework = %framework, uid);
+        let by = principal
+            .as_ref()
+            .map_or_else(String::new, |p| p.to_string());
+        let span = info_span!("write", framework = %framework, uid, principal = %by);
         let w = write.as_ref();
         let result = async {
             match op {
