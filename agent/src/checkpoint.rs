@@ -109,7 +109,8 @@ impl Checkpoints {
     }
 }
 
-fn write_json(path: &Path, value: &impl Serialize) -> io::Result<()> {
+/// Writes `value` as JSON to `path`, replacing it whole (a crash leaves the old one or the new).
+pub(crate) fn write_json(path: &Path, value: &impl Serialize) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
     fs::write(&tmp, serde_json::to_vec(value).map_err(io::Error::other)?)?;
     fs::rename(&tmp, path)

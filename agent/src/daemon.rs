@@ -15,9 +15,11 @@ use tokio::sync::oneshot;
 use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
 
+use crate::acls::SandboxAcls;
 use crate::containerizer::Containerizer;
 use crate::files::FilesService;
 use crate::session::{Identity, Session};
+use mesofs_kernel::limits::{MAX_FILES_REQUEST, MAX_IN_FLIGHT_PER_CONNECTION};
 
 /// Why an agent could not start.
 #[derive(Debug, thiserror::Error)]
@@ -150,8 +152,14 @@ pub async fn start(mut config: AgentConfig) -> Result<AgentHandle, AgentError> {
         source,
     })?;
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-    let files = FilesService::new(config.work_dir.clone(), Guard::of(config.tls.as_ref()));
-    let mut builder = tonic::transport::Server::builder();
+    let acls = Arc::new(SandboxAcls::load(&config.work_dir));
+    let files = FilesService::new(
+        config.work_dir.clone(),
+        Guard::of(config.tls.as_ref()),
+        acls.clone(),
+    );
+    let mut builder = tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(MAX_IN_FLIGHT_PER_CONNECTION);
     if let Some(files) = &config.tls {
         builder = builder
             .tls_config(files.server())
@@ -159,7 +167,7 @@ pub async fn start(mut config: AgentConfig) -> Result<AgentHandle, AgentError> {
     }
     tokio::spawn(async move {
         let r = builder
-            .add_service(FilesServer::new(files))
+            .add_service(FilesServer::new(files).max_decoding_message_size(MAX_FILES_REQUEST))
             .serve_with_incoming_shutdown(
                 // Without nodelay, small replies wait out the peer's delayed ACK (~40 ms).
                 TcpIncoming::from(listener).with_nodelay(Some(true)),
@@ -204,6 +212,7 @@ pub async fn start(mut config: AgentConfig) -> Result<AgentHandle, AgentError> {
         containerizer.clone(),
         exits,
         recovered,
+        acls,
     );
     info!(agent = %agent_id, %resources, files = %files_addr, "agent started");
     Ok(AgentHandle {

@@ -11,10 +11,13 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use mesofs_kernel::proto::files_server::Files;
 use mesofs_kernel::proto::{ReadReply, ReadRequest};
 use mesofs_kernel::tls::{Guard, Kind};
+
+use crate::acls::SandboxAcls;
 use nix::errno::Errno;
 use nix::fcntl::{openat, OFlag};
 use nix::sys::stat::Mode;
@@ -29,13 +32,18 @@ const MAX_READ: u64 = 1 << 20;
 pub struct FilesService {
     work_dir: PathBuf,
     guard: Guard,
+    acls: Arc<SandboxAcls>,
 }
 
 impl FilesService {
     /// A service for sandboxes under `work_dir/sandboxes`, to masters and mounts only (when
-    /// `guard` checks certificates).
-    pub fn new(work_dir: PathBuf, guard: Guard) -> FilesService {
-        FilesService { work_dir, guard }
+    /// `guard` checks certificates), as far as the cluster's `acls` let them.
+    pub fn new(work_dir: PathBuf, guard: Guard, acls: Arc<SandboxAcls>) -> FilesService {
+        FilesService {
+            work_dir,
+            guard,
+            acls,
+        }
     }
 }
 
@@ -57,6 +65,9 @@ pub enum SandboxFileError {
     /// The task's user may not read it.
     #[error("{0}: the task's user may not read it")]
     Denied(String),
+    /// The ACLs do not let the reader read this task's sandbox.
+    #[error("{0}")]
+    Forbidden(String),
     /// Any other failure.
     #[error("{0}: {1}")]
     Io(String, std::io::Error),
@@ -92,11 +103,13 @@ impl Drop for FsIds {
 }
 
 /// Opens `<sandboxes>/<task_id>/<file>` as described in the module's documentation; `None`
-/// when the sandbox or the file does not exist (yet).
+/// when the sandbox or the file does not exist (yet). `may_read` is asked first, with the uid
+/// the sandbox belongs to (its task's user).
 pub fn open_sandbox_file(
     sandboxes: &Path,
     task_id: &str,
     file: &str,
+    may_read: impl FnOnce(u32) -> Result<(), String>,
 ) -> Result<Option<File>, SandboxFileError> {
     let shown = format!("{task_id}/{file}");
     let io = |e: Errno| SandboxFileError::Io(shown.clone(), std::io::Error::from(e));
@@ -112,6 +125,7 @@ pub fn open_sandbox_file(
         Err(e) => return Err(io(e)),
     };
     let owner = nix::sys::stat::fstat(&dir).map_err(io)?;
+    may_read(owner.st_uid).map_err(SandboxFileError::Forbidden)?;
     let opened = {
         let _as_user =
             (nix::unistd::geteuid().is_root()).then(|| FsIds::assume(owner.st_uid, owner.st_gid));
@@ -137,8 +151,10 @@ pub fn open_sandbox_file(
 #[tonic::async_trait]
 impl Files for FilesService {
     async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadReply>, Status> {
-        self.guard
-            .admit(&request, "read sandboxes", &[Kind::Master, Kind::Mount])?;
+        let principal =
+            self.guard
+                .admit(&request, "read sandboxes", &[Kind::Master, Kind::Mount])?;
+        let acls = self.acls.clone();
         let req = request.into_inner();
         if !valid_component(&req.task_id) || !matches!(req.file.as_str(), "stdout" | "stderr") {
             return Err(Status::invalid_argument(
@@ -149,7 +165,15 @@ impl Files for FilesService {
         let length = req.length.min(MAX_READ);
         let offset = req.offset;
         tokio::task::spawn_blocking(move || {
-            let f = open_sandbox_file(&sandboxes, &req.task_id, &req.file).inspect_err(|e| {
+            let may_read = |uid: u32| {
+                // A task runs as a user name; ACLs name users.
+                let user = nix::unistd::User::from_uid(Uid::from_raw(uid))
+                    .ok()
+                    .flatten()
+                    .map_or_else(|| uid.to_string(), |u| u.name);
+                acls.allows(principal.as_ref(), &user)
+            };
+            let f = open_sandbox_file(&sandboxes, &req.task_id, &req.file, may_read).inspect_err(|e| {
                 warn!(task = %req.task_id, file = %req.file, error = %e, "sandbox read refused")
             })?;
             // Not started yet: an empty file.
@@ -183,6 +207,10 @@ impl Files for FilesService {
 mod tests {
     use super::*;
 
+    fn anyone(_: u32) -> Result<(), String> {
+        Ok(())
+    }
+
     fn sandbox() -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let task = dir.path().join("f-1.t");
@@ -194,16 +222,16 @@ mod tests {
     #[test]
     fn a_regular_file_in_the_sandbox_is_served_and_a_missing_one_is_empty() {
         let (dir, _) = sandbox();
-        let mut f = open_sandbox_file(dir.path(), "f-1.t", "stdout")
+        let mut f = open_sandbox_file(dir.path(), "f-1.t", "stdout", anyone)
             .unwrap()
             .unwrap();
         let mut s = String::new();
         f.read_to_string(&mut s).unwrap();
         assert_eq!(s, "hello\n");
-        assert!(open_sandbox_file(dir.path(), "f-1.t", "stderr")
+        assert!(open_sandbox_file(dir.path(), "f-1.t", "stderr", anyone)
             .unwrap()
             .is_none());
-        assert!(open_sandbox_file(dir.path(), "nope", "stdout")
+        assert!(open_sandbox_file(dir.path(), "nope", "stdout", anyone)
             .unwrap()
             .is_none());
     }
@@ -216,18 +244,18 @@ mod tests {
         std::fs::remove_file(task.join("stdout")).unwrap();
         std::os::unix::fs::symlink(&secret, task.join("stdout")).unwrap();
         assert!(matches!(
-            open_sandbox_file(dir.path(), "f-1.t", "stdout"),
+            open_sandbox_file(dir.path(), "f-1.t", "stdout", anyone),
             Err(SandboxFileError::Symlink(_))
         ));
         nix::unistd::mkfifo(&task.join("stderr"), Mode::from_bits_truncate(0o644)).unwrap();
         assert!(matches!(
-            open_sandbox_file(dir.path(), "f-1.t", "stderr"),
+            open_sandbox_file(dir.path(), "f-1.t", "stderr", anyone),
             Err(SandboxFileError::NotRegular(_))
         ));
         // The sandbox directory itself replaced by a link to another one.
         std::os::unix::fs::symlink(&task, dir.path().join("f-1.u")).unwrap();
         assert!(matches!(
-            open_sandbox_file(dir.path(), "f-1.u", "stdout"),
+            open_sandbox_file(dir.path(), "f-1.u", "stdout", anyone),
             Err(SandboxFileError::Symlink(_))
         ));
     }
@@ -254,13 +282,26 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(
-            open_sandbox_file(dir.path(), "f-1.t", "stderr"),
+            open_sandbox_file(dir.path(), "f-1.t", "stderr", anyone),
             Err(SandboxFileError::Denied(_))
         ));
         // Its own readable file is served.
         std::os::unix::fs::chown(task.join("stdout"), Some(nobody), Some(nobody)).unwrap();
-        assert!(open_sandbox_file(dir.path(), "f-1.t", "stdout")
+        assert!(open_sandbox_file(dir.path(), "f-1.t", "stdout", anyone)
             .unwrap()
             .is_some());
+    }
+
+    #[test]
+    fn a_reader_the_acls_refuse_is_refused_before_the_file_is_opened() {
+        let (dir, _) = sandbox();
+        let mut asked = None;
+        let r = open_sandbox_file(dir.path(), "f-1.t", "stdout", |uid| {
+            asked = Some(uid);
+            Err("mount:web may not read the sandboxes of user \"alice\"'s tasks".into())
+        });
+        assert!(matches!(r, Err(SandboxFileError::Forbidden(m)) if m.contains("mount:web")));
+        let me = nix::unistd::getuid().as_raw();
+        assert_eq!(asked, Some(me), "asked with the sandbox owner's uid");
     }
 }

@@ -4,6 +4,7 @@
 //! the sandboxes' files. It checkpoints what it runs, so that restarted after a crash it takes
 //! its running tasks back and loses no status update.
 
+pub mod acls;
 pub mod checkpoint;
 pub mod containerizer;
 pub mod daemon;

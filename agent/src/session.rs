@@ -7,14 +7,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use mesofs_kernel::client::MasterClient;
-use mesofs_kernel::proto::master_client::MasterClient as GrpcMaster;
+use mesofs_kernel::client::{master_rpc, MasterClient};
 use mesofs_kernel::proto::{self, agent_message, master_message, AgentMessage};
 use mesofs_kernel::spec::{TaskCommand, TaskSpec};
 use mesofs_kernel::state::TaskState;
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
+use crate::acls::SandboxAcls;
 use crate::checkpoint::{Checkpoints, UpdateCheckpoint};
 use crate::containerizer::{Command, Containerizer, ExitKind, LaunchSpec, TaskExit, TaskUser};
 
@@ -197,17 +197,21 @@ pub struct Session {
     containerizer: Arc<Containerizer>,
     outbox: Arc<Outbox>,
     phases: Mutex<std::collections::HashMap<String, Phase>>,
+    /// The cluster's ACLs, as each registration brings them.
+    acls: Arc<SandboxAcls>,
 }
 
 impl Session {
     /// A session for this agent; `exits` is the containerizer's exit channel, `recovered` the
-    /// tasks the containerizer found running from an earlier run of the agent.
+    /// tasks the containerizer found running from an earlier run of the agent; `acls` takes
+    /// the ACLs each registration brings.
     pub fn start(
         identity: Identity,
         masters: MasterClient,
         containerizer: Arc<Containerizer>,
         mut exits: mpsc::UnboundedReceiver<TaskExit>,
         recovered: Vec<String>,
+        acls: Arc<SandboxAcls>,
     ) -> Arc<Session> {
         let outbox = Arc::new(Outbox::load(
             format!("{}-{}", identity.agent_id, now_ms()),
@@ -235,6 +239,7 @@ impl Session {
             containerizer,
             outbox,
             phases: Mutex::new(phases),
+            acls,
         });
         let s = session.clone();
         tokio::spawn(async move {
@@ -342,7 +347,7 @@ impl Session {
         })
         .map_err(|e| e.to_string())?;
         let outbound = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);
-        let mut inbound = match GrpcMaster::new(ch).agent_session(outbound).await {
+        let mut inbound = match master_rpc(ch).agent_session(outbound).await {
             Ok(r) => r.into_inner(),
             Err(s) => {
                 if matches!(
@@ -371,6 +376,7 @@ impl Session {
             match msg.msg {
                 Some(master_message::Msg::Registered(r)) => {
                     info!(agent = %id.agent_id, heartbeat_ms = r.heartbeat_interval_ms, "registered with the master");
+                    self.acls.update(&r.acls_json);
                     self.outbox.resend_all(&tx);
                     *self.outbox.session.lock().expect("session lock") = Some(tx.clone());
                     if r.heartbeat_interval_ms > 0 {

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use mesofs_kernel::client::{LocalCopy, MasterClient, WriteError, Written};
+use mesofs_kernel::client::{LocalCopy, MasterClient, WriteError, Writer, Written};
 use mesofs_kernel::proto;
 use mesofs_kernel::proto::write_request::Op;
 use mesofs_kernel::watch::View;
@@ -97,21 +97,21 @@ fn op_name(op: &Op) -> &'static str {
     }
 }
 
-/// Sends one command as `uid`/`gid` and waits until its outcome is visible in the local copy.
+/// Sends one command for `writer` and waits until its outcome is visible in the local copy.
 pub async fn send(
     client: &MasterClient,
     copy: &LocalCopy,
-    uid: u32,
-    gid: u32,
+    writer: &Writer,
     op: Op,
 ) -> Result<(), WriteError> {
+    let uid = writer.uid;
     let framework = op_framework(&op).to_string();
     let command = op_name(&op);
     let task = match &op {
         Op::Kill(k) => k.task.clone(),
         _ => String::new(),
     };
-    match client.write(uid, gid, op).await {
+    match client.write(writer, op).await {
         Ok(written) => visible(copy, &written).await.inspect_err(|e| {
             warn!(%framework, command, index = written.index, reason = %e.message, "write committed but not visible here");
             // Said where the writer reads refusals, though this write took effect.

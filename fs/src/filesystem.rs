@@ -255,7 +255,9 @@ impl Filesystem for MesoFs {
         // (or root) any time, others not at all (they cannot write these files), so a
         // stranger's `touch` fails instead of seeming to work.
         let times = [atime, mtime];
-        if times.iter().any(Option::is_some) && !permissions::owns(&view, &node, req.uid()) {
+        if times.iter().any(Option::is_some)
+            && !permissions::owns(&view, &self.shared.users, &node, req.uid())
+        {
             let explicit = times
                 .iter()
                 .any(|t| matches!(t, Some(TimeOrNow::SpecificTime(_))));
@@ -267,7 +269,9 @@ impl Filesystem for MesoFs {
         }
         // `echo x > kill` truncates before it writes: a no-op on control files.
         if size.is_some() {
-            if let Err(e) = permissions::check_open(&view, &node, req.uid(), false, true) {
+            if let Err(e) =
+                permissions::check_open(&view, &self.shared.users, &node, req.uid(), false, true)
+            {
                 return reply.error(errno(e));
             }
         }
@@ -390,7 +394,7 @@ impl Filesystem for MesoFs {
             if parent != Node::Frameworks {
                 return reply.error(Errno::EPERM);
             }
-            if !permissions::may_remove(&view, &child, uid) {
+            if !permissions::may_remove(&view, &self.shared.users, &child, uid) {
                 info!(framework = %name, uid, "rmdir refused: not the owner");
                 return reply.error(Errno::EACCES);
             }
@@ -458,7 +462,9 @@ impl Filesystem for MesoFs {
             OpenAccMode::O_WRONLY => (false, true),
             OpenAccMode::O_RDWR => (true, true),
         };
-        if let Err(e) = permissions::check_open(&view, &node, req.uid(), read, write) {
+        if let Err(e) =
+            permissions::check_open(&view, &self.shared.users, &node, req.uid(), read, write)
+        {
             debug!(?node, uid = req.uid(), write, "open refused");
             return reply.error(errno(e));
         }
@@ -787,7 +793,7 @@ impl Filesystem for MesoFs {
         if !node.exists(&view) {
             return reply.error(Errno::ENOENT);
         }
-        match permissions::check_access(&view, &node, req.uid(), mask.bits()) {
+        match permissions::check_access(&view, &self.shared.users, &node, req.uid(), mask.bits()) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
         }

@@ -86,6 +86,7 @@ impl Cluster {
             } else {
                 "nobody".into()
             },
+            principal: Some("mount:fixture".into()),
             uid,
             gid: uid,
             time_ms: 1_700_000_001_000,

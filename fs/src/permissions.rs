@@ -6,14 +6,22 @@
 use mesofs_kernel::watch::View;
 
 use crate::tree::{Kind, Node};
+use crate::users::Users;
 
 /// Whether `uid` counts as the owner of a node (root always does).
-pub fn owns(view: &View, node: &Node, uid: u32) -> bool {
-    uid == 0 || node.owner(view).0 == uid
+pub fn owns(view: &View, users: &Users, node: &Node, uid: u32) -> bool {
+    uid == 0 || node.owner(view, users).0 == uid
 }
 
 /// The errno for opening a file for reading and/or writing, if refused.
-pub fn check_open(view: &View, node: &Node, uid: u32, read: bool, write: bool) -> Result<(), i32> {
+pub fn check_open(
+    view: &View,
+    users: &Users,
+    node: &Node,
+    uid: u32,
+    read: bool,
+    write: bool,
+) -> Result<(), i32> {
     match node.kind() {
         Kind::Dir if write => return Err(libc::EISDIR),
         Kind::Dir | Kind::Symlink => return Ok(()),
@@ -23,7 +31,7 @@ pub fn check_open(view: &View, node: &Node, uid: u32, read: bool, write: bool) -
         if !node.writable() {
             return Err(libc::EACCES);
         }
-        if !owns(view, node, uid) {
+        if !owns(view, users, node, uid) {
             return Err(libc::EACCES);
         }
     }
@@ -31,21 +39,27 @@ pub fn check_open(view: &View, node: &Node, uid: u32, read: bool, write: bool) -
         return Err(libc::EACCES);
     }
     // Readable by others only when the mode says so (a task's output is its owner's).
-    if read && node.mode() & 0o004 == 0 && !owns(view, node, uid) {
+    if read && node.mode() & 0o004 == 0 && !owns(view, users, node, uid) {
         return Err(libc::EACCES);
     }
     Ok(())
 }
 
 /// The errno for `access(2)` with `R_OK`/`W_OK`/`X_OK` bits, if refused.
-pub fn check_access(view: &View, node: &Node, uid: u32, mask: i32) -> Result<(), i32> {
+pub fn check_access(
+    view: &View,
+    users: &Users,
+    node: &Node,
+    uid: u32,
+    mask: i32,
+) -> Result<(), i32> {
     let read = mask & libc::R_OK != 0;
     let write = mask & libc::W_OK != 0;
     let exec = mask & libc::X_OK != 0;
     match node.kind() {
         Kind::Dir => {
             // Anyone may mkdir in /frameworks; elsewhere only the owner "writes" a directory.
-            if write && *node != Node::Frameworks && !owns(view, node, uid) {
+            if write && *node != Node::Frameworks && !owns(view, users, node, uid) {
                 return Err(libc::EACCES);
             }
             Ok(())
@@ -55,12 +69,12 @@ pub fn check_access(view: &View, node: &Node, uid: u32, mask: i32) -> Result<(),
             if exec {
                 return Err(libc::EACCES);
             }
-            check_open(view, node, uid, read, write)
+            check_open(view, users, node, uid, read, write)
         }
     }
 }
 
 /// Whether `uid` may tear down (rmdir) this framework directory.
-pub fn may_remove(view: &View, node: &Node, uid: u32) -> bool {
-    owns(view, node, uid)
+pub fn may_remove(view: &View, users: &Users, node: &Node, uid: u32) -> bool {
+    owns(view, users, node, uid)
 }

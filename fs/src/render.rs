@@ -1,8 +1,7 @@
 //! What reading a file gives: the text of every rendered file and the target of every link,
 //! computed from a view.
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::collections::BTreeSet;
 
 use mesofs_kernel::resources::{Ranges, Resources, Value};
 use mesofs_kernel::state::{AgentState, TaskInfo};
@@ -13,6 +12,7 @@ use crate::tree::{
     active_framework, agent_link_task, task_of, AgentFile, ClusterFile, FrameworkFile, MasterFile,
     Node, OfferFile, TaskFile,
 };
+use crate::users::Users;
 
 /// The text of `/README`.
 pub const README: &str = "\
@@ -28,7 +28,7 @@ into a file. Everything is plain text, one value per file.
   cluster/masters/      <id>/ address, role, applied; ctl takes `add ID HOST:PORT`, `remove ID`
   agents/<id>/          hostname, address, state, resources, available, tasks/
   frameworks/           mkdir NAME registers a framework, rmdir NAME tears it down
-  frameworks/<f>/       id, user, role, error, events, events_pipe, offers/, tasks/
+  frameworks/<f>/       id, user, principal, role, error, events, events_pipe, offers/, tasks/
 
 A framework in shell:
 
@@ -49,30 +49,8 @@ offers/next, tasks/<t>/wait and events_pipe block until there is something to re
 ends them. The full reference is docs/filesystem.md in the mesofs source.
 ";
 
-/// Names of uids, looked up once each (the passwd lookup may be slow).
-#[derive(Default)]
-pub struct UserNames {
-    names: Mutex<HashMap<u32, Option<String>>>,
-}
-
-impl UserNames {
-    /// The user name of a uid, if the system knows one.
-    pub fn name(&self, uid: u32) -> Option<String> {
-        let mut names = self.names.lock().expect("user names lock");
-        names
-            .entry(uid)
-            .or_insert_with(|| {
-                nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-                    .ok()
-                    .flatten()
-                    .map(|u| u.name)
-            })
-            .clone()
-    }
-}
-
 /// The content of a rendered file, or `None` if the node is gone or not a rendered file.
-pub fn render(view: &View, node: &Node, users: &UserNames) -> Option<String> {
+pub fn render(view: &View, node: &Node, users: &Users) -> Option<String> {
     let text = match node {
         Node::Readme => README.to_string(),
         Node::ClusterFile(ClusterFile::Leader) => line(
@@ -110,6 +88,7 @@ pub fn render(view: &View, node: &Node, users: &UserNames) -> Option<String> {
                     Some(name) => format!("{} {name}\n", fw.uid),
                     None => line(fw.uid.to_string()),
                 },
+                FrameworkFile::Principal => line(fw.principal.as_deref().unwrap_or("")),
                 FrameworkFile::Role => line(&fw.role),
                 FrameworkFile::Error => view.errors.get(f).cloned().unwrap_or_default(),
                 FrameworkFile::Events | FrameworkFile::EventsPipe => return None,
@@ -372,7 +351,7 @@ mod tests {
     use crate::fixture::standard;
 
     fn text(view: &View, node: Node) -> String {
-        render(view, &node, &UserNames::default()).expect("renders")
+        render(view, &node, &Users::default()).expect("renders")
     }
 
     #[test]
@@ -420,6 +399,7 @@ mod tests {
         assert_eq!(fw(FrameworkFile::Id), format!("{hello}\n"));
         assert_eq!(fw(FrameworkFile::User), "0 root\n");
         assert_eq!(fw(FrameworkFile::Role), "*\n");
+        assert_eq!(fw(FrameworkFile::Principal), "mount:fixture\n");
         assert_eq!(fw(FrameworkFile::Error), "offer 9-9 is gone\n");
         assert_eq!(
             text(
@@ -445,7 +425,7 @@ mod tests {
         assert!(render(
             &view,
             &Node::OfferFile(hello, "1-1".into(), OfferFile::Launch),
-            &UserNames::default()
+            &Users::default()
         )
         .is_none());
     }

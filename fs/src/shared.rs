@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{FileAttr, FileType, INodeNo};
-use mesofs_kernel::client::{LocalCopy, MasterClient, WriteError};
+use mesofs_kernel::client::{LocalCopy, MasterClient, WriteError, Writer};
 use mesofs_kernel::proto::write_request::Op;
 use mesofs_kernel::watch::View;
 use tracing::info;
@@ -17,9 +17,10 @@ use crate::commands;
 use crate::events::EventStreams;
 use crate::handles::Handles;
 use crate::inodes::Inodes;
-use crate::render::{self, UserNames};
+use crate::render;
 use crate::sandbox::SandboxFiles;
 use crate::tree::{self, Content, Kind, Node};
+use crate::users::Users;
 use crate::write_limit::DEFAULT_COMMAND_LIMIT;
 
 /// State shared by the session thread, the runtime's tasks and the mount handle.
@@ -37,7 +38,7 @@ pub struct Shared {
     /// Connections to agents for stdout/stderr.
     pub sandbox: SandboxFiles,
     /// uid to user name.
-    pub users: UserNames,
+    pub users: Users,
     /// Byte offsets of the `events` files.
     pub events: EventStreams,
     /// Set when unmounting: held reads give up.
@@ -62,7 +63,7 @@ impl Shared {
             rt,
             inodes: Mutex::new(Inodes::default()),
             handles: Handles::default(),
-            users: UserNames::default(),
+            users: Users::default(),
             events: EventStreams::default(),
             unmounting: AtomicBool::new(false),
             started: SystemTime::now(),
@@ -79,7 +80,12 @@ impl Shared {
     /// killed ends the wait early (EINTR, and the command may still take effect): a caller
     /// that lives on gets the command's real outcome.
     pub async fn send(&self, pid: u32, uid: u32, gid: u32, op: Op) -> Result<(), WriteError> {
-        let sending = commands::send(&self.client, &self.copy, uid, gid, op);
+        let writer = Writer {
+            uid,
+            gid,
+            user: self.users.name(uid).unwrap_or_default(),
+        };
+        let sending = commands::send(&self.client, &self.copy, &writer, op);
         match blocking::unless_caller_dies(pid, &self.unmounting, sending).await {
             Ok(result) => result,
             Err(i) => {
@@ -104,7 +110,7 @@ impl Shared {
     /// The attributes of a node as the view has it; `size` only for sandbox files, whose size
     /// is not in the view.
     pub fn attr(&self, view: &View, node: &Node, ino: u64, sandbox_size: u64) -> FileAttr {
-        let (uid, gid) = node.owner(view);
+        let (uid, gid) = node.owner(view, &self.users);
         let (kind, size, nlink) = match node.kind() {
             Kind::Dir => {
                 let subdirs = node

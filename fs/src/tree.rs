@@ -8,6 +8,8 @@
 use mesofs_kernel::state::{task_id, FrameworkInfo, TaskInfo};
 use mesofs_kernel::watch::View;
 
+use crate::users::Users;
+
 macro_rules! named_files {
     ($(#[$meta:meta])* $ty:ident { $($(#[$vmeta:meta])* $var:ident => $name:literal),* $(,)? }) => {
         $(#[$meta])*
@@ -80,6 +82,8 @@ named_files! {
         Id => "id",
         /// `user`: the owner's uid and name.
         User => "user",
+        /// `principal`: the certificate of the mount it was made through.
+        Principal => "principal",
         /// `role`.
         Role => "role",
         /// `error`: the last refused write's reason.
@@ -579,11 +583,20 @@ impl Node {
         }
     }
 
-    /// Owner uid and gid: the framework's owner inside its directory, root elsewhere.
-    pub fn owner(&self, view: &View) -> (u32, u32) {
-        self.framework_id()
+    /// Owner uid and gid: inside a framework's directory, its owner's name's ids on this
+    /// machine (root's if it has no such user; for a framework from before user names, the
+    /// uid that made it); root elsewhere.
+    pub fn owner(&self, view: &View, users: &Users) -> (u32, u32) {
+        let Some(fw) = self
+            .framework_id()
             .and_then(|f| view.state.frameworks.get(f))
-            .map_or((0, 0), |f| (f.uid, f.gid))
+        else {
+            return (0, 0);
+        };
+        if fw.user.is_empty() {
+            return (fw.uid, fw.gid);
+        }
+        users.ids(&fw.user).unwrap_or((0, 0))
     }
 }
 
@@ -682,6 +695,7 @@ mod tests {
             [
                 "id",
                 "user",
+                "principal",
                 "role",
                 "error",
                 "events",
@@ -734,8 +748,11 @@ mod tests {
         let state = Node::TaskFile(hello.clone(), "web".into(), TaskFile::State);
         assert_eq!(state.mode(), 0o444);
         assert_eq!(Node::TaskAgent(hello, "web".into()).kind(), Kind::Symlink);
-        assert_eq!(Node::Offers(idle.clone()).owner(&view), (65534, 65534));
-        assert_eq!(Node::Agents.owner(&view), (0, 0));
+        assert_eq!(
+            Node::Offers(idle.clone()).owner(&view, &Users::default()),
+            (65534, 65534)
+        );
+        assert_eq!(Node::Agents.owner(&view, &Users::default()), (0, 0));
         assert!(valid_framework_name("a.b-c_9"));
         for bad in ["", ".x", "-x", "a/b", "a b", &"x".repeat(65)] {
             assert!(!valid_framework_name(bad), "{bad:?}");

@@ -1,8 +1,10 @@
 //! The mesofs cluster model and master: resources, task specs, the replicated state machine,
 //! Raft storage and network, the allocator, the leader's runtime, the gRPC services, a client
-//! that finds and follows the leader, and the cluster's certificates and TLS.
+//! that finds and follows the leader, the cluster's certificates and TLS, and its ACLs.
 
+pub mod acls;
 pub mod client;
+pub mod limits;
 pub mod master;
 pub mod proto;
 pub mod raft;

@@ -417,6 +417,7 @@ mod tests {
             Command::RegisterFramework {
                 name: "f".into(),
                 user: "root".into(),
+                principal: None,
                 uid: 0,
                 gid: 0,
                 time_ms: 1,

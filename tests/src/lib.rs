@@ -15,6 +15,7 @@ use nix::unistd::Pid;
 
 pub mod masters;
 pub mod netns;
+pub mod probe;
 pub mod vm;
 
 /// Resources the dev agent offers in tests: small and fixed, so tests do not depend on the
@@ -348,6 +349,22 @@ impl TestCa {
         format!("{prefix}-{tag}")
     }
 
+    /// The master flags of a test cluster's ACLs: `extra` if it names its own `--acls`, else
+    /// `--acls` with a file that lets every principal run tasks as root (tests run as root),
+    /// and otherwise the defaults.
+    pub fn acl_args(&self, extra: &[&str]) -> Vec<OsString> {
+        if extra.contains(&"--acls") {
+            return Vec::new();
+        }
+        let path = self.dir.join("acls.json");
+        std::fs::write(
+            &path,
+            r#"{"run_tasks": [{"principals": {"type": "ANY"}, "users": {"values": ["root"]}}]}"#,
+        )
+        .expect("writing acls.json");
+        vec!["--acls".into(), path.into_os_string()]
+    }
+
     /// Issues a certificate for `kind`/`name`, valid for `hosts`; returns its TLS directory.
     pub fn issue(&self, kind: &str, name: &str, hosts: &[&str]) -> PathBuf {
         let out = self.dir.join("tls").join(format!("{kind}-{name}"));
@@ -514,6 +531,7 @@ impl Cluster {
         args.push(tmp.path().join("master").into_os_string());
         args.push("--tls".into());
         args.push(ca.issue("master", "1", &["127.0.0.1"]).into_os_string());
+        args.extend(ca.acl_args(master_args));
         args.extend(master_args.iter().map(OsString::from));
         let master = Process::start("master", args, tmp.path().join("master.log"));
         let mut args = os(&[

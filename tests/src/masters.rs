@@ -143,6 +143,8 @@ impl Masters {
                 .issue("master", &id.to_string(), &[host])
                 .into_os_string(),
         );
+        let extra: Vec<&str> = self.master_args.iter().map(String::as_str).collect();
+        args.extend(self.ca.acl_args(&extra));
         args.extend(self.master_args.iter().map(OsString::from));
         let ns = self.net.as_ref().map(|n| n.ns(id as usize));
         Process::start_in(

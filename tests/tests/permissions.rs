@@ -8,7 +8,7 @@ fn another_user_can_read_but_not_write_a_framework() {
     if !can_run() {
         return;
     }
-    let dev = Dev::start();
+    let mut dev = Dev::start();
     dev.sh_ok("mkdir frameworks/mine");
     let offer = dev
         .sh_ok("cat frameworks/mine/offers/next")
@@ -38,6 +38,31 @@ fn another_user_can_read_but_not_write_a_framework() {
         "nobody cannot tear down root's framework"
     );
     assert_eq!(dev.sh_ok("ls frameworks/mine/tasks").trim(), "");
+
+    // nobody can neither kill root's task nor read its output.
+    dev.sh_ok(&format!(
+        "echo 'name=s cpus=0.1 mem=32 -- echo secret; sleep 600' > frameworks/mine/offers/{offer}/launch"
+    ));
+    dev.wait_for_file(
+        "frameworks/mine/tasks/s/state",
+        "TASK_RUNNING",
+        std::time::Duration::from_secs(30),
+    );
+    for attempt in [
+        "sh -c 'echo 1 > frameworks/mine/tasks/s/kill'",
+        "cat frameworks/mine/tasks/s/stdout",
+    ] {
+        let out = dev.sh(&format!(
+            "setpriv --reuid=65534 --regid=65534 --clear-groups {attempt}"
+        ));
+        assert!(!out.status.success(), "nobody: {attempt}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+            "EACCES for {attempt}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(dev.read("frameworks/mine/tasks/s/state"), "TASK_RUNNING");
 
     // nobody can make a framework of its own, owned by it.
     dev.sh_ok("setpriv --reuid=65534 --regid=65534 --clear-groups mkdir frameworks/theirs");

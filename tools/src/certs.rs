@@ -6,6 +6,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use mesofs_kernel::acls::Acls;
 use mesofs_kernel::tls::{self, Kind, TlsFiles};
 use tracing::warn;
 
@@ -58,6 +59,16 @@ pub struct DevTls {
     pub agent: TlsFiles,
     /// The mount's.
     pub mount: TlsFiles,
+}
+
+impl DevTls {
+    /// The ACLs of a one-machine cluster: the defaults, and its own mount may run tasks as
+    /// root (the cluster is that machine's root's).
+    pub fn acls(&self) -> Acls {
+        let mut acls = Acls::default();
+        acls.grant_run_tasks(&self.mount.principal, "root");
+        acls
+    }
 }
 
 /// Makes (once) and loads `mesofs dev`'s certificates; `ip` is the address it listens on.

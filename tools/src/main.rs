@@ -4,11 +4,13 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use mesofs_agent::daemon::{self as agent, AgentConfig};
+use mesofs_kernel::acls::Acls;
 use mesofs_kernel::client::{Connector, MasterClient};
 use mesofs_kernel::master::{self, LeaderConfig, MasterConfig, RaftTimings};
 use mesofs_kernel::tls::Kind;
@@ -97,10 +99,17 @@ struct LeaderArgs {
     /// Seconds a disconnected agent has to register again before its tasks are TASK_LOST and it is marked lost.
     #[arg(long, default_value = "60", value_name = "SECONDS")]
     agent_reregister_timeout: f64,
+    /// An ACL file (JSON; docs/security.md): which principals may do what to whose frameworks. Without one, anything but running tasks as root.
+    #[arg(long, value_name = "FILE")]
+    acls: Option<PathBuf>,
 }
 
 impl LeaderArgs {
     fn config(&self) -> Result<LeaderConfig> {
+        let acls = match &self.acls {
+            Some(path) => Acls::load(path)?,
+            None => Acls::default(),
+        };
         Ok(LeaderConfig {
             offer_timeout: seconds(self.offer_timeout, "--offer-timeout")?,
             default_refuse: seconds(self.refuse_default, "--refuse-default")?,
@@ -109,6 +118,7 @@ impl LeaderArgs {
                 self.agent_reregister_timeout,
                 "--agent-reregister-timeout",
             )?,
+            acls: Arc::new(acls),
         })
     }
 }
@@ -456,6 +466,10 @@ async fn run_dev(a: DevArgs) -> Result<()> {
         .with_context(|| format!("reading the agent's id in {}", work_dir.display()))?
         .map_err(anyhow::Error::msg)?;
     let tls = certs::dev_tls(&a.data_dir, &agent_id, a.listen.ip())?;
+    let mut leader = a.leader.config()?;
+    if a.leader.acls.is_none() {
+        leader.acls = Arc::new(tls.acls());
+    }
     let master = master::start(MasterConfig {
         id: 1,
         listen: a.listen,
@@ -464,7 +478,7 @@ async fn run_dev(a: DevArgs) -> Result<()> {
         data_dir: a.data_dir.join("master"),
         timings: RaftTimings::default(),
         tls: Some(tls.master),
-        leader: a.leader.config()?,
+        leader,
     })
     .await?;
     let master_addr = master.advertised.clone();

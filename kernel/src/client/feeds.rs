@@ -11,7 +11,6 @@ use std::time::Duration;
 use tracing::{debug, error, info};
 
 use super::{LocalCopy, MasterClient};
-use crate::proto::master_client::MasterClient as GrpcMaster;
 use crate::proto::{FollowRequest, WatchRequest};
 use crate::watch::{LeaderEvent, StateEvent};
 
@@ -75,7 +74,7 @@ async fn stream_state(client: &MasterClient, copy: &LocalCopy, addr: &str) -> En
             v.index
         }
     };
-    let mut master = GrpcMaster::new(client.connector().channel(addr));
+    let mut master = super::master_rpc(client.connector().channel(addr));
     let call = master.watch(WatchRequest { from_index });
     let mut stream = match tokio::time::timeout(super::ASK_TIMEOUT, call).await {
         Ok(Ok(r)) => r.into_inner(),
@@ -179,7 +178,7 @@ async fn follow(
     copy: &LocalCopy,
     ch: tonic::transport::Channel,
 ) -> Result<String, String> {
-    let mut stream = match GrpcMaster::new(ch).follow(FollowRequest {}).await {
+    let mut stream = match super::master_rpc(ch).follow(FollowRequest {}).await {
         Ok(r) => r.into_inner(),
         Err(s) => {
             if super::refused_identity(&s) {

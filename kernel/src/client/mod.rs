@@ -59,6 +59,28 @@ impl WriteError {
     }
 }
 
+/// Whom a write is for: a user of the writing mount's machine.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Writer {
+    /// The caller's uid there.
+    pub uid: u32,
+    /// The caller's gid there.
+    pub gid: u32,
+    /// The uid's user name there (empty if it has none).
+    pub user: String,
+}
+
+impl Writer {
+    /// Root, as a tool on a master's or mount's machine writes.
+    pub fn root() -> Writer {
+        Writer {
+            uid: 0,
+            gid: 0,
+            user: "root".into(),
+        }
+    }
+}
+
 /// Where a committed write is visible.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Written {
@@ -216,7 +238,7 @@ impl MasterClient {
             .masters()
             .into_iter()
             .map(|addr| async move {
-                let mut master = GrpcMaster::new(self.inner.connector.channel(&addr));
+                let mut master = master_rpc(self.inner.connector.channel(&addr));
                 let ask = master.leader(LeaderRequest {
                     wait_ms: LEADER_WAIT_MS,
                 });
@@ -271,14 +293,14 @@ impl MasterClient {
     /// Sends one write; returns where its effect is visible. It is sent again (with the same
     /// write id, so it is applied once) until a leader answers, for up to the leader wait; it
     /// fails at once with EIO when no master has been reachable for [`UNREACHABLE_AFTER`].
-    pub async fn write(&self, uid: u32, gid: u32, op: Op) -> Result<Written, WriteError> {
+    pub async fn write(&self, writer: &Writer, op: Op) -> Result<Written, WriteError> {
         let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
         self.inner
             .outstanding
             .lock()
             .expect("outstanding lock")
             .insert(seq);
-        let result = self.write_numbered(seq, uid, gid, op).await;
+        let result = self.write_numbered(seq, writer, op).await;
         self.inner
             .outstanding
             .lock()
@@ -290,8 +312,7 @@ impl MasterClient {
     async fn write_numbered(
         &self,
         seq: u64,
-        uid: u32,
-        gid: u32,
+        writer: &Writer,
         op: Op,
     ) -> Result<Written, WriteError> {
         let deadline = tokio::time::Instant::now() + self.inner.leader_wait;
@@ -306,7 +327,7 @@ impl MasterClient {
             }
         };
         loop {
-            let why = match self.attempt(seq, uid, gid, &op, &mut maybe).await {
+            let why = match self.attempt(seq, writer, &op, &mut maybe).await {
                 Attempt::Done(result) => return result,
                 Attempt::Unreachable(why) if self.silent_for() >= UNREACHABLE_AFTER => {
                     warn!(reason = %why, "no master reachable; the write fails");
@@ -338,7 +359,7 @@ impl MasterClient {
         }
     }
 
-    async fn attempt(&self, seq: u64, uid: u32, gid: u32, op: &Op, maybe: &mut bool) -> Attempt {
+    async fn attempt(&self, seq: u64, writer: &Writer, op: &Op, maybe: &mut bool) -> Attempt {
         let ch = match self.leader_channel().await {
             Ok(ch) => ch,
             Err((true, why)) => return Attempt::Unreachable(why),
@@ -353,14 +374,15 @@ impl MasterClient {
             .copied()
             .unwrap_or(seq);
         let req = WriteRequest {
-            uid,
-            gid,
+            uid: writer.uid,
+            gid: writer.gid,
+            user: writer.user.clone(),
             op: Some(op.clone()),
             client: self.inner.id.clone(),
             seq,
             done_below,
         };
-        match GrpcMaster::new(ch).write(req).await {
+        match master_rpc(ch).write(req).await {
             Ok(reply) => {
                 self.answered();
                 let r = reply.into_inner();
@@ -421,12 +443,20 @@ impl MasterClient {
 
 /// Asks the master at `addr` for its status.
 pub async fn master_status(connector: &Connector, addr: &str) -> Result<StatusReply, String> {
-    let mut master = GrpcMaster::new(connector.channel(addr));
+    let mut master = master_rpc(connector.channel(addr));
     match tokio::time::timeout(ASK_TIMEOUT, master.status(StatusRequest {})).await {
         Ok(Ok(r)) => Ok(r.into_inner()),
         Ok(Err(s)) => Err(s.message().to_string()),
         Err(_) => Err(format!("no answer within {}s", ASK_TIMEOUT.as_secs())),
     }
+}
+
+/// A client of a master's `Master` service over `ch`, taking messages as large as a master
+/// sends (the state stream starts with the whole state).
+pub fn master_rpc(ch: tonic::transport::Channel) -> GrpcMaster<tonic::transport::Channel> {
+    GrpcMaster::new(ch)
+        .max_decoding_message_size(crate::limits::MAX_FROM_MASTER)
+        .max_encoding_message_size(crate::limits::MAX_REQUEST_TO_MASTER)
 }
 
 /// Whether a master refused the caller's certificate (no retry mends that).

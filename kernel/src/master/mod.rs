@@ -24,6 +24,7 @@ pub use hub::Hub;
 pub use leader::{Leader, LeaderConfig};
 
 use crate::client::Connector;
+use crate::limits::{MAX_IN_FLIGHT_PER_CONNECTION, MAX_RAFT_MESSAGE, MAX_REQUEST_TO_MASTER};
 use crate::proto::master_server::MasterServer;
 use crate::proto::raft_server::RaftServer;
 use crate::raft::network::{GrpcNetworkFactory, RaftService};
@@ -298,7 +299,8 @@ pub async fn start(config: MasterConfig) -> Result<MasterHandle, MasterError> {
         // Keepalive pings end the streams of agents and mounts whose host vanished without
         // closing the connection, so their sessions end and their offers are rescinded.
         .http2_keepalive_interval(Some(Duration::from_secs(5)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)));
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .concurrency_limit_per_connection(MAX_IN_FLIGHT_PER_CONNECTION);
     if let Some(files) = &config.tls {
         builder = builder
             .tls_config(files.server())
@@ -306,8 +308,10 @@ pub async fn start(config: MasterConfig) -> Result<MasterHandle, MasterError> {
     }
     let server = tokio::spawn(async move {
         let result = builder
-            .add_service(MasterServer::new(service))
-            .add_service(RaftServer::new(raft_service))
+            .add_service(
+                MasterServer::new(service).max_decoding_message_size(MAX_REQUEST_TO_MASTER),
+            )
+            .add_service(RaftServer::new(raft_service).max_decoding_message_size(MAX_RAFT_MESSAGE))
             .serve_with_incoming_shutdown(
                 // Without nodelay, small replies wait out the peer's delayed ACK (~40 ms).
                 TcpIncoming::from(listener).with_nodelay(Some(true)),

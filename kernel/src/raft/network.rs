@@ -20,6 +20,7 @@ use tonic::{Request, Status};
 
 use super::{MasterNode, Raft, TypeConfig};
 use crate::client::Connector;
+use crate::limits::MAX_RAFT_MESSAGE;
 use crate::proto::raft_client::RaftClient;
 use crate::proto::raft_server;
 use crate::proto::RaftPayload;
@@ -78,7 +79,9 @@ impl GrpcNetwork {
             .connect(&self.node.addr)
             .await
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
-        let c = RaftClient::new(ch);
+        let c = RaftClient::new(ch)
+            .max_decoding_message_size(MAX_RAFT_MESSAGE)
+            .max_encoding_message_size(MAX_RAFT_MESSAGE);
         self.client = Some(c.clone());
         Ok(c)
     }

@@ -82,7 +82,10 @@ pub struct FrameworkInfo {
     /// from before user names, whose tasks run as `uid`).
     #[serde(default)]
     pub user: String,
-    /// The uid that registered it and owns its directory.
+    /// The principal of the mount it was made through (none: an `--insecure` master).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
+    /// The uid that registered it on its mount's machine.
     pub uid: u32,
     /// The gid of its directory.
     pub gid: u32,
@@ -254,6 +257,10 @@ pub enum Command {
         /// Its owner's user name (empty in logs from before user names).
         #[serde(default)]
         user: String,
+        /// The principal of the mount it was made through (`mount:web1`; none when that master
+        /// ran `--insecure`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        principal: Option<String>,
         /// Owner uid.
         uid: u32,
         /// Owner gid.
@@ -572,6 +579,7 @@ impl ClusterState {
             Command::RegisterFramework {
                 name,
                 user,
+                principal,
                 uid,
                 gid,
                 time_ms,
@@ -587,6 +595,7 @@ impl ClusterState {
                         id: id.clone(),
                         name: name.clone(),
                         user: user.clone(),
+                        principal: principal.clone(),
                         uid: *uid,
                         gid: *gid,
                         role: "*".into(),
@@ -825,6 +834,7 @@ mod tests {
                 &Command::RegisterFramework {
                     name: "hello".into(),
                     user: "root".into(),
+                    principal: None,
                     uid: 0,
                     gid: 0,
                     time_ms: 2,
@@ -844,6 +854,7 @@ mod tests {
             &Command::RegisterFramework {
                 name: "hello".into(),
                 user: "root".into(),
+                principal: None,
                 uid: 0,
                 gid: 0,
                 time_ms: 3,
@@ -869,6 +880,7 @@ mod tests {
                 &Command::RegisterFramework {
                     name: "hello".into(),
                     user: "root".into(),
+                    principal: None,
                     uid: 0,
                     gid: 0,
                     time_ms: 4,
@@ -1142,6 +1154,7 @@ mod tests {
                     &Command::RegisterFramework {
                         name: format!("f{i}"),
                         user: "root".into(),
+                        principal: None,
                         uid: 0,
                         gid: 0,
                         time_ms: index,
@@ -1235,6 +1248,7 @@ mod tests {
             command: Box::new(Command::RegisterFramework {
                 name: "f".into(),
                 user: "root".into(),
+                principal: None,
                 uid: 0,
                 gid: 0,
                 time_ms: 1,

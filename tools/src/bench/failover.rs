@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use mesofs_agent::daemon::{self as agent, AgentConfig};
-use mesofs_kernel::client::{Connector, LocalCopy, MasterClient};
+use mesofs_kernel::client::{Connector, LocalCopy, MasterClient, Writer};
 use mesofs_kernel::proto::{self, write_request::Op};
 use mesofs_kernel::state::AgentState;
 use mesofs_kernel::tls::Kind;
@@ -106,7 +106,7 @@ pub async fn run(args: FailoverArgs) -> Result<()> {
             user: "root".into(),
         });
         client
-            .write(0, 0, op)
+            .write(&Writer::root(), op)
             .await
             .map_err(|e| anyhow::anyhow!("the first write after the failover failed: {e}"))?;
         to_write.push(killed.elapsed());

@@ -52,8 +52,11 @@ pub async fn run(args: LaunchArgs) -> Result<()> {
         peers: Default::default(),
         data_dir: tmp.path().join("master"),
         timings: RaftTimings::default(),
+        leader: LeaderConfig {
+            acls: std::sync::Arc::new(tls.acls()),
+            ..LeaderConfig::default()
+        },
         tls: Some(tls.master),
-        leader: LeaderConfig::default(),
     })
     .await?;
     // Room for every task at once, so offers never run out; isolation is still real.

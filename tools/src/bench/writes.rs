@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use mesofs_kernel::client::{Connector, MasterClient};
+use mesofs_kernel::client::{Connector, MasterClient, Writer};
 use mesofs_kernel::proto::{self, write_request::Op};
 use mesofs_kernel::tls::Kind;
 
@@ -74,7 +74,7 @@ pub async fn run(args: WritesArgs) -> Result<()> {
                             Op::TeardownFramework(proto::TeardownFramework { name: name.clone() })
                         };
                         let t = Instant::now();
-                        let written = client.write(0, 0, op).await?;
+                        let written = client.write(&Writer::root(), op).await?;
                         let index = written.index;
                         copy.wait_for_index(index, Duration::from_secs(10)).await;
                         latencies.push(t.elapsed());

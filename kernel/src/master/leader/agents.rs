@@ -8,6 +8,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::{after, now_ms, Leader, Session};
+use crate::limits::{cut, MAX_STATUS_MESSAGE};
 use crate::proto::{self, master_message, MasterMessage};
 use crate::resources::Resources;
 use crate::state::{AgentState, Command, TaskState, Transition};
@@ -62,6 +63,7 @@ impl Leader {
                 msg: Some(master_message::Msg::Registered(proto::Registered {
                     master_id: format!("m{}", self.leader.id),
                     heartbeat_interval_ms: (self.config.agent_timeout / 3).as_millis() as u64,
+                    acls_json: serde_json::to_string(&*self.config.acls).expect("ACLs serialize"),
                 })),
             });
             info!(address = %reg.address, resources = %reg.resources, running = reg.running.len(), registration, "agent registered");
@@ -259,8 +261,8 @@ impl Leader {
                 task_id: u.task_id.clone(),
                 transition: Transition {
                     state,
-                    reason: u.reason.clone(),
-                    message: u.message.clone(),
+                    reason: cut(&u.reason, MAX_STATUS_MESSAGE).to_string(),
+                    message: cut(&u.message, MAX_STATUS_MESSAGE).to_string(),
                     time_ms: u.time_ms,
                 },
             }));

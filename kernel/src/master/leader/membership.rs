@@ -8,7 +8,9 @@ use std::time::Duration;
 use openraft::ChangeMembers;
 use tracing::info;
 
+use super::writes::Writer;
 use super::{after, refuse, Leader, Refusal};
+use crate::acls::Action;
 use crate::raft::MasterNode;
 use crate::watch::MasterStatus;
 
@@ -53,13 +55,21 @@ fn parse(text: &str) -> Result<Change, String> {
 
 impl Leader {
     /// Handles a write to `cluster/masters/ctl`; only root may change the masters.
-    pub(super) async fn change_membership(&self, uid: u32, text: &str) -> Result<u64, Refusal> {
-        if uid != 0 {
+    pub(super) async fn change_membership(
+        &self,
+        writer: &Writer,
+        text: &str,
+    ) -> Result<u64, Refusal> {
+        if !writer.is_root() {
             return Err(refuse(
                 libc::EACCES,
-                format!("only root may change the masters (uid {uid} tried)"),
+                format!(
+                    "only root may change the masters ({} tried)",
+                    writer.describe()
+                ),
             ));
         }
+        self.permit(writer, Action::ChangeMembership, "")?;
         let change = parse(text).map_err(|e| refuse(libc::EINVAL, e))?;
         let membership = self
             .raft

@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::warn;
 
 use super::hub::Hub;
+use crate::acls::Acls;
 use crate::client::Connector;
 use crate::proto::{master_message, MasterMessage};
 use crate::raft::Raft;
@@ -52,6 +53,8 @@ pub struct LeaderConfig {
     pub agent_timeout: Duration,
     /// How long a disconnected agent has to register again before its tasks are TASK_LOST.
     pub agent_reregister_timeout: Duration,
+    /// Who may do what (`--acls`).
+    pub acls: Arc<Acls>,
 }
 
 impl Default for LeaderConfig {
@@ -61,6 +64,7 @@ impl Default for LeaderConfig {
             default_refuse: Duration::from_secs(5),
             agent_timeout: Duration::from_secs(15),
             agent_reregister_timeout: Duration::from_secs(60),
+            acls: Arc::new(Acls::default()),
         }
     }
 }

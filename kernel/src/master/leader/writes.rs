@@ -7,6 +7,8 @@ use std::time::Instant;
 use tracing::{debug, info, info_span, Instrument};
 
 use super::{after, now_ms, refuse, Committed, Leader, Refusal};
+use crate::acls::Action;
+use crate::limits::{MAX_CLIENT_ID, MAX_OFFER_ID, MAX_WRITE_TEXT};
 use crate::proto::{self, master_message, write_request::Op, WriteReply, WriteRequest};
 use crate::resources::Resources;
 use crate::spec::parse_specs;
@@ -24,6 +26,88 @@ fn op_errno(op: &Op, _error: &StateError) -> i32 {
     }
 }
 
+/// Refuses a write longer than the limits allow.
+fn within_limits(client: &str, op: &Op) -> Result<(), String> {
+    if client.len() > MAX_CLIENT_ID {
+        return Err(format!(
+            "a client id of {} bytes: at most {MAX_CLIENT_ID}",
+            client.len()
+        ));
+    }
+    let (text, offer) = match op {
+        Op::Launch(l) => (l.text.as_str(), l.offer_id.as_str()),
+        Op::Decline(d) => (d.text.as_str(), d.offer_id.as_str()),
+        Op::Membership(m) => (m.text.as_str(), ""),
+        Op::Kill(k) => (k.task.as_str(), ""),
+        Op::RegisterFramework(_) | Op::TeardownFramework(_) => ("", ""),
+    };
+    if text.len() > MAX_WRITE_TEXT {
+        return Err(format!(
+            "a write of {} bytes: at most {MAX_WRITE_TEXT}",
+            text.len()
+        ));
+    }
+    if offer.len() > MAX_OFFER_ID {
+        return Err(format!(
+            "an offer id of {} bytes: at most {MAX_OFFER_ID}",
+            offer.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Whom a write is for, as the leader knows it: a user of the writing mount's machine, and
+/// the mount's principal.
+pub(super) struct Writer {
+    /// The uid there.
+    pub uid: u32,
+    /// The gid there.
+    pub gid: u32,
+    /// The uid's user name there (empty if it has none).
+    pub user: String,
+    /// The mount's certificate (none on an `--insecure` master).
+    pub principal: Option<Principal>,
+}
+
+impl Writer {
+    /// Whether it is root on its machine.
+    pub fn is_root(&self) -> bool {
+        self.uid == 0
+    }
+
+    /// Whether it may act on `fw` as its owner: the same user name (or, for a framework from
+    /// before user names, the same uid), or root.
+    fn owns(&self, fw: &FrameworkInfo) -> bool {
+        if self.is_root() {
+            return true;
+        }
+        if fw.user.is_empty() {
+            return fw.uid == self.uid;
+        }
+        !self.user.is_empty() && fw.user == self.user
+    }
+
+    /// Its principal, or empty.
+    fn principal_name(&self) -> String {
+        self.principal
+            .as_ref()
+            .map_or_else(String::new, |p| p.to_string())
+    }
+
+    /// "user alice (uid 1000) through mount:web1", for refusals.
+    pub fn describe(&self) -> String {
+        let who = if self.user.is_empty() {
+            format!("uid {}", self.uid)
+        } else {
+            format!("user {:?} (uid {})", self.user, self.uid)
+        };
+        match &self.principal {
+            Some(p) => format!("{who} through {p}"),
+            None => who,
+        }
+    }
+}
+
 impl Leader {
     /// Handles one write and answers with an errno and the positions at which its effects are
     /// visible. A write its client sent before (a retry) is answered as it was the first time.
@@ -33,12 +117,24 @@ impl Leader {
         req: WriteRequest,
         principal: Option<Principal>,
     ) -> WriteReply {
-        let (uid, gid) = (req.uid, req.gid);
+        let writer = Writer {
+            uid: req.uid,
+            gid: req.gid,
+            user: req.user.clone(),
+            principal,
+        };
         let Some(op) = req.op else {
             return self.reply(Err(refuse(libc::EINVAL, "a write without an operation")));
         };
+        if let Err(why) = within_limits(&req.client, &op) {
+            return self.reply(Err(refuse(libc::EINVAL, why)));
+        }
+        // Each principal's clients are its own: no one can answer or poison another's writes.
         let write = (!req.client.is_empty()).then(|| WriteId {
-            client: req.client.clone(),
+            client: match &writer.principal {
+                Some(p) => format!("{p}/{}", req.client),
+                None => req.client.clone(),
+            },
             seq: req.seq,
             done_below: req.done_below,
         });
@@ -62,24 +158,24 @@ impl Leader {
             Op::Membership(_) => String::new(),
         };
         let registering = matches!(op, Op::RegisterFramework(_));
-        let by = principal
-            .as_ref()
-            .map_or_else(String::new, |p| p.to_string());
-        let span = info_span!("write", framework = %framework, uid, principal = %by);
+        let span = info_span!("write", framework = %framework, uid = writer.uid, user = %writer.user, principal = %writer.principal_name());
         let w = write.as_ref();
         let result = async {
             match op {
                 Op::RegisterFramework(r) => {
-                    self.register_framework(w, &r.name, &r.user, uid, gid).await
+                    self.register_framework(w, &r.name, &r.user, &writer).await
                 }
-                Op::TeardownFramework(r) => self.teardown_framework(w, &r.name, uid).await,
+                Op::TeardownFramework(r) => self.teardown_framework(w, &r.name, &writer).await,
                 Op::Launch(r) => {
-                    self.launch(w, &r.framework, uid, &r.offer_id, &r.text)
+                    self.launch(w, &r.framework, &writer, &r.offer_id, &r.text)
                         .await
                 }
-                Op::Decline(r) => self.decline(&r.framework, uid, &r.offer_id, &r.text).await,
-                Op::Kill(r) => self.kill(w, &r.framework, uid, &r.task).await,
-                Op::Membership(m) => self.change_membership(uid, &m.text).await,
+                Op::Decline(r) => {
+                    self.decline(&r.framework, &writer, &r.offer_id, &r.text)
+                        .await
+                }
+                Op::Kill(r) => self.kill(w, &r.framework, &writer, &r.task).await,
+                Op::Membership(m) => self.change_membership(&writer, &m.text).await,
             }
         }
         .instrument(span)
@@ -134,21 +230,50 @@ impl Leader {
         self.propose(command).await
     }
 
-    fn owned_framework(&self, name: &str, uid: u32) -> Result<FrameworkInfo, Refusal> {
+    /// The framework named `name`, if `writer` may act on it: its owner, or root on the
+    /// writer's machine; and, for `action`, if the ACLs let the writer's principal do it to the
+    /// owner's frameworks.
+    fn owned_framework(
+        &self,
+        name: &str,
+        writer: &Writer,
+        action: Option<Action>,
+    ) -> Result<FrameworkInfo, Refusal> {
         let fw = self
             .hub
             .read(|s| s.framework_by_name(name).cloned())
             .ok_or_else(|| refuse(libc::ENOENT, format!("no framework named {name:?}")))?;
-        if uid != 0 && uid != fw.uid {
+        if !writer.owns(&fw) {
+            let owner = if fw.user.is_empty() {
+                format!("uid {}", fw.uid)
+            } else {
+                format!("user {:?}", fw.user)
+            };
             return Err(refuse(
                 libc::EACCES,
                 format!(
-                    "framework {name:?} belongs to uid {}; uid {uid} may not change it",
-                    fw.uid
+                    "framework {name:?} belongs to {owner}; {} may not change it",
+                    writer.describe()
                 ),
             ));
         }
+        if let Some(action) = action {
+            self.permit(writer, action, &fw.user)?;
+        }
         Ok(fw)
+    }
+
+    /// Whether the ACLs let the writer's principal do `action` to `object`; EACCES if not.
+    pub(super) fn permit(
+        &self,
+        writer: &Writer,
+        action: Action,
+        object: &str,
+    ) -> Result<(), Refusal> {
+        self.config
+            .acls
+            .allows(writer.principal.as_ref(), action, object)
+            .map_err(|d| refuse(libc::EACCES, d.to_string()))
     }
 
     async fn register_framework(
@@ -156,8 +281,7 @@ impl Leader {
         write: Option<&WriteId>,
         name: &str,
         user: &str,
-        uid: u32,
-        gid: u32,
+        writer: &Writer,
     ) -> Result<u64, Refusal> {
         crate::spec::validate_name(name).map_err(|e| {
             refuse(
@@ -171,14 +295,26 @@ impl Leader {
                 format!("invalid owner user name {user:?}: {e}; a framework belongs to a user name, which its tasks run as on the agents"),
             )
         })?;
+        if !writer.user.is_empty() && writer.user != user && !writer.is_root() {
+            return Err(refuse(
+                libc::EACCES,
+                format!(
+                    "{} may not make a framework for user {user:?}: a framework belongs to the user who makes it",
+                    writer.describe()
+                ),
+            ));
+        }
+        // Every framework is in the default role until roles come (issue 9).
+        self.permit(writer, Action::RegisterFramework, "*")?;
         let r = self
             .commit_write(
                 write,
                 Command::RegisterFramework {
                     name: name.to_string(),
                     user: user.to_string(),
-                    uid,
-                    gid,
+                    principal: writer.principal.as_ref().map(|p| p.to_string()),
+                    uid: writer.uid,
+                    gid: writer.gid,
                     time_ms: now_ms(),
                 },
             )
@@ -201,9 +337,9 @@ impl Leader {
         &self,
         write: Option<&WriteId>,
         name: &str,
-        uid: u32,
+        writer: &Writer,
     ) -> Result<u64, Refusal> {
-        let fw = self.owned_framework(name, uid)?;
+        let fw = self.owned_framework(name, writer, Some(Action::TeardownFramework))?;
         let rescinded = self.board.remove_offers_where(
             |o| o.framework_id == fw.id,
             "framework torn down",
@@ -241,11 +377,11 @@ impl Leader {
         &self,
         write: Option<&WriteId>,
         framework: &str,
-        uid: u32,
+        writer: &Writer,
         offer_id: &str,
         text: &str,
     ) -> Result<u64, Refusal> {
-        let fw = self.owned_framework(framework, uid)?;
+        let fw = self.owned_framework(framework, writer, Some(Action::RunTasks))?;
         let specs = parse_specs(text).map_err(|e| refuse(libc::EINVAL, e.to_string()))?;
         let gone = || {
             refuse(
@@ -367,11 +503,11 @@ impl Leader {
     async fn decline(
         &self,
         framework: &str,
-        uid: u32,
+        writer: &Writer,
         offer_id: &str,
         text: &str,
     ) -> Result<u64, Refusal> {
-        let fw = self.owned_framework(framework, uid)?;
+        let fw = self.owned_framework(framework, writer, None)?;
         let text = text.trim();
         let refuse_for = if text.is_empty() {
             self.config.default_refuse
@@ -413,10 +549,10 @@ impl Leader {
         &self,
         write: Option<&WriteId>,
         framework: &str,
-        uid: u32,
+        writer: &Writer,
         task: &str,
     ) -> Result<u64, Refusal> {
-        let fw = self.owned_framework(framework, uid)?;
+        let fw = self.owned_framework(framework, writer, Some(Action::KillTasks))?;
         let id = task_id(&fw.id, task);
         let state = self
             .hub
