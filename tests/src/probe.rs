@@ -61,6 +61,22 @@ pub async fn raft(addr: &str, tls: ClientTlsConfig) -> String {
     )
 }
 
+/// A Raft vote request from a candidate `node` at `term`, as `tls` holds: what the master
+/// answered (`Ok` with its reply, or its refusal).
+pub async fn raft_vote_as(addr: &str, tls: ClientTlsConfig, node: u64, term: u64) -> String {
+    let vote = openraft::raft::VoteRequest::<u64>::new(openraft::Vote::new(term, node), None);
+    let json = serde_json::to_vec(&vote).unwrap();
+    let r: Result<String, String> = async {
+        let ch = channel(addr, tls).await?;
+        Ok(match RaftClient::new(ch).vote(RaftPayload { json }).await {
+            Ok(r) => format!("Ok: {}", String::from_utf8_lossy(&r.into_inner().json)),
+            Err(s) => format!("{:?}: {}", s.code(), s.message()),
+        })
+    }
+    .await;
+    r.unwrap_or_else(|e| e)
+}
+
 /// A write with no operation, as `tls` holds.
 pub async fn write(addr: &str, tls: ClientTlsConfig) -> String {
     send_write(addr, tls, WriteRequest::default()).await

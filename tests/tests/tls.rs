@@ -82,6 +82,18 @@ fn masters_and_agents_refuse_callers_without_a_certificate_from_another_ca_or_of
             said.contains("bad raft message"),
             "a master is heard: {said}"
         );
+        // A master speaks as the id its certificate names, no other.
+        let said = calls::raft_vote_as(m, as_(&master), 1, 1).await;
+        assert!(
+            said.starts_with("PermissionDenied")
+                && said.contains("master:9 may not speak Raft as master 1"),
+            "{said}"
+        );
+        let said = calls::raft_vote_as(m, as_(&master), 9, 1).await;
+        assert!(
+            said.starts_with("Ok"),
+            "master 9 is heard as itself: {said}"
+        );
         let said = calls::raft(m, as_(&mount)).await;
         assert!(
             said.starts_with("PermissionDenied") && said.contains("mount:probe may not speak Raft"),

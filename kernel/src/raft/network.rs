@@ -204,9 +204,27 @@ impl RaftService {
         }
     }
 
-    /// Decodes a request from a master meant for this master; refuses any other.
-    fn accept<T: DeserializeOwned>(&self, req: Request<RaftPayload>) -> Result<T, Status> {
-        self.guard.admit(&req, "speak Raft", &[Kind::Master])?;
+    /// Decodes a request from a master meant for this master; refuses any other, and one
+    /// whose sender (`vote`'s node) is not the master its certificate names.
+    fn accept<T: DeserializeOwned + Sent>(&self, req: Request<RaftPayload>) -> Result<T, Status> {
+        let principal = self.guard.admit(&req, "speak Raft", &[Kind::Master])?;
+        let rpc: T = self.decode(req)?;
+        if let Some(p) = principal {
+            let sender = rpc.vote().leader_id().voted_for();
+            if sender.map(|id| id.to_string()).as_deref() != Some(p.name.as_str()) {
+                let message = format!(
+                    "{p} may not speak Raft as master {}: a master speaks as the id its certificate names",
+                    sender.map_or_else(|| "(none)".to_string(), |id| id.to_string())
+                );
+                tracing::warn!("refused: {message}");
+                return Err(Status::permission_denied(message));
+            }
+        }
+        Ok(rpc)
+    }
+
+    /// Decodes a request, if it is meant for this master (its id and data directory).
+    fn decode<T: DeserializeOwned>(&self, req: Request<RaftPayload>) -> Result<T, Status> {
         let meta = req.metadata();
         let text = |key| meta.get(key).and_then(|v| v.to_str().ok());
         if let Some(target) = text(TARGET_ID) {
@@ -227,6 +245,30 @@ impl RaftService {
         }
         serde_json::from_slice(&req.into_inner().json)
             .map_err(|e| Status::invalid_argument(format!("bad raft message: {e}")))
+    }
+}
+
+/// A Raft request, which names its sender in its vote.
+trait Sent {
+    /// The sender's vote (a candidate's, or the leader's).
+    fn vote(&self) -> &openraft::Vote<NodeId>;
+}
+
+impl Sent for AppendEntriesRequest<TypeConfig> {
+    fn vote(&self) -> &openraft::Vote<NodeId> {
+        &self.vote
+    }
+}
+
+impl Sent for VoteRequest<NodeId> {
+    fn vote(&self) -> &openraft::Vote<NodeId> {
+        &self.vote
+    }
+}
+
+impl Sent for InstallSnapshotRequest<TypeConfig> {
+    fn vote(&self) -> &openraft::Vote<NodeId> {
+        &self.vote
     }
 }
 
