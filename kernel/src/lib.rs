@@ -3,6 +3,7 @@
 //! that finds and follows the leader, the cluster's certificates and TLS, and its ACLs.
 
 pub mod acls;
+pub mod allocator;
 pub mod client;
 pub mod limits;
 pub mod master;

@@ -1,0 +1,315 @@
+//! Hierarchical dominant resource fairness: in which order roles, and each role's frameworks,
+//! are offered resources.
+//!
+//! Roles are paths (`eng/web`) forming a tree under an unnamed root. A node's share is its
+//! dominant share (the largest fraction of any scalar resource of the cluster that the node and
+//! everything under it hold) divided by its weight. At each node the entries are its child roles
+//! and, when frameworks are in the role itself, the role's own frameworks taken together (as
+//! Mesos's virtual `.` leaf), sorted by share, least first, ties by name. Within a role,
+//! frameworks are sorted by their own dominant share in that role.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+
+use crate::resources::{Resources, Scalar, Value};
+
+/// A role's weight when none was set.
+pub const DEFAULT_WEIGHT: f64 = 1.0;
+
+/// Allocations of one role's frameworks.
+#[derive(Clone, Debug, Default)]
+struct Role {
+    /// Its weight.
+    weight: Option<f64>,
+    /// What each of its frameworks holds in it (offered or allocated), by framework id.
+    clients: BTreeMap<String, Resources>,
+}
+
+/// The DRF order of a cluster's roles and frameworks.
+#[derive(Clone, Debug, Default)]
+pub struct Sorter {
+    total: Resources,
+    roles: BTreeMap<String, Role>,
+}
+
+/// A share, ordered (NaN never arises: totals of zero give share 0).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Share(f64);
+
+impl Eq for Share {}
+
+impl PartialOrd for Share {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Share {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+/// The roles that hold `role`: `eng/web` is under `eng`.
+fn ancestors(role: &str) -> impl Iterator<Item = &str> {
+    role.match_indices('/').map(move |(i, _)| &role[..i])
+}
+
+/// Whether `role` is `of` or under it.
+pub fn is_within(role: &str, of: &str) -> bool {
+    role == of || (role.starts_with(of) && role.as_bytes().get(of.len()) == Some(&b'/'))
+}
+
+impl Sorter {
+    /// An empty sorter.
+    pub fn new() -> Sorter {
+        Sorter::default()
+    }
+
+    /// Sets the cluster's total resources (shares are fractions of it).
+    pub fn set_total(&mut self, total: Resources) {
+        self.total = total;
+    }
+
+    /// The cluster's total.
+    pub fn total(&self) -> &Resources {
+        &self.total
+    }
+
+    /// Sets a role's weight (`None`: the default).
+    pub fn set_weight(&mut self, role: &str, weight: Option<f64>) {
+        self.roles.entry(role.to_string()).or_default().weight = weight;
+    }
+
+    /// A role's weight.
+    pub fn weight(&self, role: &str) -> f64 {
+        self.roles
+            .get(role)
+            .and_then(|r| r.weight)
+            .unwrap_or(DEFAULT_WEIGHT)
+    }
+
+    /// Adds a framework to a role (it is offered resources for that role).
+    pub fn add_client(&mut self, role: &str, framework: &str) {
+        self.roles
+            .entry(role.to_string())
+            .or_default()
+            .clients
+            .entry(framework.to_string())
+            .or_default();
+    }
+
+    /// Removes a framework from a role, with what it held there.
+    pub fn remove_client(&mut self, role: &str, framework: &str) {
+        if let Some(r) = self.roles.get_mut(role) {
+            r.clients.remove(framework);
+        }
+    }
+
+    /// Counts `resources` as held by a framework in a role (offered or allocated).
+    pub fn allocate(&mut self, role: &str, framework: &str, resources: &Resources) {
+        let held = self
+            .roles
+            .entry(role.to_string())
+            .or_default()
+            .clients
+            .entry(framework.to_string())
+            .or_default();
+        *held = held.add(resources);
+    }
+
+    /// No longer counts `resources` as held by a framework in a role.
+    pub fn unallocate(&mut self, role: &str, framework: &str, resources: &Resources) {
+        if let Some(held) = self
+            .roles
+            .get_mut(role)
+            .and_then(|r| r.clients.get_mut(framework))
+        {
+            *held = held.checked_sub(resources).unwrap_or_default();
+        }
+    }
+
+    /// What a role and every role under it hold.
+    pub fn held(&self, role: &str) -> Resources {
+        self.roles
+            .iter()
+            .filter(|(r, _)| is_within(r, role))
+            .flat_map(|(_, r)| r.clients.values())
+            .fold(Resources::default(), |acc, h| acc.add(h))
+    }
+
+    /// What one framework holds in one role.
+    pub fn held_by(&self, role: &str, framework: &str) -> Resources {
+        self.roles
+            .get(role)
+            .and_then(|r| r.clients.get(framework))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The dominant share of `held`: the largest fraction of any scalar of the total.
+    pub fn dominant_share(&self, held: &Resources) -> f64 {
+        held.iter()
+            .filter_map(|(name, v)| match v {
+                Value::Scalar(s) => Some((name, *s)),
+                _ => None,
+            })
+            .map(|(name, s)| {
+                let total = self.total.scalar(name);
+                if total == Scalar::default() {
+                    0.0
+                } else {
+                    s.milli() as f64 / total.milli() as f64
+                }
+            })
+            .fold(0.0, f64::max)
+    }
+
+    /// A role's weighted share: its subtree's dominant share over its weight.
+    pub fn share(&self, role: &str) -> f64 {
+        self.dominant_share(&self.held(role)) / self.weight(role)
+    }
+
+    /// Every (role, framework) in DRF order: the first is offered to first.
+    pub fn order(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        self.walk("", &mut out);
+        out
+    }
+
+    /// Appends the order under `node` ("" is the root).
+    fn walk(&self, node: &str, out: &mut Vec<(String, String)>) {
+        // The entries at this node: child roles, and the role's own frameworks as one.
+        enum Entry<'a> {
+            Child(&'a str),
+            Own,
+        }
+        let mut children: Vec<&str> = self
+            .roles
+            .keys()
+            .map(String::as_str)
+            .filter(|r| self.parent(r) == node)
+            .collect();
+        // Intermediate roles that hold nothing themselves but have roles under them.
+        for r in self.roles.keys() {
+            for a in ancestors(r) {
+                if self.parent(a) == node && !children.contains(&a) {
+                    children.push(a);
+                }
+            }
+        }
+        let mut entries: Vec<(Share, String, Entry)> = children
+            .into_iter()
+            .map(|c| (Share(self.share(c)), c.to_string(), Entry::Child(c)))
+            .collect();
+        let own = self.roles.get(node).filter(|r| !r.clients.is_empty());
+        if let Some(own) = own {
+            let held = own
+                .clients
+                .values()
+                .fold(Resources::default(), |acc, h| acc.add(h));
+            let share = self.dominant_share(&held) / self.weight(node);
+            entries.push((Share(share), ".".into(), Entry::Own));
+        }
+        entries.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        for (_, _, entry) in entries {
+            match entry {
+                Entry::Child(c) => self.walk(c, out),
+                Entry::Own => {
+                    let own = self.roles.get(node).expect("own role");
+                    let mut fws: Vec<(Share, &String)> = own
+                        .clients
+                        .iter()
+                        .map(|(f, h)| (Share(self.dominant_share(h)), f))
+                        .collect();
+                    fws.sort();
+                    out.extend(fws.into_iter().map(|(_, f)| (node.to_string(), f.clone())));
+                }
+            }
+        }
+    }
+
+    /// The role holding `role` ("" for a top-level role).
+    fn parent<'a>(&self, role: &'a str) -> &'a str {
+        role.rsplit_once('/').map_or("", |(p, _)| p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(text: &str) -> Resources {
+        Resources::parse(text).unwrap()
+    }
+
+    fn sorter(total: &str) -> Sorter {
+        let mut s = Sorter::new();
+        s.set_total(r(total));
+        s
+    }
+
+    #[test]
+    fn the_framework_with_the_least_dominant_share_comes_first() {
+        let mut s = sorter("cpus:10;mem:1000");
+        for f in ["a", "b", "c"] {
+            s.add_client("*", f);
+        }
+        s.allocate("*", "a", &r("cpus:1;mem:500")); // dominant: mem 0.5
+        s.allocate("*", "b", &r("cpus:3;mem:100")); // dominant: cpus 0.3
+        let order: Vec<String> = s.order().into_iter().map(|(_, f)| f).collect();
+        assert_eq!(order, ["c", "b", "a"]);
+        assert!(
+            (s.share("*") - 0.6).abs() < 1e-9,
+            "mem 600/1000 dominates cpus 4/10"
+        );
+    }
+
+    #[test]
+    fn weights_divide_shares_and_roles_come_before_their_frameworks() {
+        let mut s = sorter("cpus:12;mem:1200");
+        s.set_weight("heavy", Some(3.0));
+        s.add_client("light", "l");
+        s.add_client("heavy", "h");
+        s.allocate("light", "l", &r("cpus:2;mem:100"));
+        s.allocate("heavy", "h", &r("cpus:3;mem:100"));
+        // light: 2/12 = 0.167; heavy: 3/12/3 = 0.083.
+        assert_eq!(s.order()[0], ("heavy".into(), "h".into()));
+        s.allocate("heavy", "h", &r("cpus:4"));
+        // heavy: 7/12/3 = 0.194 > 0.167.
+        assert_eq!(s.order()[0], ("light".into(), "l".into()));
+    }
+
+    #[test]
+    fn nested_roles_share_their_parents_share() {
+        let mut s = sorter("cpus:10;mem:1000");
+        s.add_client("eng/web", "w");
+        s.add_client("eng/batch", "b");
+        s.add_client("ops", "o");
+        s.allocate("eng/web", "w", &r("cpus:2"));
+        s.allocate("eng/batch", "b", &r("cpus:2"));
+        s.allocate("ops", "o", &r("cpus:3"));
+        // eng holds 4 (0.4) against ops's 3 (0.3): ops first, though each of eng's roles holds less.
+        let order = s.order();
+        assert_eq!(order[0], ("ops".into(), "o".into()));
+        assert_eq!(s.held("eng"), r("cpus:4"));
+        assert!(is_within("eng/web", "eng") && !is_within("engine", "eng"));
+        // A role's own frameworks compete with its child roles.
+        s.add_client("eng", "e");
+        assert_eq!(s.order()[1], ("eng".into(), "e".into()));
+    }
+
+    #[test]
+    fn unallocating_gives_back_and_a_removed_framework_is_no_longer_ordered() {
+        let mut s = sorter("cpus:10;mem:1000");
+        s.add_client("*", "a");
+        s.add_client("*", "b");
+        s.allocate("*", "a", &r("cpus:5"));
+        s.unallocate("*", "a", &r("cpus:5"));
+        assert_eq!(s.held_by("*", "a"), Resources::default());
+        assert_eq!(s.order()[0].1, "a", "ties by name");
+        s.remove_client("*", "a");
+        assert_eq!(s.order(), [("*".to_string(), "b".to_string())]);
+        assert_eq!(s.share("nobody"), 0.0);
+    }
+}

@@ -1,0 +1,377 @@
+//! The allocator: which framework, in which role, each agent's free resources are offered to.
+//!
+//! One allocation pass takes the agents' free resources and the roles' quotas, and plans
+//! offers in hierarchical DRF order ([`drf`]): first to roles below their guarantee (up to it),
+//! then to every role, never past a role's limit, keeping back what the unmet guarantees still
+//! need. An agent's free resources may be split between several frameworks in one pass when a
+//! limit or guarantee cuts an offer short. The pass is pure: the leader gives it the state and
+//! makes the offers it plans.
+
+pub mod drf;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::resources::{Resources, Scalar, Value};
+use drf::Sorter;
+
+/// A role's quota: what it is guaranteed, and what it may never exceed (Mesos syntax, scalars).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quota {
+    /// Offered to the role before any other role gets more, while the cluster has it.
+    #[serde(default)]
+    pub guarantee: Resources,
+    /// Never offered past, counting what the role and the roles under it hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<Resources>,
+}
+
+/// An agent's resources free this pass.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Free {
+    /// The agent.
+    pub agent_id: String,
+    /// What it has free: not held by tasks, pending launches or outstanding offers.
+    pub resources: Resources,
+}
+
+/// An offer the pass plans.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Planned {
+    /// The agent whose resources it offers.
+    pub agent_id: String,
+    /// The framework it goes to.
+    pub framework_id: String,
+    /// The role it is for.
+    pub role: String,
+    /// What it offers.
+    pub resources: Resources,
+}
+
+/// Whether resources are worth offering: some cpus and some memory (Mesos's minimum
+/// allocatable resources).
+pub fn allocatable(r: &Resources) -> bool {
+    r.cpus() > Scalar::default() && r.mem() > Scalar::default()
+}
+
+/// An upper bound on some scalars (by name); scalars it does not name are unbounded.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cap(BTreeMap<String, Scalar>);
+
+impl Cap {
+    /// The scalars of `r` as bounds.
+    pub fn of(r: &Resources) -> Cap {
+        Cap(r
+            .iter()
+            .filter_map(|(name, v)| match v {
+                Value::Scalar(s) => Some((name.to_string(), *s)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Each bound less what `held` has of it, down to zero.
+    pub fn less(&self, held: &Resources) -> Cap {
+        Cap(self
+            .0
+            .iter()
+            .map(|(name, s)| {
+                let left = s.checked_sub(held.scalar(name)).unwrap_or_default();
+                (name.clone(), left)
+            })
+            .collect())
+    }
+
+    /// The tighter of two caps, bound by bound.
+    pub fn min(&self, other: &Cap) -> Cap {
+        let mut out = self.0.clone();
+        for (name, s) in &other.0 {
+            out.entry(name.clone())
+                .and_modify(|mine| *mine = (*mine).min(*s))
+                .or_insert(*s);
+        }
+        Cap(out)
+    }
+
+    /// The sum of two caps (of what is owed), bound by bound.
+    pub fn plus(&self, other: &Cap) -> Cap {
+        let mut out = self.0.clone();
+        for (name, s) in &other.0 {
+            out.entry(name.clone())
+                .and_modify(|mine| *mine = mine.saturating_add(*s))
+                .or_insert(*s);
+        }
+        Cap(out)
+    }
+
+    /// Whether every bound is zero (nothing left, or nothing owed).
+    pub fn is_zero(&self) -> bool {
+        self.0.values().all(|s| s.is_zero())
+    }
+
+    /// `r` with each scalar this names cut to its bound; everything else kept.
+    pub fn apply(&self, r: &Resources) -> Resources {
+        let mut out = Resources::default();
+        for (name, v) in r.iter() {
+            let v = match (v, self.0.get(name)) {
+                (Value::Scalar(s), Some(bound)) => Value::Scalar((*s).min(*bound)),
+                _ => v.clone(),
+            };
+            out = out.with_value(name, v);
+        }
+        out
+    }
+}
+
+/// What is left before `role` or a role above it reaches its limit (`None`: no limit).
+fn room(sorter: &Sorter, quotas: &BTreeMap<String, Quota>, role: &str) -> Option<Cap> {
+    quotas
+        .iter()
+        .filter(|(r, _)| drf::is_within(role, r))
+        .filter_map(|(r, q)| Some(Cap::of(q.limit.as_ref()?).less(&sorter.held(r))))
+        .reduce(|a, b| a.min(&b))
+}
+
+/// What each role with a guarantee still lacks of it (roles that lack nothing left out).
+fn unmet(sorter: &Sorter, quotas: &BTreeMap<String, Quota>) -> BTreeMap<String, Cap> {
+    quotas
+        .iter()
+        .map(|(r, q)| (r.clone(), Cap::of(&q.guarantee).less(&sorter.held(r))))
+        .filter(|(_, lack)| !lack.is_zero())
+        .collect()
+}
+
+/// The best offer of `free` for a (role, framework) in DRF order, cut by `cut(role)`.
+fn pick(
+    sorter: &Sorter,
+    quotas: &BTreeMap<String, Quota>,
+    free: &Free,
+    may_offer: &impl Fn(&str, &str, &str) -> bool,
+    cut: impl Fn(&str) -> Option<Cap>,
+) -> Option<(String, String, Resources)> {
+    sorter.order().into_iter().find_map(|(role, fw)| {
+        let lack = cut(&role)?;
+        if !may_offer(&fw, &role, &free.agent_id) {
+            return None;
+        }
+        let mut offer = lack.apply(&free.resources);
+        if let Some(room) = room(sorter, quotas, &role) {
+            offer = room.apply(&offer);
+        }
+        allocatable(&offer).then_some((role, fw, offer))
+    })
+}
+
+/// Plans one pass: offers of the agents' free resources, in DRF order, within the quotas.
+/// `sorter` holds what every (role, framework) holds now, and is updated with the planned
+/// offers. `may_offer(framework, role, agent)` says whether a framework takes offers of that
+/// agent for that role now (not suppressed, not filtered).
+pub fn plan(
+    sorter: &mut Sorter,
+    quotas: &BTreeMap<String, Quota>,
+    agents: Vec<Free>,
+    may_offer: impl Fn(&str, &str, &str) -> bool,
+) -> Vec<Planned> {
+    let mut agents = agents;
+    let mut out = Vec::new();
+    // Stage 1: roles below their guarantee, each offered up to what it lacks.
+    for agent in &mut agents {
+        while allocatable(&agent.resources) {
+            let lacking = unmet(sorter, quotas);
+            if lacking.is_empty() {
+                break;
+            }
+            let lack_of = |role: &str| {
+                lacking
+                    .iter()
+                    .filter(|(r, _)| drf::is_within(role, r))
+                    .map(|(_, l)| l.clone())
+                    .reduce(|a, b| a.min(&b))
+            };
+            let Some((role, fw, offer)) = pick(sorter, quotas, agent, &may_offer, lack_of) else {
+                break;
+            };
+            take(sorter, agent, &mut out, role, fw, offer);
+        }
+    }
+    // Stage 2: every role; what unmet guarantees still lack is kept back, from the first
+    // agents' free resources, so that no other role takes it.
+    let mut keep_back = unmet(sorter, quotas)
+        .into_values()
+        .fold(Cap::default(), |acc, l| acc.plus(&l));
+    for agent in &mut agents {
+        if !keep_back.is_zero() {
+            let kept = keep_back.apply(&agent.resources);
+            keep_back = keep_back.less(&kept);
+            agent.resources = agent
+                .resources
+                .checked_sub(&only_scalars(&kept))
+                .unwrap_or_default();
+        }
+        while allocatable(&agent.resources) {
+            let Some((role, fw, offer)) =
+                pick(sorter, quotas, agent, &may_offer, |_| Some(Cap::default()))
+            else {
+                break;
+            };
+            take(sorter, agent, &mut out, role, fw, offer);
+        }
+    }
+    out
+}
+
+/// Only the scalars of `r`.
+fn only_scalars(r: &Resources) -> Resources {
+    r.iter()
+        .filter(|(_, v)| matches!(v, Value::Scalar(_)))
+        .fold(Resources::default(), |acc, (name, v)| {
+            acc.with_value(name, v.clone())
+        })
+}
+
+/// Records a planned offer: the framework holds it, the agent has it no more.
+fn take(
+    sorter: &mut Sorter,
+    agent: &mut Free,
+    out: &mut Vec<Planned>,
+    role: String,
+    framework_id: String,
+    offer: Resources,
+) {
+    sorter.allocate(&role, &framework_id, &offer);
+    agent.resources = agent.resources.checked_sub(&offer).unwrap_or_default();
+    out.push(Planned {
+        agent_id: agent.agent_id.clone(),
+        framework_id,
+        role,
+        resources: offer,
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(text: &str) -> Resources {
+        Resources::parse(text).unwrap()
+    }
+
+    fn agents(n: usize, each: &str) -> Vec<Free> {
+        (0..n)
+            .map(|i| Free {
+                agent_id: format!("a{i}"),
+                resources: r(each),
+            })
+            .collect()
+    }
+
+    fn sorter_for(agents: &[Free], clients: &[(&str, &str)]) -> Sorter {
+        let mut s = Sorter::new();
+        s.set_total(
+            agents
+                .iter()
+                .fold(Resources::default(), |acc, a| acc.add(&a.resources)),
+        );
+        for (role, fw) in clients {
+            s.add_client(role, fw);
+        }
+        s
+    }
+
+    fn anyone(_: &str, _: &str, _: &str) -> bool {
+        true
+    }
+
+    fn held(plans: &[Planned], fw: &str) -> Resources {
+        plans
+            .iter()
+            .filter(|p| p.framework_id == fw)
+            .fold(Resources::default(), |acc, p| acc.add(&p.resources))
+    }
+
+    #[test]
+    fn each_agent_goes_whole_to_the_framework_with_the_least_share() {
+        let free = agents(4, "cpus:4;mem:400;ports:[31000-31009]");
+        let mut s = sorter_for(&free, &[("*", "f1"), ("*", "f2")]);
+        let plans = plan(&mut s, &BTreeMap::new(), free, anyone);
+        assert_eq!(plans.len(), 4);
+        let to: Vec<&str> = plans.iter().map(|p| p.framework_id.as_str()).collect();
+        assert_eq!(to, ["f1", "f2", "f1", "f2"]);
+        assert_eq!(plans[0].resources, r("cpus:4;mem:400;ports:[31000-31009]"));
+    }
+
+    #[test]
+    fn weights_give_shares_in_proportion() {
+        let free = agents(8, "cpus:1;mem:100");
+        let mut s = sorter_for(&free, &[("a", "fa"), ("b", "fb")]);
+        s.set_weight("b", Some(3.0));
+        let plans = plan(&mut s, &BTreeMap::new(), free, anyone);
+        assert_eq!(held(&plans, "fa").cpus(), Scalar::from_units(2));
+        assert_eq!(held(&plans, "fb").cpus(), Scalar::from_units(6));
+    }
+
+    #[test]
+    fn a_limit_is_never_passed_and_splits_an_agent() {
+        let free = agents(2, "cpus:4;mem:400");
+        let mut s = sorter_for(&free, &[("capped", "c"), ("*", "other")]);
+        let quotas = BTreeMap::from([(
+            "capped".to_string(),
+            Quota {
+                guarantee: Resources::default(),
+                limit: Some(r("cpus:3;mem:300")),
+            },
+        )]);
+        let plans = plan(&mut s, &quotas, free, anyone);
+        assert_eq!(held(&plans, "c").cpus(), Scalar::from_units(3));
+        assert_eq!(held(&plans, "other").cpus(), Scalar::from_units(5));
+        // "*" sorts before "capped": a0 goes whole to other, then a1 is split.
+        let on_second: Vec<(&str, Resources)> = plans
+            .iter()
+            .filter(|p| p.agent_id == "a1")
+            .map(|p| (p.framework_id.as_str(), p.resources.clone()))
+            .collect();
+        assert_eq!(
+            on_second,
+            [("c", r("cpus:3;mem:300")), ("other", r("cpus:1;mem:100"))],
+            "the capped offer leaves the rest to another"
+        );
+    }
+
+    #[test]
+    fn a_guarantee_is_met_first_and_kept_back_from_others() {
+        // The guaranteed role's framework is declined on the first two agents: its guarantee
+        // must then be kept on the others rather than offered to the greedy role.
+        let free = agents(4, "cpus:2;mem:200");
+        let mut s = sorter_for(&free, &[("greedy", "g"), ("owed", "o")]);
+        s.allocate("greedy", "g", &Resources::default());
+        let quotas = BTreeMap::from([(
+            "owed".to_string(),
+            Quota {
+                guarantee: r("cpus:4;mem:100"),
+                limit: None,
+            },
+        )]);
+        let may = |fw: &str, _: &str, agent: &str| fw != "o" || agent == "a3";
+        let plans = plan(&mut s, &quotas, free, may);
+        assert_eq!(held(&plans, "o").cpus(), Scalar::from_units(2), "a3 only");
+        // 2 more cpus are owed to "owed": kept back, so greedy gets 8 - 2 - 2 = 4.
+        assert_eq!(held(&plans, "g").cpus(), Scalar::from_units(4));
+    }
+
+    #[test]
+    fn no_offer_to_a_framework_that_may_not_take_one() {
+        let free = agents(2, "cpus:1;mem:100");
+        let mut s = sorter_for(&free, &[("*", "suppressed")]);
+        let plans = plan(&mut s, &BTreeMap::new(), free, |fw, _, _| {
+            fw != "suppressed"
+        });
+        assert!(plans.is_empty());
+        let free = agents(1, "cpus:0;mem:100");
+        let mut s = sorter_for(&free, &[("*", "f")]);
+        assert!(
+            plan(&mut s, &BTreeMap::new(), free, anyone).is_empty(),
+            "no cpus"
+        );
+    }
+}
