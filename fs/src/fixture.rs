@@ -177,6 +177,7 @@ impl Cluster {
                 agent_id: agent.into(),
                 hostname: format!("{agent}.example"),
                 resources: Resources::parse(resources).expect("test resources parse"),
+                role: "*".into(),
                 created_ms,
             },
         });

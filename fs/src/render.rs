@@ -99,6 +99,7 @@ pub fn render(view: &View, node: &Node, users: &Users) -> Option<String> {
             let offer = view.offers.get(o).filter(|o| o.framework_id == *f)?;
             match file {
                 OfferFile::Hostname => line(&offer.hostname),
+                OfferFile::Role => line(&offer.role),
                 OfferFile::Resources => line(offer.resources.to_string()),
                 OfferFile::Cpus => line(scalar_text(&offer.resources, "cpus")),
                 OfferFile::Mem => line(scalar_text(&offer.resources, "mem")),
@@ -410,6 +411,7 @@ mod tests {
         );
         let offer = |file| text(&view, Node::OfferFile(hello.clone(), "1-1".into(), file));
         assert_eq!(offer(OfferFile::Hostname), "a1.example\n");
+        assert_eq!(offer(OfferFile::Role), "*\n");
         assert_eq!(offer(OfferFile::Cpus), "2.5\n");
         assert_eq!(offer(OfferFile::Mem), "3968\n");
         assert_eq!(offer(OfferFile::Disk), "1024\n");

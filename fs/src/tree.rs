@@ -100,6 +100,8 @@ named_files! {
     OfferFile {
         /// `hostname`.
         Hostname => "hostname",
+        /// `role`: the role it is offered for.
+        Role => "role",
         /// `resources`: everything offered, Mesos syntax.
         Resources => "resources",
         /// `cpus`.
@@ -711,6 +713,7 @@ mod tests {
             [
                 "agent",
                 "hostname",
+                "role",
                 "resources",
                 "cpus",
                 "mem",

@@ -31,8 +31,16 @@ pub struct Offer {
     pub hostname: String,
     /// What is offered.
     pub resources: Resources,
+    /// The role it is offered for: tasks launched from it are allocated to that role.
+    #[serde(default = "default_role")]
+    pub role: String,
     /// When it was made (unix ms).
     pub created_ms: u64,
+}
+
+/// The role of everything from before roles: `*`.
+fn default_role() -> String {
+    "*".into()
 }
 
 /// One message of the state stream.

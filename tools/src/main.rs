@@ -99,6 +99,9 @@ struct LeaderArgs {
     /// Seconds a disconnected agent has to register again before its tasks are TASK_LOST and it is marked lost.
     #[arg(long, default_value = "60", value_name = "SECONDS")]
     agent_reregister_timeout: f64,
+    /// Seconds between allocation passes at least: freed resources are offered again within it.
+    #[arg(long, default_value = "0.05", value_name = "SECONDS")]
+    allocation_interval: f64,
     /// An ACL file (JSON; docs/security.md): which principals may do what to whose frameworks. Without one, anything but running tasks as root.
     #[arg(long, value_name = "FILE")]
     acls: Option<PathBuf>,
@@ -119,6 +122,7 @@ impl LeaderArgs {
                 "--agent-reregister-timeout",
             )?,
             acls: Arc::new(acls),
+            allocation_interval: seconds(self.allocation_interval, "--allocation-interval")?,
         })
     }
 }

@@ -70,6 +70,7 @@ pub(super) async fn follow(service: MasterService, config: LeaderConfig, lease: 
                 offer_seq,
             );
             runtime.run_proposer();
+            runtime.run_allocator();
             runtime.watch_absent_agents();
             runtime.watch_masters();
             *service.leader.lock().expect("leader lock") = Some(runtime.clone());

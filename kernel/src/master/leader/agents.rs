@@ -88,7 +88,7 @@ impl Leader {
                 info!(task = %id, "the agent never got this committed launch; sending it again");
             }
             self.send_launches(&applied.to_launch);
-            self.allocate([agent_id.clone()]);
+            self.reallocate();
 
             loop {
                 // Any message, heartbeats included, shows the agent is alive.
@@ -122,7 +122,7 @@ impl Leader {
                         _ => None,
                     })
                     .collect();
-                if !updates.is_empty() && !self.status_updates(&agent_id, &tx, updates).await {
+                if !updates.is_empty() && !self.status_updates(&tx, updates).await {
                     break;
                 }
             }
@@ -246,7 +246,6 @@ impl Leader {
     /// leader can no longer commit.
     async fn status_updates(
         &self,
-        agent_id: &str,
         tx: &mpsc::UnboundedSender<MasterMessage>,
         updates: Vec<proto::StatusUpdate>,
     ) -> bool {
@@ -295,7 +294,7 @@ impl Leader {
             }
         }
         if freed {
-            self.allocate([agent_id.to_string()]);
+            self.reallocate();
         }
         true
     }

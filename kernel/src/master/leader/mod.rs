@@ -41,6 +41,11 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The least time between two allocation passes by default: resources freed by a burst of task
+/// ends are offered in one pass rather than one pass each, and freed resources wait at most
+/// this long, less than a status update's round trip takes to be noticed by anyone.
+pub const DEFAULT_ALLOCATION_INTERVAL: Duration = Duration::from_millis(50);
+
 /// Settings of the leader's runtime.
 #[derive(Clone, Debug)]
 pub struct LeaderConfig {
@@ -55,6 +60,8 @@ pub struct LeaderConfig {
     pub agent_reregister_timeout: Duration,
     /// Who may do what (`--acls`).
     pub acls: Arc<Acls>,
+    /// The least time between two allocation passes.
+    pub allocation_interval: Duration,
 }
 
 impl Default for LeaderConfig {
@@ -65,6 +72,7 @@ impl Default for LeaderConfig {
             agent_timeout: Duration::from_secs(15),
             agent_reregister_timeout: Duration::from_secs(60),
             acls: Arc::new(Acls::default()),
+            allocation_interval: DEFAULT_ALLOCATION_INTERVAL,
         }
     }
 }
@@ -97,8 +105,6 @@ struct Session {
 
 #[derive(Default)]
 struct Allocation {
-    /// Round-robin position: the id of the framework offered to last.
-    last_framework: Option<String>,
     /// (framework id, agent id) pairs not to offer until the instant passes.
     filters: HashMap<(String, String), Instant>,
     /// Resources taken from an offer whose launch is not committed yet, per agent.
@@ -124,6 +130,8 @@ pub struct Leader {
     sessions: Mutex<HashMap<String, Session>>,
     session_seq: AtomicU64,
     alloc: Mutex<Allocation>,
+    /// Set when an allocation pass is wanted.
+    allocation_wanted: tokio::sync::Notify,
     batches: Batches,
     stopped: watch::Sender<bool>,
     me: Weak<Leader>,
@@ -155,6 +163,7 @@ impl Leader {
                 offer_seq,
                 ..Allocation::default()
             }),
+            allocation_wanted: tokio::sync::Notify::new(),
             batches: Batches::default(),
             stopped: watch::channel(false).0,
             me: me.clone(),

@@ -1,88 +1,151 @@
-//! The allocator: which framework an agent's free resources are offered to, and offer expiry.
+//! Offers: allocation passes (planned by [`crate::allocator`]) and offer expiry.
+//!
+//! Anything that may free or add resources asks for a pass ([`Leader::reallocate`]); passes run
+//! at most once per allocation interval, each over every connected agent, so a burst of task
+//! ends is offered in one pass rather than one pass each.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Instant;
 
 use tracing::{debug, info};
 
 use super::{after, now_ms, Leader};
-use crate::resources::Scalar;
-use crate::state::{AgentState, FrameworkInfo};
+use crate::allocator::{self, drf::Sorter, Free};
+use crate::resources::Resources;
+use crate::state::AgentState;
 use crate::watch::Offer;
 
 impl Leader {
-    /// Offers the free resources of these agents, each to the next framework in turn.
-    pub fn allocate(&self, agents: impl IntoIterator<Item = String>) {
-        for agent_id in agents {
-            self.allocate_agent(&agent_id);
-        }
+    /// Asks for an allocation pass within the allocation interval.
+    pub fn reallocate(&self) {
+        self.allocation_wanted.notify_one();
     }
 
-    fn allocate_agent(&self, agent_id: &str) {
-        if self.is_stopped() || !self.connected(agent_id) {
-            return;
-        }
+    /// Runs allocation passes, as asked, while this leadership lasts.
+    pub fn run_allocator(self: &Arc<Self>) {
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut last: Option<tokio::time::Instant> = None;
+            loop {
+                let Some(leader) = me.upgrade() else { return };
+                tokio::select! {
+                    _ = leader.allocation_wanted.notified() => {}
+                    _ = leader.until_stopped() => return,
+                }
+                if let Some(last) = last {
+                    let next = last + leader.config.allocation_interval;
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(next) => {}
+                        _ = leader.until_stopped() => return,
+                    }
+                }
+                last = Some(tokio::time::Instant::now());
+                if leader.is_stopped() {
+                    return;
+                }
+                leader.allocation_pass();
+            }
+        });
+    }
+
+    /// One pass: every connected agent's free resources (less what tasks hold, launches being
+    /// committed take and outstanding offers hold) offered as the allocator plans.
+    fn allocation_pass(&self) {
         let mut alloc = self.alloc.lock().expect("alloc lock");
         let now = Instant::now();
         alloc.filters.retain(|_, until| *until > now);
-        let pending = alloc.pending.get(agent_id).cloned().unwrap_or_default();
-        let last = alloc.last_framework.clone();
-        if self
-            .board
-            .read(|offers| offers.values().any(|o| o.agent_id == agent_id))
-        {
+        let connected: HashSet<String> = self
+            .sessions
+            .lock()
+            .expect("sessions lock")
+            .keys()
+            .cloned()
+            .collect();
+        let offers: Vec<Offer> = self.board.read(|o| o.values().cloned().collect());
+        let (mut sorter, free, hostnames) = self.hub.read(|state| {
+            let mut sorter = Sorter::new();
+            let active: Vec<_> = state
+                .agents
+                .values()
+                .filter(|a| a.state == AgentState::Active && connected.contains(&a.id))
+                .collect();
+            sorter.set_total(
+                active
+                    .iter()
+                    .fold(Resources::default(), |acc, a| acc.add(&a.resources)),
+            );
+            for fw in state.active_frameworks() {
+                sorter.add_client(&fw.role, &fw.id);
+            }
+            let mut held: HashMap<&str, Resources> = HashMap::new();
+            for t in state.tasks.values().filter(|t| !t.state().is_terminal()) {
+                let h = held.entry(t.agent_id.as_str()).or_default();
+                *h = h.add(&t.resources);
+                if let Some(fw) = state.frameworks.get(&t.framework_id) {
+                    if fw.removed_ms.is_none() {
+                        sorter.allocate(&fw.role, &fw.id, &t.resources);
+                    }
+                }
+            }
+            for o in &offers {
+                let h = held.entry(o.agent_id.as_str()).or_default();
+                *h = h.add(&o.resources);
+            }
+            let free: Vec<Free> = active
+                .iter()
+                .filter_map(|a| {
+                    let taken = held
+                        .get(a.id.as_str())
+                        .cloned()
+                        .unwrap_or_default()
+                        .add(&alloc.pending.get(&a.id).cloned().unwrap_or_default());
+                    Some(Free {
+                        agent_id: a.id.clone(),
+                        resources: a.resources.checked_sub(&taken)?,
+                    })
+                })
+                .filter(|f| allocator::allocatable(&f.resources))
+                .collect();
+            let hostnames: HashMap<String, String> = active
+                .iter()
+                .map(|a| (a.id.clone(), a.hostname.clone()))
+                .collect();
+            (sorter, free, hostnames)
+        });
+        if free.is_empty() {
             return;
         }
-        let choice = self.hub.read(|state| {
-            let agent = state.agents.get(agent_id)?;
-            if agent.state != AgentState::Active {
-                return None;
-            }
-            let free = agent
-                .resources
-                .checked_sub(&state.allocated_on(agent_id))
-                .and_then(|r| r.checked_sub(&pending))?;
-            if free.cpus() == Scalar::default() || free.mem() == Scalar::default() {
-                return None;
-            }
-            let frameworks: Vec<&FrameworkInfo> = state.active_frameworks().collect();
-            if frameworks.is_empty() {
-                return None;
-            }
-            // Round robin: start after the framework offered to last.
-            let start = last
-                .as_ref()
-                .and_then(|l| frameworks.iter().position(|f| f.id > *l))
-                .unwrap_or(0);
-            let fw = (0..frameworks.len())
-                .map(|i| frameworks[(start + i) % frameworks.len()])
-                .find(|f| {
-                    !alloc
-                        .filters
-                        .contains_key(&(f.id.clone(), agent_id.to_string()))
-                })?;
-            Some((fw.id.clone(), agent.hostname.clone(), free))
+        for o in &offers {
+            sorter.allocate(&o.role, &o.framework_id, &o.resources);
+        }
+        let filters = &alloc.filters;
+        let planned = allocator::plan(&mut sorter, &BTreeMap::new(), free, |fw, _, agent| {
+            !filters.contains_key(&(fw.to_string(), agent.to_string()))
         });
-        let Some((framework_id, hostname, resources)) = choice else {
-            return;
-        };
-        alloc.offer_seq += 1;
-        alloc.last_framework = Some(framework_id.clone());
-        let offer = Offer {
-            id: format!("{}-{}", self.epoch, alloc.offer_seq),
-            framework_id,
-            agent_id: agent_id.to_string(),
-            hostname,
-            resources,
-            created_ms: now_ms(),
-        };
-        debug!(offer = %offer.id, framework = %offer.framework_id, agent = %agent_id, resources = %offer.resources, "offer made");
-        let id = offer.id.clone();
-        self.board.add_offer(offer);
+        let mut made = Vec::with_capacity(planned.len());
+        for p in planned {
+            alloc.offer_seq += 1;
+            let offer = Offer {
+                id: format!("{}-{}", self.epoch, alloc.offer_seq),
+                framework_id: p.framework_id,
+                hostname: hostnames.get(&p.agent_id).cloned().unwrap_or_default(),
+                agent_id: p.agent_id,
+                resources: p.resources,
+                role: p.role,
+                created_ms: now_ms(),
+            };
+            debug!(offer = %offer.id, framework = %offer.framework_id, agent = %offer.agent_id, role = %offer.role, resources = %offer.resources, "offer made");
+            made.push(offer.id.clone());
+            self.board.add_offer(offer);
+        }
         drop(alloc);
-        self.expire_offer_later(id, agent_id.to_string());
+        for id in made {
+            self.expire_offer_later(id);
+        }
     }
 
-    fn expire_offer_later(&self, offer_id: String, agent_id: String) {
+    fn expire_offer_later(&self, offer_id: String) {
         let me = self.me.clone();
         let timeout = self.config.offer_timeout;
         tokio::spawn(async move {
@@ -92,7 +155,7 @@ impl Leader {
             let reason = format!("expired after {}s unused", timeout.as_secs_f64());
             if me.board.remove_offer(&offer_id, &reason, true).is_some() {
                 info!(offer = %offer_id, "offer rescinded: {reason}");
-                me.allocate([agent_id]);
+                me.reallocate();
             }
         });
     }

@@ -326,10 +326,7 @@ impl Leader {
             return Ok(first);
         }
         info!(framework = %name, id = ?r.applied.framework_id, "framework registered");
-        let agents = self
-            .hub
-            .read(|s| s.agents.keys().cloned().collect::<Vec<_>>());
-        self.allocate(agents);
+        self.reallocate();
         Ok(r.index)
     }
 
@@ -340,11 +337,8 @@ impl Leader {
         writer: &Writer,
     ) -> Result<u64, Refusal> {
         let fw = self.owned_framework(name, writer, Some(Action::TeardownFramework))?;
-        let rescinded = self.board.remove_offers_where(
-            |o| o.framework_id == fw.id,
-            "framework torn down",
-            false,
-        );
+        self.board
+            .remove_offers_where(|o| o.framework_id == fw.id, "framework torn down", false);
         let r = self
             .commit_write(
                 write,
@@ -364,12 +358,9 @@ impl Leader {
         self.send_kills(&r.applied.to_kill);
         // Offers made to it while the teardown committed (resources freed meanwhile) go too:
         // left outstanding, they would hold their agents until they expire.
-        let late = self.board.remove_offers_where(
-            |o| o.framework_id == fw.id,
-            "framework torn down",
-            false,
-        );
-        self.allocate(rescinded.into_iter().chain(late).map(|o| o.agent_id));
+        self.board
+            .remove_offers_where(|o| o.framework_id == fw.id, "framework torn down", false);
+        self.reallocate();
         Ok(r.index)
     }
 
@@ -496,7 +487,7 @@ impl Leader {
             }
         });
         // If the offer was used up, the agent's free resources are offered anew.
-        self.allocate([offer.agent_id.clone()]);
+        self.reallocate();
         result
     }
 
@@ -532,12 +523,11 @@ impl Leader {
             .remove_offer(offer_id, "declined", false)
             .ok_or_else(|| refuse(libc::ENOENT, format!("offer {offer_id} is gone")))?;
         debug!(offer = %offer_id, ?refuse_for, "offer declined");
-        self.allocate([offer.agent_id.clone()]);
+        self.reallocate();
         let me = self.me.clone();
-        let agent = offer.agent_id.clone();
         tokio::spawn(async move {
             if let Some(me) = after(&me, refuse_for).await {
-                me.allocate([agent]);
+                me.reallocate();
             }
         });
         // Nothing replicated changed: visible as soon as the offer is gone from the leader
