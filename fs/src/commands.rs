@@ -13,7 +13,7 @@ use mesofs_kernel::watch::View;
 use tracing::{info, warn};
 
 use crate::tree::Node;
-use crate::tree::{active_framework, OfferFile, TaskFile};
+use crate::tree::{active_framework, FrameworkFile, OfferFile, TaskFile};
 
 /// How long a committed write waits for the local copy to show it before failing with
 /// ETIMEDOUT.
@@ -49,6 +49,15 @@ pub fn control_op(view: &View, node: &Node, data: &[u8]) -> Result<Op, WriteErro
             task: task.clone(),
         }),
         Node::MastersCtl => Op::Membership(proto::Membership { text }),
+        Node::FrameworkFile(f, FrameworkFile::Role) => Op::SetRoles(proto::SetRoles {
+            framework: framework(f)?,
+            text,
+        }),
+        Node::RoleFile(role, file) => Op::ConfigureRole(proto::ConfigureRole {
+            role: role.clone(),
+            file: file.name().to_string(),
+            text,
+        }),
         _ => return Err(WriteError::new(libc::EBADF, "not a control file")),
     })
 }
@@ -82,7 +91,8 @@ pub fn op_framework(op: &Op) -> &str {
         Op::Launch(r) => &r.framework,
         Op::Decline(r) => &r.framework,
         Op::Kill(r) => &r.framework,
-        Op::Membership(_) => "",
+        Op::SetRoles(r) => &r.framework,
+        Op::Membership(_) | Op::ConfigureRole(_) => "",
     }
 }
 
@@ -94,6 +104,8 @@ fn op_name(op: &Op) -> &'static str {
         Op::Decline(_) => "decline",
         Op::Kill(_) => "kill",
         Op::Membership(_) => "membership",
+        Op::SetRoles(_) => "roles",
+        Op::ConfigureRole(_) => "role settings",
     }
 }
 

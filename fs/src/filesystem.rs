@@ -476,7 +476,9 @@ impl Filesystem for MesoFs {
         let mut attr = self.shared.attr(&view, &node, ino.0, 0);
         let mut snapshot = false;
         let handle = match node.content() {
-            Content::Rendered => {
+            // A setting opened for writing takes commands; opened to read, it is rendered.
+            Content::Setting if write => Handle::Control(node.clone()),
+            Content::Rendered | Content::Setting => {
                 let text = render::render(&view, &node, &self.shared.users).unwrap_or_default();
                 attr.size = text.len() as u64;
                 attr.blocks = attr.size.div_ceil(512);

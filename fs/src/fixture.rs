@@ -132,6 +132,7 @@ impl Cluster {
             })
             .collect();
         self.command(Command::LaunchTasks {
+            role: "*".into(),
             framework_id: framework_id.into(),
             agent_id: agent.into(),
             tasks,

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 
+use mesofs_kernel::allocator::drf::is_within;
 use mesofs_kernel::resources::{Ranges, Resources, Value};
 use mesofs_kernel::state::{AgentState, TaskInfo};
 use mesofs_kernel::watch::{Offer, View};
@@ -10,7 +11,7 @@ use serde_json::json;
 
 use crate::tree::{
     active_framework, agent_link_task, task_of, AgentFile, ClusterFile, FrameworkFile, MasterFile,
-    Node, OfferFile, TaskFile,
+    Node, OfferFile, RoleFile, TaskFile,
 };
 use crate::users::Users;
 
@@ -29,6 +30,7 @@ into a file. Everything is plain text, one value per file.
   agents/<id>/          hostname, address, state, resources, available, tasks/
   frameworks/           mkdir NAME registers a framework, rmdir NAME tears it down
   frameworks/<f>/       id, user, principal, role, error, events, events_pipe, offers/, tasks/
+  roles/<role>/         weight, guarantee, limit (root writes), allocated, offered, frameworks
 
 A framework in shell:
 
@@ -89,7 +91,7 @@ pub fn render(view: &View, node: &Node, users: &Users) -> Option<String> {
                     None => line(fw.uid.to_string()),
                 },
                 FrameworkFile::Principal => line(fw.principal.as_deref().unwrap_or("")),
-                FrameworkFile::Role => line(&fw.role),
+                FrameworkFile::Role => fw.roles().iter().map(line).collect(),
                 FrameworkFile::Error => view.errors.get(f).cloned().unwrap_or_default(),
                 FrameworkFile::Events | FrameworkFile::EventsPipe => return None,
             }
@@ -115,6 +117,47 @@ pub fn render(view: &View, node: &Node, users: &Users) -> Option<String> {
                 TaskFile::StatusJson => status_json(view, task),
                 TaskFile::Spec => line(task.spec.to_line()),
                 _ => return None,
+            }
+        }
+        Node::RoleFile(role, file) => {
+            let info = view.state.roles.get(role).cloned().unwrap_or_default();
+            match file {
+                RoleFile::Weight => line(
+                    info.weight
+                        .map_or_else(|| "1".to_string(), |w| w.to_string()),
+                ),
+                RoleFile::Guarantee => line(info.quota.guarantee.to_string()),
+                RoleFile::Limit => line(
+                    info.quota
+                        .limit
+                        .as_ref()
+                        .map_or_else(String::new, |l| l.to_string()),
+                ),
+                RoleFile::Allocated => line(
+                    view.state
+                        .tasks
+                        .values()
+                        .filter(|t| is_within(&t.role, role) && !t.state().is_terminal())
+                        .fold(Resources::default(), |acc, t| acc.add(&t.resources))
+                        .to_string(),
+                ),
+                RoleFile::Offered => line(
+                    view.offers
+                        .values()
+                        .filter(|o| is_within(&o.role, role))
+                        .fold(Resources::default(), |acc, o| acc.add(&o.resources))
+                        .to_string(),
+                ),
+                RoleFile::Frameworks => {
+                    let mut names: Vec<&str> = view
+                        .state
+                        .active_frameworks()
+                        .filter(|f| f.roles().contains(&role.as_str()))
+                        .map(|f| f.name.as_str())
+                        .collect();
+                    names.sort_unstable();
+                    names.into_iter().map(line).collect()
+                }
             }
         }
         _ => return None,
@@ -350,6 +393,8 @@ fn ports_text(r: &Resources) -> String {
 mod tests {
     use super::*;
     use crate::fixture::standard;
+    use mesofs_kernel::allocator::roles::parse_setting;
+    use mesofs_kernel::state::Command;
 
     fn text(view: &View, node: Node) -> String {
         render(view, &node, &Users::default()).expect("renders")
@@ -369,6 +414,54 @@ mod tests {
              offered cpus:2.5;disk:1024;mem:3968;ports:[31002-31099]\n\
              allocated cpus:1;mem:128;ports:[31000-31001]\n\
              available cpus:0.5\n"
+        );
+    }
+
+    #[test]
+    fn role_files_show_settings_and_what_the_role_holds() {
+        let (mut c, hello, _) = standard("127.0.0.1:1");
+        let role = |view: &View, r: &str, file| text(view, Node::RoleFile(r.into(), file));
+        let view = c.copy.view();
+        assert_eq!(role(&view, "*", RoleFile::Weight), "1\n");
+        assert_eq!(role(&view, "*", RoleFile::Guarantee), "\n");
+        assert_eq!(role(&view, "*", RoleFile::Limit), "\n");
+        assert_eq!(
+            role(&view, "*", RoleFile::Allocated),
+            "cpus:1;mem:128;ports:[31000-31001]\n",
+            "the running task; the finished one no more"
+        );
+        assert_eq!(
+            role(&view, "*", RoleFile::Offered),
+            "cpus:2.5;disk:1024;mem:3968;ports:[31002-31099]\n"
+        );
+        assert_eq!(role(&view, "*", RoleFile::Frameworks), "hello\nidle\n");
+        drop(view);
+        c.command(Command::SetFrameworkRoles {
+            framework_id: hello.clone(),
+            roles: vec!["eng/web".into(), "*".into()],
+        });
+        for (file, text) in [("limit", "cpus:8;mem:1024"), ("guarantee", "cpus:2")] {
+            c.command(Command::ConfigureRole {
+                role: "eng".into(),
+                setting: parse_setting(file, text).unwrap(),
+            });
+        }
+        let view = c.copy.view();
+        assert_eq!(
+            text(
+                &view,
+                Node::FrameworkFile(hello.clone(), FrameworkFile::Role)
+            ),
+            "eng/web\n*\n"
+        );
+        assert_eq!(role(&view, "eng", RoleFile::Limit), "cpus:8;mem:1024\n");
+        assert_eq!(role(&view, "eng", RoleFile::Guarantee), "cpus:2\n");
+        assert_eq!(role(&view, "eng/web", RoleFile::Frameworks), "hello\n");
+        assert_eq!(role(&view, "*", RoleFile::Frameworks), "hello\nidle\n");
+        assert_eq!(
+            role(&view, "eng", RoleFile::Allocated),
+            "\n",
+            "its tasks are in *"
         );
     }
 

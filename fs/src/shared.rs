@@ -127,7 +127,7 @@ impl Shared {
             ),
             Kind::File => {
                 let size = match node.content() {
-                    Content::Rendered => {
+                    Content::Rendered | Content::Setting => {
                         render::render(view, node, &self.users).map_or(0, |t| t.len() as u64)
                     }
                     Content::Sandbox { .. } => sandbox_size,

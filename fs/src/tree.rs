@@ -5,6 +5,9 @@
 //! the name once, at lookup, so an inode of a torn-down framework never silently turns into
 //! the inode of a new framework registered under the same name.
 
+use std::collections::BTreeSet;
+
+use mesofs_kernel::allocator::roles::DEFAULT_ROLE;
 use mesofs_kernel::state::{task_id, FrameworkInfo, TaskInfo};
 use mesofs_kernel::watch::View;
 
@@ -92,6 +95,24 @@ named_files! {
         Events => "events",
         /// `events_pipe`: the same lines as a stream that blocks at its end.
         EventsPipe => "events_pipe",
+    }
+}
+
+named_files! {
+    /// Files of `/roles/<role>` (besides the directories of the roles under it).
+    RoleFile {
+        /// `weight`: read and written (root).
+        Weight => "weight",
+        /// `guarantee`: read and written (root).
+        Guarantee => "guarantee",
+        /// `limit`: read and written (root).
+        Limit => "limit",
+        /// `allocated`: what the role's tasks (and those of the roles under it) hold.
+        Allocated => "allocated",
+        /// `offered`: what outstanding offers for the role (and the roles under it) hold.
+        Offered => "offered",
+        /// `frameworks`: the frameworks in the role, by name.
+        Frameworks => "frameworks",
     }
 }
 
@@ -193,6 +214,12 @@ pub enum Node {
     TaskFile(String, String, TaskFile),
     /// `/frameworks/<name>/tasks/<task>/agent`: a symlink.
     TaskAgent(String, String),
+    /// `/roles`.
+    Roles,
+    /// `/roles/<role path>`.
+    Role(String),
+    /// `/roles/<role path>/<file>`.
+    RoleFile(String, RoleFile),
 }
 
 /// What kind of inode a node is.
@@ -237,6 +264,38 @@ pub enum Content {
     },
     /// `launch`, `decline`, `kill`: each write is one command.
     Control,
+    /// A setting (`role`, a role's `weight`...): read, it is rendered; each write is one
+    /// command that changes it.
+    Setting,
+}
+
+/// Every role the view knows: `*`, those with settings, those frameworks take, and the roles
+/// above them.
+pub fn known_roles(view: &View) -> BTreeSet<String> {
+    let mut roles: BTreeSet<String> = BTreeSet::from([DEFAULT_ROLE.to_string()]);
+    roles.extend(view.state.roles.keys().cloned());
+    for fw in view.state.active_frameworks() {
+        roles.extend(fw.roles().into_iter().map(String::from));
+    }
+    let above: Vec<String> = roles
+        .iter()
+        .flat_map(|r| {
+            r.match_indices('/')
+                .map(|(i, _)| r[..i].to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    roles.extend(above);
+    roles
+}
+
+/// The role path of `/roles/<parent>/<name>` ("" is `/roles` itself).
+fn role_path(parent: &str, name: &str) -> String {
+    if parent.is_empty() {
+        name.to_string()
+    } else {
+        format!("{parent}/{name}")
+    }
 }
 
 /// The framework name rule: `[A-Za-z0-9][A-Za-z0-9._-]{0,63}`.
@@ -303,7 +362,9 @@ impl Node {
             | Node::Masters
             | Node::MastersCtl
             | Node::Agents
-            | Node::Frameworks => true,
+            | Node::Frameworks
+            | Node::Roles => true,
+            Node::Role(r) | Node::RoleFile(r, _) => known_roles(view).contains(r),
             Node::Master(m) | Node::MasterFile(m, _) => view.masters.iter().any(|s| s.id == *m),
             Node::Agent(a) | Node::AgentFile(a, _) | Node::AgentTasks(a) => {
                 view.state.agents.contains_key(a)
@@ -331,7 +392,13 @@ impl Node {
                 "cluster" => Node::Cluster,
                 "agents" => Node::Agents,
                 "frameworks" => Node::Frameworks,
+                "roles" => Node::Roles,
                 _ => return None,
+            },
+            Node::Roles => Node::Role(name.to_string()),
+            Node::Role(r) => match RoleFile::from_name(name) {
+                Some(f) => Node::RoleFile(r.clone(), f),
+                None => Node::Role(role_path(r, name)),
             },
             Node::Cluster => match name {
                 "masters" => Node::Masters,
@@ -389,7 +456,31 @@ impl Node {
                 .collect()
         };
         match self {
-            Node::Root => named(vec!["README", "cluster", "agents", "frameworks"]),
+            Node::Root => named(vec!["README", "cluster", "agents", "frameworks", "roles"]),
+            Node::Roles | Node::Role(_) => {
+                let parent = match self {
+                    Node::Role(r) => r.as_str(),
+                    _ => "",
+                };
+                let mut out: Vec<(String, Node)> = match self {
+                    Node::Role(r) => RoleFile::ALL
+                        .iter()
+                        .map(|f| (f.name().to_string(), Node::RoleFile(r.clone(), *f)))
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                for role in known_roles(view) {
+                    let rest = if parent.is_empty() {
+                        Some(role.as_str())
+                    } else {
+                        role.strip_prefix(parent).and_then(|r| r.strip_prefix('/'))
+                    };
+                    if let Some(name) = rest.filter(|n| !n.is_empty() && !n.contains('/')) {
+                        out.push((name.to_string(), Node::Role(role.clone())));
+                    }
+                }
+                out
+            }
             Node::Cluster => {
                 let mut names: Vec<&str> = ClusterFile::ALL.iter().map(|f| f.name()).collect();
                 names.push("masters");
@@ -471,9 +562,17 @@ impl Node {
     /// The directory holding this node (the root is its own parent).
     pub fn parent(&self) -> Node {
         match self {
-            Node::Root | Node::Readme | Node::Cluster | Node::Agents | Node::Frameworks => {
-                Node::Root
-            }
+            Node::Root
+            | Node::Readme
+            | Node::Cluster
+            | Node::Agents
+            | Node::Frameworks
+            | Node::Roles => Node::Root,
+            Node::Role(r) => match r.rsplit_once('/') {
+                Some((parent, _)) => Node::Role(parent.to_string()),
+                None => Node::Roles,
+            },
+            Node::RoleFile(r, _) => Node::Role(r.clone()),
             Node::ClusterFile(_) | Node::Masters => Node::Cluster,
             Node::MastersCtl | Node::Master(_) => Node::Masters,
             Node::MasterFile(m, _) => Node::Master(*m),
@@ -506,7 +605,9 @@ impl Node {
             | Node::Offers(_)
             | Node::Offer(..)
             | Node::Tasks(_)
-            | Node::Task(..) => Kind::Dir,
+            | Node::Task(..)
+            | Node::Roles
+            | Node::Role(_) => Kind::Dir,
             Node::AgentTaskLink(..) | Node::OfferAgent(..) | Node::TaskAgent(..) => Kind::Symlink,
             _ => Kind::File,
         }
@@ -540,6 +641,10 @@ impl Node {
             Node::OfferFile(_, _, OfferFile::Launch | OfferFile::Decline)
             | Node::TaskFile(_, _, TaskFile::Kill)
             | Node::MastersCtl => Content::Control,
+            Node::FrameworkFile(_, FrameworkFile::Role)
+            | Node::RoleFile(_, RoleFile::Weight | RoleFile::Guarantee | RoleFile::Limit) => {
+                Content::Setting
+            }
             _ => Content::Rendered,
         }
     }
@@ -549,9 +654,9 @@ impl Node {
         self.kind() == Kind::File && self.content() != Content::Control
     }
 
-    /// Whether writing the file does anything (control files only).
+    /// Whether writing the file does anything (control files and settings).
     pub fn writable(&self) -> bool {
-        self.kind() == Kind::File && self.content() == Content::Control
+        self.kind() == Kind::File && matches!(self.content(), Content::Control | Content::Setting)
     }
 
     /// Permission bits (with the sticky bit on `/frameworks`). A task's output is its
@@ -561,6 +666,7 @@ impl Node {
             Kind::Dir if *self == Node::Frameworks => 0o1777,
             Kind::Dir => 0o755,
             Kind::Symlink => 0o777,
+            Kind::File if self.content() == Content::Setting => 0o644,
             Kind::File if self.writable() => 0o200,
             Kind::File if matches!(self.content(), Content::Sandbox { .. }) => 0o400,
             Kind::File => 0o444,
@@ -606,6 +712,8 @@ impl Node {
 mod tests {
     use super::*;
     use crate::fixture::{standard, Cluster};
+    use mesofs_kernel::allocator::roles::RoleSetting;
+    use mesofs_kernel::state::Command;
 
     fn walk(view: &View, path: &str) -> Option<Node> {
         path.split('/')
@@ -662,12 +770,49 @@ mod tests {
     }
 
     #[test]
+    fn roles_are_a_tree_of_every_role_set_or_taken_and_the_roles_above_them() {
+        let (mut c, hello, _) = standard("127.0.0.1:1");
+        c.command(Command::SetFrameworkRoles {
+            framework_id: hello.clone(),
+            roles: vec!["eng/web".into(), "*".into()],
+        });
+        c.command(Command::ConfigureRole {
+            role: "ops".into(),
+            setting: RoleSetting::Weight(mesofs_kernel::resources::Scalar::from_units(2)),
+        });
+        let view = c.copy.view();
+        assert_eq!(names(&view, "/roles"), ["*", "eng", "ops"]);
+        let files = [
+            "weight",
+            "guarantee",
+            "limit",
+            "allocated",
+            "offered",
+            "frameworks",
+        ];
+        assert_eq!(names(&view, "/roles/eng"), [&files[..], &["web"]].concat());
+        assert_eq!(names(&view, "/roles/eng/web"), files);
+        assert_eq!(walk(&view, "/roles/eng/nope"), None);
+        assert_eq!(walk(&view, "/roles/nope"), None);
+        let weight = walk(&view, "/roles/ops/weight").unwrap();
+        assert_eq!(weight.content(), Content::Setting);
+        assert_eq!(weight.mode(), 0o644);
+        assert_eq!(weight.owner(&view, &Users::default()), (0, 0));
+        let role = walk(&view, "/frameworks/hello/role").unwrap();
+        assert!(role.readable() && role.writable());
+        assert_eq!(
+            walk(&view, "/roles/eng/web").unwrap().parent(),
+            Node::Role("eng".into())
+        );
+    }
+
+    #[test]
     fn directories_list_their_entries() {
         let (c, _, _) = standard("127.0.0.1:1");
         let view = c.copy.view();
         assert_eq!(
             names(&view, "/"),
-            ["README", "cluster", "agents", "frameworks"]
+            ["README", "cluster", "agents", "frameworks", "roles"]
         );
         assert_eq!(names(&view, "/cluster"), ["leader", "resources", "masters"]);
         assert_eq!(names(&view, "/cluster/masters"), ["ctl", "1"]);

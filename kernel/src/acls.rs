@@ -107,6 +107,8 @@ pub enum Action {
     ChangeMembership,
     /// Read the sandboxes of tasks that run as a user.
     AccessSandboxes,
+    /// Set a role's weight or quota.
+    UpdateQuotas,
 }
 
 impl Action {
@@ -119,13 +121,14 @@ impl Action {
             Action::KillTasks => "kill_tasks",
             Action::ChangeMembership => "change_membership",
             Action::AccessSandboxes => "access_sandboxes",
+            Action::UpdateQuotas => "update_quotas",
         }
     }
 
     /// The object a rule of this action names: `roles`, `users`, or none.
     fn object(self) -> Option<&'static str> {
         match self {
-            Action::RegisterFramework => Some("roles"),
+            Action::RegisterFramework | Action::UpdateQuotas => Some("roles"),
             Action::ChangeMembership => None,
             _ => Some("users"),
         }
@@ -142,6 +145,7 @@ impl Action {
             Action::KillTasks => format!("kill tasks of user {object:?}'s frameworks"),
             Action::ChangeMembership => "change the masters".to_string(),
             Action::AccessSandboxes => format!("read the sandboxes of user {object:?}'s tasks"),
+            Action::UpdateQuotas => format!("set the weight and quota of role {object:?}"),
         }
     }
 }
@@ -171,6 +175,9 @@ pub struct Acls {
     /// Who may read the sandboxes of whose tasks.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub access_sandboxes: Vec<Rule>,
+    /// Who may set which roles' weights and quotas.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub update_quotas: Vec<Rule>,
 }
 
 fn yes() -> bool {
@@ -188,6 +195,7 @@ impl Default for Acls {
             kill_tasks: Vec::new(),
             change_membership: Vec::new(),
             access_sandboxes: Vec::new(),
+            update_quotas: Vec::new(),
         }
     }
 }
@@ -306,6 +314,7 @@ impl Acls {
             Action::KillTasks => &self.kill_tasks,
             Action::ChangeMembership => &self.change_membership,
             Action::AccessSandboxes => &self.access_sandboxes,
+            Action::UpdateQuotas => &self.update_quotas,
         }
     }
 
@@ -368,13 +377,14 @@ impl Acls {
 
 impl Action {
     /// Every action.
-    pub const ALL: [Action; 6] = [
+    pub const ALL: [Action; 7] = [
         Action::RegisterFramework,
         Action::RunTasks,
         Action::TeardownFramework,
         Action::KillTasks,
         Action::ChangeMembership,
         Action::AccessSandboxes,
+        Action::UpdateQuotas,
     ];
 }
 

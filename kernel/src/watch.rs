@@ -431,6 +431,7 @@ mod tests {
                 time_ms: 1,
             },
             Command::LaunchTasks {
+                role: "*".into(),
                 framework_id: "f-1".into(),
                 agent_id: "a".into(),
                 tasks: vec![NewTask {

@@ -41,6 +41,7 @@ fn seeds() -> Vec<String> {
         Command::LaunchTasks {
             framework_id: "f-1".into(),
             agent_id: "a1".into(),
+            role: "*".into(),
             tasks: vec![NewTask {
                 resources: spec
                     .resources()
@@ -62,6 +63,16 @@ fn seeds() -> Vec<String> {
         Command::KillTask {
             task_id: "f-1.t".into(),
             time_ms: 5,
+        },
+        Command::SetFrameworkRoles {
+            framework_id: "f-1".into(),
+            roles: vec!["eng/web".into(), "*".into()],
+        },
+        Command::ConfigureRole {
+            role: "eng".into(),
+            setting: mesofs_kernel::allocator::roles::RoleSetting::Limit(Some(
+                Resources::parse("cpus:2").unwrap(),
+            )),
         },
     ];
     let mut seeds: Vec<String> = commands
@@ -105,7 +116,7 @@ fn apply_after_seeds(cmd: &Command) {
     let mut view = View::default();
     let all: Vec<Command> = seeds()
         .iter()
-        .take(5)
+        .take(7)
         .map(|s| serde_json::from_str(s).unwrap())
         .chain([cmd.clone()])
         .collect();

@@ -8,6 +8,7 @@
 //! makes the offers it plans.
 
 pub mod drf;
+pub mod roles;
 
 use std::collections::BTreeMap;
 
@@ -105,6 +106,16 @@ impl Cap {
         Cap(out)
     }
 
+    /// Only the bounds above zero (what is still owed, of a guarantee).
+    pub fn owed(&self) -> Cap {
+        Cap(self
+            .0
+            .iter()
+            .filter(|(_, s)| !s.is_zero())
+            .map(|(n, s)| (n.clone(), *s))
+            .collect())
+    }
+
     /// Whether every bound is zero (nothing left, or nothing owed).
     pub fn is_zero(&self) -> bool {
         self.0.values().all(|s| s.is_zero())
@@ -182,11 +193,13 @@ pub fn plan(
             if lacking.is_empty() {
                 break;
             }
+            // Capped at what is still owed of each scalar; scalars of the guarantee already met
+            // are offered as the agent has them (a role short of cpus needs memory with them).
             let lack_of = |role: &str| {
                 lacking
                     .iter()
                     .filter(|(r, _)| drf::is_within(role, r))
-                    .map(|(_, l)| l.clone())
+                    .map(|(_, l)| l.owed())
                     .reduce(|a, b| a.min(&b))
             };
             let Some((role, fw, offer)) = pick(sorter, quotas, agent, &may_offer, lack_of) else {

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::allocator::roles::{RoleInfo, RoleSetting, DEFAULT_ROLE};
 use crate::resources::Resources;
 use crate::spec::TaskSpec;
 
@@ -89,8 +90,11 @@ pub struct FrameworkInfo {
     pub uid: u32,
     /// The gid of its directory.
     pub gid: u32,
-    /// The role its resources are allocated to.
+    /// Its first role (`*` by default); see [`FrameworkInfo::roles`].
     pub role: String,
+    /// Every role it takes offers for (empty: just `role`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
     /// When it registered (unix ms).
     pub registered_ms: u64,
     /// Set when it was torn down; a torn-down framework keeps its history but is no longer listed.
@@ -186,6 +190,9 @@ pub struct TaskInfo {
     pub spec: TaskSpec,
     /// What it holds: the spec's scalars plus its assigned ports.
     pub resources: Resources,
+    /// The role its resources are allocated to: the role of the offer it was launched from.
+    #[serde(default = "default_role")]
+    pub role: String,
     /// The ports assigned to it, in the order of `PORT0`, `PORT1`...
     pub ports: Vec<u64>,
     /// Set once a kill was requested.
@@ -281,10 +288,27 @@ pub enum Command {
         framework_id: FrameworkId,
         /// The agent they go to.
         agent_id: AgentId,
+        /// The role of the offer they are launched from.
+        #[serde(default = "default_role")]
+        role: String,
         /// The tasks.
         tasks: Vec<NewTask>,
         /// When (unix ms).
         time_ms: u64,
+    },
+    /// A framework's roles changed (a write to its `role` file).
+    SetFrameworkRoles {
+        /// Which framework.
+        framework_id: FrameworkId,
+        /// Its roles now, the first one first.
+        roles: Vec<String>,
+    },
+    /// A role's weight or quota changed (a write to `roles/<role>/<file>`).
+    ConfigureRole {
+        /// Which role.
+        role: String,
+        /// What changed.
+        setting: RoleSetting,
     },
     /// A kill was requested.
     KillTask {
@@ -343,6 +367,9 @@ pub enum StateError {
     /// The task has ended already.
     #[error("task {0:?} has already ended")]
     TaskEnded(String),
+    /// A role cannot take this setting.
+    #[error("role {0:?}: {1}")]
+    BadRoleSetting(String, String),
     /// The agent registered again after the session a command refers to.
     #[error("agent {0:?} has registered again since; the command refers to an older session")]
     StaleRegistration(String),
@@ -404,6 +431,25 @@ pub struct ClusterState {
     /// The outcomes of writes their clients may still retry.
     #[serde(default)]
     pub clients: Clients,
+    /// What is set on roles (weights, quotas), by role path.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub roles: BTreeMap<String, RoleInfo>,
+}
+
+/// The role of everything from before roles.
+fn default_role() -> String {
+    DEFAULT_ROLE.to_string()
+}
+
+impl FrameworkInfo {
+    /// Every role it takes offers for, the first one first.
+    pub fn roles(&self) -> Vec<&str> {
+        if self.roles.is_empty() {
+            vec![self.role.as_str()]
+        } else {
+            self.roles.iter().map(String::as_str).collect()
+        }
+    }
 }
 
 impl ClusterState {
@@ -598,7 +644,8 @@ impl ClusterState {
                         principal: principal.clone(),
                         uid: *uid,
                         gid: *gid,
-                        role: "*".into(),
+                        role: DEFAULT_ROLE.into(),
+                        roles: Vec::new(),
                         registered_ms: *time_ms,
                         removed_ms: None,
                     },
@@ -632,6 +679,7 @@ impl ClusterState {
             Command::LaunchTasks {
                 framework_id,
                 agent_id,
+                role,
                 tasks,
                 time_ms,
             } => {
@@ -666,6 +714,7 @@ impl ClusterState {
                             agent_id: agent_id.clone(),
                             spec: t.spec.clone(),
                             resources: t.resources.clone(),
+                            role: role.clone(),
                             ports: t.ports.clone(),
                             kill_requested: false,
                             history: vec![Transition {
@@ -680,6 +729,31 @@ impl ClusterState {
                 Applied {
                     transitions,
                     ..Applied::default()
+                }
+            }
+            Command::SetFrameworkRoles {
+                framework_id,
+                roles,
+            } => match self.frameworks.get_mut(framework_id) {
+                Some(f) if f.removed_ms.is_none() && !roles.is_empty() => {
+                    f.role = roles[0].clone();
+                    f.roles = roles.clone();
+                    Applied::default()
+                }
+                _ => Applied::refused(StateError::NoFramework(framework_id.clone())),
+            },
+            Command::ConfigureRole { role, setting } => {
+                let now = self.roles.get(role).cloned().unwrap_or_default();
+                match now.with(setting) {
+                    Ok(info) => {
+                        if info == RoleInfo::default() {
+                            self.roles.remove(role);
+                        } else {
+                            self.roles.insert(role.clone(), info);
+                        }
+                        Applied::default()
+                    }
+                    Err(e) => Applied::refused(StateError::BadRoleSetting(role.clone(), e)),
                 }
             }
             Command::KillTask { task_id, .. } => match self.tasks.get_mut(task_id) {
@@ -810,6 +884,7 @@ mod tests {
         Command::LaunchTasks {
             framework_id: fw.into(),
             agent_id: agent_id.into(),
+            role: DEFAULT_ROLE.into(),
             tasks: vec![NewTask {
                 resources: spec.resources(),
                 spec,

@@ -28,6 +28,7 @@ mod batch;
 pub mod board;
 mod membership;
 mod offers;
+mod roles;
 mod writes;
 
 use batch::Batches;
@@ -109,6 +110,8 @@ struct Allocation {
     filters: HashMap<(String, String), Instant>,
     /// Resources taken from an offer whose launch is not committed yet, per agent.
     pending: HashMap<String, Resources>,
+    /// The same, per (role, framework): they count as held there.
+    pending_held: HashMap<(String, String), Resources>,
     offer_seq: u64,
 }
 

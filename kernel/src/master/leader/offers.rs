@@ -11,7 +11,7 @@ use std::time::Instant;
 use tracing::{debug, info};
 
 use super::{after, now_ms, Leader};
-use crate::allocator::{self, drf::Sorter, Free};
+use crate::allocator::{self, drf::Sorter, Free, Quota};
 use crate::resources::Resources;
 use crate::state::AgentState;
 use crate::watch::Offer;
@@ -63,7 +63,7 @@ impl Leader {
             .cloned()
             .collect();
         let offers: Vec<Offer> = self.board.read(|o| o.values().cloned().collect());
-        let (mut sorter, free, hostnames) = self.hub.read(|state| {
+        let (mut sorter, quotas, subscribed, free, hostnames) = self.hub.read(|state| {
             let mut sorter = Sorter::new();
             let active: Vec<_> = state
                 .agents
@@ -75,8 +75,23 @@ impl Leader {
                     .iter()
                     .fold(Resources::default(), |acc, a| acc.add(&a.resources)),
             );
+            // A framework's tasks in a role it has left still count there, but it is offered
+            // only for the roles it has now.
+            let mut subscribed = HashSet::new();
             for fw in state.active_frameworks() {
-                sorter.add_client(&fw.role, &fw.id);
+                for role in fw.roles() {
+                    sorter.add_client(role, &fw.id);
+                    subscribed.insert((role.to_string(), fw.id.clone()));
+                }
+            }
+            let mut quotas = BTreeMap::new();
+            for (role, info) in &state.roles {
+                if let Some(w) = info.weight {
+                    sorter.set_weight(role, Some(w.milli() as f64 / 1000.0));
+                }
+                if info.quota != Quota::default() {
+                    quotas.insert(role.clone(), info.quota.clone());
+                }
             }
             let mut held: HashMap<&str, Resources> = HashMap::new();
             for t in state.tasks.values().filter(|t| !t.state().is_terminal()) {
@@ -84,7 +99,7 @@ impl Leader {
                 *h = h.add(&t.resources);
                 if let Some(fw) = state.frameworks.get(&t.framework_id) {
                     if fw.removed_ms.is_none() {
-                        sorter.allocate(&fw.role, &fw.id, &t.resources);
+                        sorter.allocate(&t.role, &fw.id, &t.resources);
                     }
                 }
             }
@@ -111,7 +126,7 @@ impl Leader {
                 .iter()
                 .map(|a| (a.id.clone(), a.hostname.clone()))
                 .collect();
-            (sorter, free, hostnames)
+            (sorter, quotas, subscribed, free, hostnames)
         });
         if free.is_empty() {
             return;
@@ -119,9 +134,13 @@ impl Leader {
         for o in &offers {
             sorter.allocate(&o.role, &o.framework_id, &o.resources);
         }
+        for ((role, fw), r) in &alloc.pending_held {
+            sorter.allocate(role, fw, r);
+        }
         let filters = &alloc.filters;
-        let planned = allocator::plan(&mut sorter, &BTreeMap::new(), free, |fw, _, agent| {
-            !filters.contains_key(&(fw.to_string(), agent.to_string()))
+        let planned = allocator::plan(&mut sorter, &quotas, free, |fw, role, agent| {
+            subscribed.contains(&(role.to_string(), fw.to_string()))
+                && !filters.contains_key(&(fw.to_string(), agent.to_string()))
         });
         let mut made = Vec::with_capacity(planned.len());
         for p in planned {

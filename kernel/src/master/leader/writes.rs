@@ -20,9 +20,9 @@ use crate::tls::Principal;
 fn op_errno(op: &Op, _error: &StateError) -> i32 {
     match op {
         Op::RegisterFramework(_) | Op::Launch(_) => libc::EEXIST,
-        Op::TeardownFramework(_) => libc::ENOENT,
+        Op::TeardownFramework(_) | Op::SetRoles(_) => libc::ENOENT,
         Op::Kill(_) => libc::ESRCH,
-        Op::Decline(_) | Op::Membership(_) => libc::EINVAL,
+        Op::Decline(_) | Op::Membership(_) | Op::ConfigureRole(_) => libc::EINVAL,
     }
 }
 
@@ -39,6 +39,8 @@ fn within_limits(client: &str, op: &Op) -> Result<(), String> {
         Op::Decline(d) => (d.text.as_str(), d.offer_id.as_str()),
         Op::Membership(m) => (m.text.as_str(), ""),
         Op::Kill(k) => (k.task.as_str(), ""),
+        Op::SetRoles(r) => (r.text.as_str(), ""),
+        Op::ConfigureRole(c) => (c.text.as_str(), ""),
         Op::RegisterFramework(_) | Op::TeardownFramework(_) => ("", ""),
     };
     if text.len() > MAX_WRITE_TEXT {
@@ -155,7 +157,8 @@ impl Leader {
             Op::Launch(r) => r.framework.clone(),
             Op::Decline(r) => r.framework.clone(),
             Op::Kill(r) => r.framework.clone(),
-            Op::Membership(_) => String::new(),
+            Op::SetRoles(r) => r.framework.clone(),
+            Op::Membership(_) | Op::ConfigureRole(_) => String::new(),
         };
         let registering = matches!(op, Op::RegisterFramework(_));
         let span = info_span!("write", framework = %framework, uid = writer.uid, user = %writer.user, principal = %writer.principal_name());
@@ -176,6 +179,11 @@ impl Leader {
                 }
                 Op::Kill(r) => self.kill(w, &r.framework, &writer, &r.task).await,
                 Op::Membership(m) => self.change_membership(&writer, &m.text).await,
+                Op::SetRoles(r) => self.set_roles(w, &r.framework, &writer, &r.text).await,
+                Op::ConfigureRole(c) => {
+                    self.configure_role(w, &c.role, &c.file, &writer, &c.text)
+                        .await
+                }
             }
         }
         .instrument(span)
@@ -214,7 +222,7 @@ impl Leader {
     /// Commits a write's command, carried in a [`Command::Write`] when the client named it.
     /// `Ok(None)`: it was a retry of a write already applied, which changed nothing now and
     /// whose effects were carried out the first time.
-    async fn commit_write(
+    pub(super) async fn commit_write(
         &self,
         write: Option<&WriteId>,
         command: Command,
@@ -233,7 +241,7 @@ impl Leader {
     /// The framework named `name`, if `writer` may act on it: its owner, or root on the
     /// writer's machine; and, for `action`, if the ACLs let the writer's principal do it to the
     /// owner's frameworks.
-    fn owned_framework(
+    pub(super) fn owned_framework(
         &self,
         name: &str,
         writer: &Writer,
@@ -452,6 +460,9 @@ impl Leader {
             }
             let p = alloc.pending.entry(offer.agent_id.clone()).or_default();
             *p = p.add(&used);
+            let key = (offer.role.clone(), fw.id.clone());
+            let p = alloc.pending_held.entry(key).or_default();
+            *p = p.add(&used);
             (offer, tasks, used)
         };
         let result = self
@@ -460,6 +471,7 @@ impl Leader {
                 Command::LaunchTasks {
                     framework_id: fw.id.clone(),
                     agent_id: offer.agent_id.clone(),
+                    role: offer.role.clone(),
                     tasks: tasks.clone(),
                     time_ms: now_ms(),
                 },
@@ -469,6 +481,13 @@ impl Leader {
             let mut alloc = self.alloc.lock().expect("alloc lock");
             if let Some(p) = alloc.pending.get_mut(&offer.agent_id) {
                 *p = p.checked_sub(&used).unwrap_or_default();
+            }
+            let key = (offer.role.clone(), fw.id.clone());
+            if let Some(p) = alloc.pending_held.get_mut(&key) {
+                *p = p.checked_sub(&used).unwrap_or_default();
+                if p.is_empty() {
+                    alloc.pending_held.remove(&key);
+                }
             }
         }
         let result = result.and_then(|r| match (r.applied.error, r.applied.duplicate_of) {
