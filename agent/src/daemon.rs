@@ -38,6 +38,9 @@ pub enum AgentError {
     /// `--resources` did not parse.
     #[error("invalid --resources: {0}")]
     Resources(String),
+    /// `--attributes` did not parse.
+    #[error("invalid --attributes: {0} (write name:value;name:value, e.g. rack:r1;zone:a)")]
+    Attributes(String),
     /// The TLS directory does not fit this agent.
     #[error("{0}")]
     Tls(String),
@@ -67,6 +70,8 @@ pub struct AgentConfig {
     pub hostname: String,
     /// Resources to offer, Mesos syntax; detected when absent.
     pub resources: Option<String>,
+    /// Attributes, `name:value;name:value` (`rack:r1;zone:a`).
+    pub attributes: String,
     /// The `mesofs` binary, run (`mesofs supervise`) as each task's supervisor so that tasks
     /// survive a restart of the agent; `None`: tasks end with the agent.
     pub supervisor: Option<PathBuf>,
@@ -105,6 +110,10 @@ impl AgentHandle {
 
 /// Starts an agent: detects resources, serves sandbox files, and registers with the masters.
 pub async fn start(mut config: AgentConfig) -> Result<AgentHandle, AgentError> {
+    // Before anything touches the machine: a malformed flag changes nothing.
+    let attributes = mesofs_kernel::attributes::Attributes::parse(&config.attributes)
+        .map_err(AgentError::Attributes)?
+        .to_string();
     // Absolute: task supervisors run in their sandboxes and write into the work directory.
     config.work_dir =
         std::path::absolute(&config.work_dir).map_err(|source| AgentError::WorkDir {
@@ -199,6 +208,7 @@ pub async fn start(mut config: AgentConfig) -> Result<AgentHandle, AgentError> {
             None => files_addr.to_string(),
         },
         resources: resources.clone(),
+        attributes,
     };
     let session = Session::start(
         identity,

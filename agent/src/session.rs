@@ -41,6 +41,8 @@ pub struct Identity {
     pub address: String,
     /// Resources it offers, Mesos syntax.
     pub resources: String,
+    /// Its attributes, `name:value;...`.
+    pub attributes: String,
 }
 
 /// Status updates not yet acknowledged, in the order they were made, each checkpointed until
@@ -343,6 +345,7 @@ impl Session {
                 address: id.address.clone(),
                 resources: id.resources.clone(),
                 running: self.running(),
+                attributes: id.attributes.clone(),
             })),
         })
         .map_err(|e| e.to_string())?;

@@ -53,6 +53,13 @@ pub fn control_op(view: &View, node: &Node, data: &[u8]) -> Result<Op, WriteErro
             framework: framework(f)?,
             text,
         }),
+        Node::FrameworkFile(f, file @ (FrameworkFile::Suppressed | FrameworkFile::Revive)) => {
+            Op::Suppress(proto::Suppress {
+                framework: framework(f)?,
+                text,
+                revive: *file == FrameworkFile::Revive,
+            })
+        }
         Node::RoleFile(role, file) => Op::ConfigureRole(proto::ConfigureRole {
             role: role.clone(),
             file: file.name().to_string(),
@@ -92,6 +99,7 @@ pub fn op_framework(op: &Op) -> &str {
         Op::Decline(r) => &r.framework,
         Op::Kill(r) => &r.framework,
         Op::SetRoles(r) => &r.framework,
+        Op::Suppress(r) => &r.framework,
         Op::Membership(_) | Op::ConfigureRole(_) => "",
     }
 }
@@ -105,6 +113,8 @@ fn op_name(op: &Op) -> &'static str {
         Op::Kill(_) => "kill",
         Op::Membership(_) => "membership",
         Op::SetRoles(_) => "roles",
+        Op::Suppress(r) if r.revive => "revive",
+        Op::Suppress(_) => "suppress",
         Op::ConfigureRole(_) => "role settings",
     }
 }

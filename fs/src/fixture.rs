@@ -72,6 +72,8 @@ impl Cluster {
                 state: AgentState::Active,
                 registered_ms: 1_700_000_000_000,
                 registration: 0,
+                attributes: mesofs_kernel::attributes::Attributes::parse("rack:r1;zone:a")
+                    .expect("test attributes parse"),
             },
             running: Vec::new(),
         });

@@ -240,6 +240,7 @@ fn the_tree_lists_reads_sizes_and_links_like_a_filesystem() {
         "launch",
         "decline",
         "kill",
+        "revive",
         "ctl",
         "stdout",
         "stderr",

@@ -29,7 +29,8 @@ into a file. Everything is plain text, one value per file.
   cluster/masters/      <id>/ address, role, applied; ctl takes `add ID HOST:PORT`, `remove ID`
   agents/<id>/          hostname, address, state, resources, available, tasks/
   frameworks/           mkdir NAME registers a framework, rmdir NAME tears it down
-  frameworks/<f>/       id, user, principal, role, error, events, events_pipe, offers/, tasks/
+  frameworks/<f>/       id, user, principal, role, suppressed, revive, error, events,
+                        events_pipe, offers/, tasks/
   roles/<role>/         weight, guarantee, limit (root writes), allocated, offered, frameworks
 
 A framework in shell:
@@ -76,6 +77,7 @@ pub fn render(view: &View, node: &Node, users: &Users) -> Option<String> {
                 AgentFile::Hostname => line(&agent.hostname),
                 AgentFile::Address => line(&agent.address),
                 AgentFile::State => line(agent.state.as_str()),
+                AgentFile::Attributes => agent.attributes.lines(),
                 AgentFile::Resources => line(agent.resources.to_string()),
                 AgentFile::Available => line(agent_available(view, a).to_string()),
             }
@@ -92,6 +94,8 @@ pub fn render(view: &View, node: &Node, users: &Users) -> Option<String> {
                 },
                 FrameworkFile::Principal => line(fw.principal.as_deref().unwrap_or("")),
                 FrameworkFile::Role => fw.roles().iter().map(line).collect(),
+                FrameworkFile::Suppressed => line(if fw.suppressed { "1" } else { "0" }),
+                FrameworkFile::Revive => return None,
                 FrameworkFile::Error => view.errors.get(f).cloned().unwrap_or_default(),
                 FrameworkFile::Events | FrameworkFile::EventsPipe => return None,
             }
@@ -102,6 +106,12 @@ pub fn render(view: &View, node: &Node, users: &Users) -> Option<String> {
             match file {
                 OfferFile::Hostname => line(&offer.hostname),
                 OfferFile::Role => line(&offer.role),
+                OfferFile::Attributes => view
+                    .state
+                    .agents
+                    .get(&offer.agent_id)
+                    .map(|a| a.attributes.lines())
+                    .unwrap_or_default(),
                 OfferFile::Resources => line(offer.resources.to_string()),
                 OfferFile::Cpus => line(scalar_text(&offer.resources, "cpus")),
                 OfferFile::Mem => line(scalar_text(&offer.resources, "mem")),
@@ -505,6 +515,7 @@ mod tests {
         let offer = |file| text(&view, Node::OfferFile(hello.clone(), "1-1".into(), file));
         assert_eq!(offer(OfferFile::Hostname), "a1.example\n");
         assert_eq!(offer(OfferFile::Role), "*\n");
+        assert_eq!(offer(OfferFile::Attributes), "rack:r1\nzone:a\n");
         assert_eq!(offer(OfferFile::Cpus), "2.5\n");
         assert_eq!(offer(OfferFile::Mem), "3968\n");
         assert_eq!(offer(OfferFile::Disk), "1024\n");

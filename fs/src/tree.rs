@@ -73,6 +73,8 @@ named_files! {
         State => "state",
         /// `resources`: everything it has.
         Resources => "resources",
+        /// `attributes`: `name:value` per line.
+        Attributes => "attributes",
         /// `available`: neither held by tasks nor offered.
         Available => "available",
     }
@@ -87,8 +89,12 @@ named_files! {
         User => "user",
         /// `principal`: the certificate of the mount it was made through.
         Principal => "principal",
-        /// `role`.
+        /// `role`: its roles, one per line; written by its owner.
         Role => "role",
+        /// `suppressed`: `1` while it takes no offers; written by its owner.
+        Suppressed => "suppressed",
+        /// `revive`: write-only; takes offers again and clears decline filters.
+        Revive => "revive",
         /// `error`: the last refused write's reason.
         Error => "error",
         /// `events`: the event log (end-of-file at its end).
@@ -123,6 +129,8 @@ named_files! {
         Hostname => "hostname",
         /// `role`: the role it is offered for.
         Role => "role",
+        /// `attributes`: its agent's, `name:value` per line.
+        Attributes => "attributes",
         /// `resources`: everything offered, Mesos syntax.
         Resources => "resources",
         /// `cpus`.
@@ -640,8 +648,9 @@ impl Node {
             },
             Node::OfferFile(_, _, OfferFile::Launch | OfferFile::Decline)
             | Node::TaskFile(_, _, TaskFile::Kill)
+            | Node::FrameworkFile(_, FrameworkFile::Revive)
             | Node::MastersCtl => Content::Control,
-            Node::FrameworkFile(_, FrameworkFile::Role)
+            Node::FrameworkFile(_, FrameworkFile::Role | FrameworkFile::Suppressed)
             | Node::RoleFile(_, RoleFile::Weight | RoleFile::Guarantee | RoleFile::Limit) => {
                 Content::Setting
             }
@@ -828,6 +837,7 @@ mod tests {
                 "address",
                 "state",
                 "resources",
+                "attributes",
                 "available",
                 "tasks"
             ]
@@ -844,6 +854,8 @@ mod tests {
                 "user",
                 "principal",
                 "role",
+                "suppressed",
+                "revive",
                 "error",
                 "events",
                 "events_pipe",
@@ -859,6 +871,7 @@ mod tests {
                 "agent",
                 "hostname",
                 "role",
+                "attributes",
                 "resources",
                 "cpus",
                 "mem",

@@ -4,6 +4,7 @@
 
 pub mod acls;
 pub mod allocator;
+pub mod attributes;
 pub mod client;
 pub mod limits;
 pub mod master;

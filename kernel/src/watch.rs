@@ -419,6 +419,7 @@ mod tests {
                     state: crate::state::AgentState::Active,
                     registered_ms: 0,
                     registration: 0,
+                    attributes: Default::default(),
                 },
                 running: vec![],
             },

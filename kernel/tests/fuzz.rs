@@ -27,6 +27,7 @@ fn seeds() -> Vec<String> {
                 state: AgentState::Active,
                 registered_ms: 1,
                 registration: 0,
+                attributes: Default::default(),
             },
             running: vec!["f-1.t".into()],
         },

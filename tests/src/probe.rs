@@ -114,6 +114,7 @@ pub async fn register(addr: &str, tls: ClientTlsConfig, agent_id: &str) -> Strin
                     address: "127.0.0.1:1".into(),
                     resources: "cpus:1;mem:64".into(),
                     running: vec![],
+                    attributes: String::new(),
                 })),
             };
             // Keep the session open: the master answers the registration, not the end.

@@ -264,6 +264,9 @@ struct AgentArgs {
     /// Resources to offer in Mesos syntax, e.g. "cpus:2;mem:1024;ports:[31000-31999]" (detected when absent).
     #[arg(long)]
     resources: Option<String>,
+    /// Attributes for frameworks to place by, e.g. "rack:r1;zone:a".
+    #[arg(long, default_value = "")]
+    attributes: String,
     #[command(flatten)]
     tls: certs::TlsArgs,
 }
@@ -297,6 +300,9 @@ struct DevArgs {
     /// Resources the agent offers, Mesos syntax (detected when absent).
     #[arg(long)]
     resources: Option<String>,
+    /// The agent's attributes, e.g. "rack:r1;zone:a".
+    #[arg(long, default_value = "")]
+    attributes: String,
     #[command(flatten)]
     leader: LeaderArgs,
 }
@@ -407,6 +413,7 @@ async fn run_agent(a: AgentArgs) -> Result<()> {
         advertise: a.advertise,
         hostname: a.hostname.unwrap_or_else(hostname),
         resources: a.resources,
+        attributes: a.attributes,
         supervisor: std::env::current_exe().ok(),
         tls: a.tls.load(
             "mesofs agent",
@@ -493,6 +500,7 @@ async fn run_dev(a: DevArgs) -> Result<()> {
         advertise: None,
         hostname: hostname(),
         resources: a.resources,
+        attributes: a.attributes,
         supervisor: std::env::current_exe().ok(),
         tls: Some(tls.agent),
     })

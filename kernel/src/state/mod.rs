@@ -66,6 +66,12 @@ pub struct AgentInfo {
     pub state: AgentState,
     /// When it first registered (unix ms).
     pub registered_ms: u64,
+    /// Its attributes (`rack:r1`), for frameworks to place by.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::attributes::Attributes::is_empty"
+    )]
+    pub attributes: crate::attributes::Attributes,
     /// The log index of its latest registration: names the session that disconnect and
     /// removal commands refer to, so a stale one cannot undo a newer registration.
     #[serde(default)]
@@ -95,6 +101,9 @@ pub struct FrameworkInfo {
     /// Every role it takes offers for (empty: just `role`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub roles: Vec<String>,
+    /// Whether it asked for no offers (`suppressed`), until it revives.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suppressed: bool,
     /// When it registered (unix ms).
     pub registered_ms: u64,
     /// Set when it was torn down; a torn-down framework keeps its history but is no longer listed.
@@ -302,6 +311,13 @@ pub enum Command {
         framework_id: FrameworkId,
         /// Its roles now, the first one first.
         roles: Vec<String>,
+    },
+    /// A framework stopped or resumed taking offers (`suppressed`, `revive`).
+    SuppressFramework {
+        /// Which framework.
+        framework_id: FrameworkId,
+        /// True: no offers until it revives.
+        suppressed: bool,
     },
     /// A role's weight or quota changed (a write to `roles/<role>/<file>`).
     ConfigureRole {
@@ -646,6 +662,7 @@ impl ClusterState {
                         gid: *gid,
                         role: DEFAULT_ROLE.into(),
                         roles: Vec::new(),
+                        suppressed: false,
                         registered_ms: *time_ms,
                         removed_ms: None,
                     },
@@ -738,6 +755,16 @@ impl ClusterState {
                 Some(f) if f.removed_ms.is_none() && !roles.is_empty() => {
                     f.role = roles[0].clone();
                     f.roles = roles.clone();
+                    Applied::default()
+                }
+                _ => Applied::refused(StateError::NoFramework(framework_id.clone())),
+            },
+            Command::SuppressFramework {
+                framework_id,
+                suppressed,
+            } => match self.frameworks.get_mut(framework_id) {
+                Some(f) if f.removed_ms.is_none() => {
+                    f.suppressed = *suppressed;
                     Applied::default()
                 }
                 _ => Applied::refused(StateError::NoFramework(framework_id.clone())),
@@ -876,6 +903,7 @@ mod tests {
             state: AgentState::Active,
             registered_ms: 1,
             registration: 0,
+            attributes: Default::default(),
         }
     }
 

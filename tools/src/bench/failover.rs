@@ -66,6 +66,7 @@ pub async fn run(args: FailoverArgs) -> Result<()> {
                 advertise: None,
                 hostname: format!("bench-agent-{i}"),
                 resources: Some("cpus:1;mem:1024".into()),
+                attributes: String::new(),
                 supervisor: std::env::current_exe().ok(),
                 tls: Some(masters.issue(Kind::Agent, &format!("bench-agent-{i}"))?),
             })

@@ -72,6 +72,7 @@ pub async fn run(args: LaunchArgs) -> Result<()> {
         advertise: None,
         hostname: "localhost".into(),
         resources: Some(resources),
+        attributes: String::new(),
         supervisor: std::env::current_exe().ok(),
         tls: Some(tls.agent),
     })

@@ -8,6 +8,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::{after, now_ms, Leader, Session};
+use crate::attributes::Attributes;
 use crate::limits::{cut, MAX_STATUS_MESSAGE};
 use crate::proto::{self, master_message, MasterMessage};
 use crate::resources::Resources;
@@ -32,6 +33,13 @@ impl Leader {
                     return;
                 }
             };
+            let attributes = match Attributes::parse(&reg.attributes) {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!(error = %e, "agent registered with invalid attributes; closing its session");
+                    return;
+                }
+            };
             let generation = self.session_seq.fetch_add(1, Ordering::Relaxed);
             let cmd = Command::RegisterAgent {
                 agent: crate::state::AgentInfo {
@@ -42,6 +50,7 @@ impl Leader {
                     state: AgentState::Active,
                     registered_ms: now_ms(),
                     registration: 0,
+                    attributes,
                 },
                 running: reg.running.clone(),
             };

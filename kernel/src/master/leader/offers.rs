@@ -81,7 +81,9 @@ impl Leader {
             for fw in state.active_frameworks() {
                 for role in fw.roles() {
                     sorter.add_client(role, &fw.id);
-                    subscribed.insert((role.to_string(), fw.id.clone()));
+                    if !fw.suppressed {
+                        subscribed.insert((role.to_string(), fw.id.clone()));
+                    }
                 }
             }
             let mut quotas = BTreeMap::new();

@@ -1,5 +1,5 @@
-//! Role writes: a framework's roles (its `role` file), and a role's weight and quota
-//! (`roles/<role>/{weight,guarantee,limit}`).
+//! What a framework takes offers for: its roles (its `role` file), whether it takes any
+//! (`suppressed`, `revive`), and a role's weight and quota (`roles/<role>/{weight,...}`).
 
 use tracing::info;
 
@@ -47,6 +47,62 @@ impl Leader {
             "the framework left the offer's role",
             true,
         );
+        self.reallocate();
+        Ok(r.index)
+    }
+
+    /// Stops (`1`) or resumes (`0`) offers to a framework; `revive` resumes them and also
+    /// clears its decline filters, as Mesos's REVIVE. Suppressing rescinds its offers.
+    pub(super) async fn suppress(
+        &self,
+        write: Option<&WriteId>,
+        framework: &str,
+        writer: &Writer,
+        text: &str,
+        revive: bool,
+    ) -> Result<u64, Refusal> {
+        let fw = self.owned_framework(framework, writer, None)?;
+        let suppressed = match (revive, text.trim()) {
+            (true, _) => false,
+            (false, "1") => true,
+            (false, "0") => false,
+            (false, other) => {
+                return Err(refuse(
+                    libc::EINVAL,
+                    format!("write 1 to stop offers or 0 to take them again, not {other:?}"),
+                ))
+            }
+        };
+        let r = self
+            .commit_write(
+                write,
+                Command::SuppressFramework {
+                    framework_id: fw.id.clone(),
+                    suppressed,
+                },
+            )
+            .await?;
+        if let Some(e) = r.applied.error {
+            return Err(refuse(libc::ENOENT, e.to_string()));
+        }
+        if let Some(first) = r.applied.duplicate_of {
+            return Ok(first);
+        }
+        if revive {
+            self.alloc
+                .lock()
+                .expect("alloc lock")
+                .filters
+                .retain(|(f, _), _| *f != fw.id);
+        }
+        info!(framework = %fw.id, suppressed, revive, "offers {}", if suppressed { "suppressed" } else { "resumed" });
+        if suppressed {
+            self.board.remove_offers_where(
+                |o| o.framework_id == fw.id,
+                "the framework suppressed offers",
+                true,
+            );
+        }
         self.reallocate();
         Ok(r.index)
     }

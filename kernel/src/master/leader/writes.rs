@@ -20,7 +20,7 @@ use crate::tls::Principal;
 fn op_errno(op: &Op, _error: &StateError) -> i32 {
     match op {
         Op::RegisterFramework(_) | Op::Launch(_) => libc::EEXIST,
-        Op::TeardownFramework(_) | Op::SetRoles(_) => libc::ENOENT,
+        Op::TeardownFramework(_) | Op::SetRoles(_) | Op::Suppress(_) => libc::ENOENT,
         Op::Kill(_) => libc::ESRCH,
         Op::Decline(_) | Op::Membership(_) | Op::ConfigureRole(_) => libc::EINVAL,
     }
@@ -40,6 +40,7 @@ fn within_limits(client: &str, op: &Op) -> Result<(), String> {
         Op::Membership(m) => (m.text.as_str(), ""),
         Op::Kill(k) => (k.task.as_str(), ""),
         Op::SetRoles(r) => (r.text.as_str(), ""),
+        Op::Suppress(r) => (r.text.as_str(), ""),
         Op::ConfigureRole(c) => (c.text.as_str(), ""),
         Op::RegisterFramework(_) | Op::TeardownFramework(_) => ("", ""),
     };
@@ -158,6 +159,7 @@ impl Leader {
             Op::Decline(r) => r.framework.clone(),
             Op::Kill(r) => r.framework.clone(),
             Op::SetRoles(r) => r.framework.clone(),
+            Op::Suppress(r) => r.framework.clone(),
             Op::Membership(_) | Op::ConfigureRole(_) => String::new(),
         };
         let registering = matches!(op, Op::RegisterFramework(_));
@@ -180,6 +182,10 @@ impl Leader {
                 Op::Kill(r) => self.kill(w, &r.framework, &writer, &r.task).await,
                 Op::Membership(m) => self.change_membership(&writer, &m.text).await,
                 Op::SetRoles(r) => self.set_roles(w, &r.framework, &writer, &r.text).await,
+                Op::Suppress(r) => {
+                    self.suppress(w, &r.framework, &writer, &r.text, r.revive)
+                        .await
+                }
                 Op::ConfigureRole(c) => {
                     self.configure_role(w, &c.role, &c.file, &writer, &c.text)
                         .await
