@@ -43,6 +43,7 @@ impl Cluster {
                 role: "leader".into(),
                 applied: 0,
             }],
+            why: Default::default(),
         });
         cluster
     }

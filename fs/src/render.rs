@@ -129,6 +129,14 @@ pub fn render(view: &View, node: &Node, users: &Users) -> Option<String> {
                 _ => return None,
             }
         }
+        Node::OffersWhy(f) => {
+            active_framework(view, f)?;
+            if view.framework_offers(f).next().is_some() {
+                String::new()
+            } else {
+                view.why.get(f).cloned().unwrap_or_default()
+            }
+        }
         Node::RoleFile(role, file) => {
             let info = view.state.roles.get(role).cloned().unwrap_or_default();
             match file {
@@ -405,6 +413,7 @@ mod tests {
     use crate::fixture::standard;
     use mesofs_kernel::allocator::roles::parse_setting;
     use mesofs_kernel::state::Command;
+    use mesofs_kernel::watch::LeaderEvent;
 
     fn text(view: &View, node: Node) -> String {
         render(view, &node, &Users::default()).expect("renders")
@@ -425,6 +434,34 @@ mod tests {
              allocated cpus:1;mem:128;ports:[31000-31001]\n\
              available cpus:0.5\n"
         );
+    }
+
+    #[test]
+    fn offers_why_says_the_leaders_reasons_only_while_the_framework_holds_no_offer() {
+        let (c, hello, idle) = standard("127.0.0.1:1");
+        let mut view = c.copy.view();
+        for fw in [&hello, &idle] {
+            view.apply_leader(&LeaderEvent::Why {
+                seq: 100,
+                framework_id: fw.clone(),
+                text: "suppressed: it asked for no offers\n".into(),
+            });
+        }
+        assert_eq!(
+            text(&view, Node::OffersWhy(hello.clone())),
+            "",
+            "hello holds 1-1"
+        );
+        assert_eq!(
+            text(&view, Node::OffersWhy(idle.clone())),
+            "suppressed: it asked for no offers\n"
+        );
+        view.apply_leader(&LeaderEvent::Why {
+            seq: 101,
+            framework_id: idle.clone(),
+            text: String::new(),
+        });
+        assert_eq!(text(&view, Node::OffersWhy(idle)), "");
     }
 
     #[test]

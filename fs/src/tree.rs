@@ -208,6 +208,8 @@ pub enum Node {
     Offers(String),
     /// `/frameworks/<name>/offers/next`.
     OffersNext(String),
+    /// `/frameworks/<name>/offers/why`: why it holds no offer.
+    OffersWhy(String),
     /// `/frameworks/<name>/offers/<offer>`.
     Offer(String, String),
     /// `/frameworks/<name>/offers/<offer>/<file>`.
@@ -382,6 +384,7 @@ impl Node {
             | Node::FrameworkFile(f, _)
             | Node::Offers(f)
             | Node::OffersNext(f)
+            | Node::OffersWhy(f)
             | Node::Tasks(f) => active_framework(view, f).is_some(),
             Node::Offer(f, o) | Node::OfferFile(f, o, _) | Node::OfferAgent(f, o) => {
                 offer_of(view, f, o).is_some()
@@ -436,6 +439,7 @@ impl Node {
             },
             Node::Offers(f) => match name {
                 "next" => Node::OffersNext(f.clone()),
+                "why" => Node::OffersWhy(f.clone()),
                 _ => Node::Offer(f.clone(), name.to_string()),
             },
             Node::Offer(f, o) => match name {
@@ -541,7 +545,10 @@ impl Node {
                 named(names)
             }
             Node::Offers(f) => {
-                let mut out = vec![("next".to_string(), Node::OffersNext(f.clone()))];
+                let mut out = vec![
+                    ("next".to_string(), Node::OffersNext(f.clone())),
+                    ("why".to_string(), Node::OffersWhy(f.clone())),
+                ];
                 out.extend(
                     view.framework_offers(f)
                         .map(|o| (o.id.clone(), Node::Offer(f.clone(), o.id.clone()))),
@@ -591,7 +598,7 @@ impl Node {
             Node::FrameworkFile(f, _) | Node::Offers(f) | Node::Tasks(f) => {
                 Node::Framework(f.clone())
             }
-            Node::OffersNext(f) | Node::Offer(f, _) => Node::Offers(f.clone()),
+            Node::OffersNext(f) | Node::OffersWhy(f) | Node::Offer(f, _) => Node::Offers(f.clone()),
             Node::OfferFile(f, o, _) | Node::OfferAgent(f, o) => Node::Offer(f.clone(), o.clone()),
             Node::Task(f, _) => Node::Tasks(f.clone()),
             Node::TaskFile(f, t, _) | Node::TaskAgent(f, t) => Node::Task(f.clone(), t.clone()),
@@ -689,6 +696,7 @@ impl Node {
             | Node::FrameworkFile(f, _)
             | Node::Offers(f)
             | Node::OffersNext(f)
+            | Node::OffersWhy(f)
             | Node::Offer(f, _)
             | Node::OfferFile(f, _, _)
             | Node::OfferAgent(f, _)
@@ -863,8 +871,11 @@ mod tests {
                 "tasks"
             ]
         );
-        assert_eq!(names(&view, "/frameworks/hello/offers"), ["next", "1-1"]);
-        assert_eq!(names(&view, "/frameworks/idle/offers"), ["next"]);
+        assert_eq!(
+            names(&view, "/frameworks/hello/offers"),
+            ["next", "why", "1-1"]
+        );
+        assert_eq!(names(&view, "/frameworks/idle/offers"), ["next", "why"]);
         assert_eq!(
             names(&view, "/frameworks/hello/offers/1-1"),
             [

@@ -115,6 +115,19 @@ pub enum LeaderEvent {
         offers: Vec<Offer>,
         /// The masters.
         masters: Vec<MasterStatus>,
+        /// Why frameworks hold no offer, by framework id (see [`LeaderEvent::Why`]).
+        #[serde(default)]
+        why: BTreeMap<FrameworkId, String>,
+    },
+    /// Why a framework holds no offer, as the last allocation pass saw it: one reason a line
+    /// (empty: it holds one, or nothing keeps offers from it).
+    Why {
+        /// Position of this event.
+        seq: u64,
+        /// Which framework.
+        framework_id: FrameworkId,
+        /// The reasons.
+        text: String,
     },
     /// A new offer, or an offer whose resources changed (a launch used part of it).
     OfferCreated {
@@ -162,6 +175,7 @@ impl LeaderEvent {
             | LeaderEvent::OfferCreated { seq, .. }
             | LeaderEvent::OfferRemoved { seq, .. }
             | LeaderEvent::Refused { seq, .. }
+            | LeaderEvent::Why { seq, .. }
             | LeaderEvent::Masters { seq, .. } => *seq,
         }
     }
@@ -217,6 +231,8 @@ pub struct View {
     pub events: BTreeMap<FrameworkId, EventLog>,
     /// The last refused write per framework id.
     pub errors: BTreeMap<FrameworkId, String>,
+    /// Why frameworks hold no offer, as the leader last said.
+    pub why: BTreeMap<FrameworkId, String>,
 }
 
 impl View {
@@ -278,11 +294,13 @@ impl View {
                 leader,
                 offers,
                 masters,
+                why,
                 ..
             } => {
                 self.drop_offers("the leader changed");
                 self.leader = Some(leader.clone());
                 self.masters = masters.clone();
+                self.why = why.clone();
                 for o in offers {
                     self.offers.insert(o.id.clone(), o.clone());
                     self.log(&o.framework_id, offer_line(o));
@@ -310,6 +328,15 @@ impl View {
                 ..
             } => self.record_refusal(framework_id, message),
             LeaderEvent::Masters { masters, .. } => self.masters = masters.clone(),
+            LeaderEvent::Why {
+                framework_id, text, ..
+            } => {
+                if text.is_empty() {
+                    self.why.remove(framework_id);
+                } else {
+                    self.why.insert(framework_id.clone(), text.clone());
+                }
+            }
         }
         self.leader_seq = event.seq();
     }
@@ -320,6 +347,7 @@ impl View {
         self.leader = None;
         self.leader_seq = 0;
         self.drop_offers(reason);
+        self.why.clear();
         for m in &mut self.masters {
             m.role = "unknown".into();
         }

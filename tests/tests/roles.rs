@@ -161,3 +161,58 @@ fn a_guarantee_is_met_before_a_heavier_role_gets_more_and_a_limit_is_never_passe
     );
     wait_for_tasks(&mut dev, &["owed", "big"], 6);
 }
+
+/// Waits until `path` contains `want`.
+fn wait_for_text(dev: &mut Dev, path: &str, want: &str) {
+    let full = dev.mount.join(path);
+    dev.wait_for(
+        &format!("{path} to say {want:?}"),
+        Duration::from_secs(30),
+        || std::fs::read_to_string(&full).is_ok_and(|t| t.contains(want)),
+    );
+}
+
+#[test]
+fn offers_why_names_fair_share_a_quota_limit_and_a_decline() {
+    if !can_run() {
+        return;
+    }
+    let mut dev = Dev::start();
+    dev.sh_ok("mkdir frameworks/capped frameworks/other");
+    dev.sh_ok("echo capped > frameworks/capped/role");
+    dev.sh_ok("echo 'cpus:0.5;mem:1000' > roles/capped/limit");
+    // The agent goes whole to "other" ("*" sorts before "capped" at equal shares).
+    let o = dev
+        .sh_ok("timeout 10 cat frameworks/other/offers/next")
+        .trim()
+        .to_string();
+    wait_for_text(
+        &mut dev,
+        "frameworks/capped/offers/why",
+        "fair share: role capped holds",
+    );
+    assert_eq!(
+        dev.read("frameworks/other/offers/why"),
+        "",
+        "it holds an offer"
+    );
+    // "other" declines for an hour: "capped" gets what its limit allows, uses it all.
+    dev.sh_ok(&format!("echo 3600s > frameworks/other/offers/{o}/decline"));
+    let c = dev
+        .sh_ok("timeout 10 cat frameworks/capped/offers/next")
+        .trim()
+        .to_string();
+    assert_eq!(
+        dev.read(&format!("frameworks/capped/offers/{c}/cpus")),
+        "0.5"
+    );
+    dev.sh_ok(&format!(
+        "echo 'name=t cpus=0.5 mem=32 -- sleep 600' > frameworks/capped/offers/{c}/launch"
+    ));
+    wait_for_text(
+        &mut dev,
+        "frameworks/capped/offers/why",
+        "role capped is at its quota limit",
+    );
+    wait_for_text(&mut dev, "frameworks/other/offers/why", "declined agent");
+}

@@ -106,6 +106,11 @@ impl Cap {
         Cap(out)
     }
 
+    /// The bound on one scalar, if any.
+    pub fn get(&self, name: &str) -> Option<Scalar> {
+        self.0.get(name).copied()
+    }
+
     /// Only the bounds above zero (what is still owed, of a guarantee).
     pub fn owed(&self) -> Cap {
         Cap(self
@@ -136,7 +141,7 @@ impl Cap {
 }
 
 /// What is left before `role` or a role above it reaches its limit (`None`: no limit).
-fn room(sorter: &Sorter, quotas: &BTreeMap<String, Quota>, role: &str) -> Option<Cap> {
+pub fn room(sorter: &Sorter, quotas: &BTreeMap<String, Quota>, role: &str) -> Option<Cap> {
     quotas
         .iter()
         .filter(|(r, _)| drf::is_within(role, r))

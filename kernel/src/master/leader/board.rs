@@ -34,6 +34,7 @@ struct Inner {
     seq: u64,
     offers: BTreeMap<String, Offer>,
     masters: Vec<MasterStatus>,
+    why: BTreeMap<String, String>,
     tx: Option<broadcast::Sender<Arc<EncodedLeaderEvent>>>,
 }
 
@@ -52,6 +53,7 @@ impl Board {
                 seq: 0,
                 offers: BTreeMap::new(),
                 masters: Vec::new(),
+                why: BTreeMap::new(),
                 tx: Some(broadcast::channel(BUFFER).0),
             }),
         }
@@ -86,6 +88,7 @@ impl Board {
             leader: self.leader.clone(),
             offers: inner.offers.values().cloned().collect(),
             masters: inner.masters.clone(),
+            why: inner.why.clone(),
         });
         Some((first, rx))
     }
@@ -170,6 +173,32 @@ impl Board {
             framework_id: framework_id.to_string(),
             message: message.to_string(),
         })
+    }
+
+    /// Announces why a framework holds no offer (empty: it does, or nothing keeps offers from
+    /// it), if that changed.
+    pub fn set_why(&self, framework_id: &str, text: String) {
+        let mut inner = self.lock();
+        let now = inner.why.get(framework_id).map_or("", String::as_str);
+        if now == text {
+            return;
+        }
+        if text.is_empty() {
+            inner.why.remove(framework_id);
+        } else {
+            inner.why.insert(framework_id.to_string(), text.clone());
+        }
+        let framework_id = framework_id.to_string();
+        Self::publish(&mut inner, |seq| LeaderEvent::Why {
+            seq,
+            framework_id,
+            text,
+        });
+    }
+
+    /// The frameworks it has said why of.
+    pub fn why_frameworks(&self) -> Vec<String> {
+        self.lock().why.keys().cloned().collect()
     }
 
     /// Announces the masters, if they changed.
