@@ -91,3 +91,43 @@ fn the_writes_benchmark_prints_a_rate_per_number_of_writers() {
     assert!(figure(&out, " 1 writers:", "writes/s") > 0.0);
     assert!(figure(&out, " 4 writers:", "writes/s") > 0.0);
 }
+
+#[test]
+fn the_alloc_benchmark_offers_every_agent_and_prints_a_rate_from_its_own_figures() {
+    let out = Command::new(mesofs_bin())
+        .args([
+            "bench",
+            "alloc",
+            "--agents",
+            "20",
+            "--frameworks",
+            "5",
+            "--tasks",
+            "50",
+            "--rounds",
+            "2",
+        ])
+        .output()
+        .expect("running mesofs bench alloc");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}");
+    println!("{stdout}");
+    for kind in ["register agent", "launch", "status update"] {
+        assert!(figure(&stdout, &format!("apply {kind}:"), "us per command") > 0.0);
+    }
+    let ms = figure(&stdout, "full pass", "ms (min");
+    let offers = figure(&stdout, "full pass", "offers,");
+    let rate = figure(&stdout, "full pass", "offers/s");
+    assert_eq!(
+        offers, 20.0,
+        "every agent has free resources: one offer each"
+    );
+    let computed = offers / (ms / 1000.0);
+    // ms is printed to 0.001: the rate may differ from it by that rounding, and by 1 for its own.
+    assert!(
+        (rate - computed).abs() <= computed * (0.0005 / ms) + 1.0,
+        "offers/s {rate} is {offers} offers over {ms} ms ({computed})"
+    );
+    assert!(figure(&stdout, "pass with nothing free", "ms (min") >= 0.0);
+    assert!(figure(&stdout, "memory:", "MiB resident") > 0.0);
+}

@@ -8,6 +8,7 @@
 //! makes the offers it plans.
 
 pub mod drf;
+pub mod pass;
 pub mod roles;
 
 use std::collections::BTreeMap;

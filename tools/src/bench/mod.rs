@@ -6,11 +6,14 @@
 //! - `failover`: three masters on loopback; the time from SIGKILL of the leader to the first
 //!   write accepted, and to every agent registered with the new leader;
 //! - `writes`: replicated writes per second with three masters, fsync on, at several numbers
-//!   of concurrent writers.
+//!   of concurrent writers;
+//! - `alloc`: the state machine and the allocation pass over a simulated cluster of many
+//!   agents, frameworks and tasks (no processes).
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
 
+mod alloc;
 mod failover;
 mod launch;
 mod masters;
@@ -37,6 +40,9 @@ enum Which {
     /// Replicated writes per second with three masters (fsync on) and several numbers of
     /// concurrent writers.
     Writes(writes::WritesArgs),
+    /// The state machine and one allocation pass over a simulated cluster of many agents,
+    /// frameworks and tasks: time per command, per pass, offers per second, memory.
+    Alloc(alloc::AllocArgs),
 }
 
 /// Runs the chosen benchmark and prints its figures.
@@ -46,6 +52,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         Some(Which::Launch(a)) => launch::run(a).await,
         Some(Which::Failover(a)) => failover::run(a).await,
         Some(Which::Writes(a)) => writes::run(a).await,
+        Some(Which::Alloc(a)) => alloc::run(a).await,
     }
 }
 
