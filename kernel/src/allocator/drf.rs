@@ -9,7 +9,7 @@
 //! frameworks are sorted by their own dominant share in that role.
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::resources::{Resources, Scalar, Value};
 
@@ -23,6 +23,10 @@ struct Role {
     weight: Option<f64>,
     /// What each of its frameworks holds in it (offered or allocated), by framework id.
     clients: BTreeMap<String, Resources>,
+    /// Its frameworks by dominant share, least first (kept as allocations change).
+    sorted: BTreeSet<(Share, String)>,
+    /// What its frameworks hold together.
+    total: Resources,
 }
 
 /// The DRF order of a cluster's roles and frameworks.
@@ -60,6 +64,24 @@ pub fn is_within(role: &str, of: &str) -> bool {
     role == of || (role.starts_with(of) && role.as_bytes().get(of.len()) == Some(&b'/'))
 }
 
+/// The dominant share of `held` in `total`: the largest fraction of any scalar.
+fn dominant(total: &Resources, held: &Resources) -> f64 {
+    held.iter()
+        .filter_map(|(name, v)| match v {
+            Value::Scalar(s) => Some((name, *s)),
+            _ => None,
+        })
+        .map(|(name, s)| {
+            let t = total.scalar(name);
+            if t == Scalar::default() {
+                0.0
+            } else {
+                s.milli() as f64 / t.milli() as f64
+            }
+        })
+        .fold(0.0, f64::max)
+}
+
 impl Sorter {
     /// An empty sorter.
     pub fn new() -> Sorter {
@@ -69,6 +91,13 @@ impl Sorter {
     /// Sets the cluster's total resources (shares are fractions of it).
     pub fn set_total(&mut self, total: Resources) {
         self.total = total;
+        for r in self.roles.values_mut() {
+            r.sorted = r
+                .clients
+                .iter()
+                .map(|(f, h)| (Share(dominant(&self.total, h)), f.clone()))
+                .collect();
+        }
     }
 
     /// The cluster's total.
@@ -91,41 +120,56 @@ impl Sorter {
 
     /// Adds a framework to a role (it is offered resources for that role).
     pub fn add_client(&mut self, role: &str, framework: &str) {
-        self.roles
-            .entry(role.to_string())
-            .or_default()
-            .clients
-            .entry(framework.to_string())
-            .or_default();
+        let r = self.roles.entry(role.to_string()).or_default();
+        if !r.clients.contains_key(framework) {
+            r.clients
+                .insert(framework.to_string(), Resources::default());
+            r.sorted.insert((Share(0.0), framework.to_string()));
+        }
     }
 
     /// Removes a framework from a role, with what it held there.
     pub fn remove_client(&mut self, role: &str, framework: &str) {
+        let total = &self.total;
         if let Some(r) = self.roles.get_mut(role) {
-            r.clients.remove(framework);
+            if let Some(held) = r.clients.remove(framework) {
+                r.sorted
+                    .remove(&(Share(dominant(total, &held)), framework.to_string()));
+                r.total = r.total.checked_sub(&held).unwrap_or_default();
+            }
         }
+    }
+
+    /// Changes what a framework holds in a role, keeping the order.
+    fn change(&mut self, role: &str, framework: &str, f: impl FnOnce(&Resources) -> Resources) {
+        self.add_client(role, framework);
+        let total = &self.total;
+        let r = self.roles.get_mut(role).expect("role just added");
+        let held = r.clients.get_mut(framework).expect("client just added");
+        r.sorted
+            .remove(&(Share(dominant(total, held)), framework.to_string()));
+        let new = f(held);
+        r.total = r.total.checked_sub(held).unwrap_or_default().add(&new);
+        *held = new;
+        r.sorted
+            .insert((Share(dominant(total, held)), framework.to_string()));
     }
 
     /// Counts `resources` as held by a framework in a role (offered or allocated).
     pub fn allocate(&mut self, role: &str, framework: &str, resources: &Resources) {
-        let held = self
-            .roles
-            .entry(role.to_string())
-            .or_default()
-            .clients
-            .entry(framework.to_string())
-            .or_default();
-        *held = held.add(resources);
+        self.change(role, framework, |h| h.add(resources));
     }
 
     /// No longer counts `resources` as held by a framework in a role.
     pub fn unallocate(&mut self, role: &str, framework: &str, resources: &Resources) {
-        if let Some(held) = self
+        let known = self
             .roles
-            .get_mut(role)
-            .and_then(|r| r.clients.get_mut(framework))
-        {
-            *held = held.checked_sub(resources).unwrap_or_default();
+            .get(role)
+            .is_some_and(|r| r.clients.contains_key(framework));
+        if known {
+            self.change(role, framework, |h| {
+                h.checked_sub(resources).unwrap_or_default()
+            });
         }
     }
 
@@ -134,8 +178,7 @@ impl Sorter {
         self.roles
             .iter()
             .filter(|(r, _)| is_within(r, role))
-            .flat_map(|(_, r)| r.clients.values())
-            .fold(Resources::default(), |acc, h| acc.add(h))
+            .fold(Resources::default(), |acc, (_, r)| acc.add(&r.total))
     }
 
     /// What one framework holds in one role.
@@ -149,20 +192,7 @@ impl Sorter {
 
     /// The dominant share of `held`: the largest fraction of any scalar of the total.
     pub fn dominant_share(&self, held: &Resources) -> f64 {
-        held.iter()
-            .filter_map(|(name, v)| match v {
-                Value::Scalar(s) => Some((name, *s)),
-                _ => None,
-            })
-            .map(|(name, s)| {
-                let total = self.total.scalar(name);
-                if total == Scalar::default() {
-                    0.0
-                } else {
-                    s.milli() as f64 / total.milli() as f64
-                }
-            })
-            .fold(0.0, f64::max)
+        dominant(&self.total, held)
     }
 
     /// A role's weighted share: its subtree's dominant share over its weight.
@@ -173,65 +203,61 @@ impl Sorter {
     /// Every (role, framework) in DRF order: the first is offered to first.
     pub fn order(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
-        self.walk("", &mut out);
+        self.find_map(|role, fw| {
+            out.push((role.to_string(), fw.to_string()));
+            None::<()>
+        });
         out
     }
 
-    /// Appends the order under `node` ("" is the root).
-    fn walk(&self, node: &str, out: &mut Vec<(String, String)>) {
-        // The entries at this node: child roles, and the role's own frameworks as one.
-        enum Entry<'a> {
-            Child(&'a str),
-            Own,
-        }
-        let mut children: Vec<&str> = self
-            .roles
-            .keys()
-            .map(String::as_str)
-            .filter(|r| self.parent(r) == node)
-            .collect();
-        // Intermediate roles that hold nothing themselves but have roles under them.
+    /// The first `f(role, framework)` that is `Some`, in DRF order; only as much of the order
+    /// is walked as it takes.
+    pub fn find_map<T>(&self, mut f: impl FnMut(&str, &str) -> Option<T>) -> Option<T> {
+        // Each role's place in the tree, once per walk.
+        let mut children: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
         for r in self.roles.keys() {
-            for a in ancestors(r) {
-                if self.parent(a) == node && !children.contains(&a) {
-                    children.push(a);
-                }
+            let mut child = r.as_str();
+            for a in ancestors(r).collect::<Vec<_>>().into_iter().rev() {
+                children.entry(a).or_default().insert(child);
+                child = a;
             }
+            children.entry("").or_default().insert(child);
         }
-        let mut entries: Vec<(Share, String, Entry)> = children
-            .into_iter()
-            .map(|c| (Share(self.share(c)), c.to_string(), Entry::Child(c)))
-            .collect();
-        let own = self.roles.get(node).filter(|r| !r.clients.is_empty());
-        if let Some(own) = own {
-            let held = own
-                .clients
-                .values()
-                .fold(Resources::default(), |acc, h| acc.add(h));
-            let share = self.dominant_share(&held) / self.weight(node);
-            entries.push((Share(share), ".".into(), Entry::Own));
-        }
-        entries.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
-        for (_, _, entry) in entries {
-            match entry {
-                Entry::Child(c) => self.walk(c, out),
-                Entry::Own => {
-                    let own = self.roles.get(node).expect("own role");
-                    let mut fws: Vec<(Share, &String)> = own
-                        .clients
-                        .iter()
-                        .map(|(f, h)| (Share(self.dominant_share(h)), f))
-                        .collect();
-                    fws.sort();
-                    out.extend(fws.into_iter().map(|(_, f)| (node.to_string(), f.clone())));
-                }
-            }
-        }
+        self.walk("", &children, &mut f)
     }
 
-    /// The role holding `role` ("" for a top-level role).
-    fn parent<'a>(&self, role: &'a str) -> &'a str {
-        role.rsplit_once('/').map_or("", |(p, _)| p)
+    /// Walks the order under `node` ("" is the root).
+    fn walk<T>(
+        &self,
+        node: &str,
+        children: &BTreeMap<&str, BTreeSet<&str>>,
+        f: &mut impl FnMut(&str, &str) -> Option<T>,
+    ) -> Option<T> {
+        // The entries at this node: child roles, and the role's own frameworks as one (`.`).
+        let mut entries: Vec<(Share, &str, bool)> = children
+            .get(node)
+            .into_iter()
+            .flatten()
+            .filter(|c| !c.is_empty() && **c != node)
+            .map(|c| (Share(self.share(c)), *c, false))
+            .collect();
+        if let Some(own) = self.roles.get(node).filter(|r| !r.clients.is_empty()) {
+            let share = self.dominant_share(&own.total) / self.weight(node);
+            entries.push((Share(share), ".", true));
+        }
+        entries.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        for (_, child, own) in entries {
+            let found = if own {
+                let r = self.roles.get(node).expect("own role");
+                r.sorted.iter().find_map(|(_, fw)| f(node, fw))
+            } else {
+                self.walk(child, children, f)
+            };
+            if found.is_some() {
+                return found;
+            }
+        }
+        None
     }
 }
 

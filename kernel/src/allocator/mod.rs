@@ -167,16 +167,16 @@ fn pick(
     may_offer: &impl Fn(&str, &str, &str) -> bool,
     cut: impl Fn(&str) -> Option<Cap>,
 ) -> Option<(String, String, Resources)> {
-    sorter.order().into_iter().find_map(|(role, fw)| {
-        let lack = cut(&role)?;
-        if !may_offer(&fw, &role, &free.agent_id) {
+    sorter.find_map(|role, fw| {
+        let lack = cut(role)?;
+        if !may_offer(fw, role, &free.agent_id) {
             return None;
         }
         let mut offer = lack.apply(&free.resources);
-        if let Some(room) = room(sorter, quotas, &role) {
+        if let Some(room) = room(sorter, quotas, role) {
             offer = room.apply(&offer);
         }
-        allocatable(&offer).then_some((role, fw, offer))
+        allocatable(&offer).then(|| (role.to_string(), fw.to_string(), offer))
     })
 }
 
