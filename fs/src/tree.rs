@@ -7,6 +7,7 @@
 
 use std::collections::BTreeSet;
 
+use mesofs_kernel::allocator::drf::ancestors;
 use mesofs_kernel::allocator::roles::DEFAULT_ROLE;
 use mesofs_kernel::state::{task_id, FrameworkInfo, TaskInfo};
 use mesofs_kernel::watch::View;
@@ -289,11 +290,7 @@ pub fn known_roles(view: &View) -> BTreeSet<String> {
     }
     let above: Vec<String> = roles
         .iter()
-        .flat_map(|r| {
-            r.match_indices('/')
-                .map(|(i, _)| r[..i].to_string())
-                .collect::<Vec<_>>()
-        })
+        .flat_map(|r| ancestors(r).map(String::from).collect::<Vec<_>>())
         .collect();
     roles.extend(above);
     roles
@@ -784,6 +781,12 @@ mod tests {
         ] {
             assert_eq!(walk(&view, missing), None, "{missing}");
         }
+    }
+
+    #[test]
+    fn a_role_directory_holds_exactly_the_files_no_role_may_be_named() {
+        let names: Vec<&str> = RoleFile::ALL.iter().map(|f| f.name()).collect();
+        assert_eq!(names, mesofs_kernel::allocator::roles::ROLE_FILE_NAMES);
     }
 
     #[test]

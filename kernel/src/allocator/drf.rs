@@ -55,7 +55,7 @@ impl Ord for Share {
 }
 
 /// The roles that hold `role`: `eng/web` is under `eng`.
-fn ancestors(role: &str) -> impl Iterator<Item = &str> {
+pub fn ancestors(role: &str) -> impl Iterator<Item = &str> {
     role.match_indices('/').map(move |(i, _)| &role[..i])
 }
 
@@ -98,11 +98,6 @@ impl Sorter {
                 .map(|(f, h)| (Share(dominant(&self.total, h)), f.clone()))
                 .collect();
         }
-    }
-
-    /// The cluster's total.
-    pub fn total(&self) -> &Resources {
-        &self.total
     }
 
     /// Sets a role's weight (`None`: the default).
