@@ -44,6 +44,14 @@ pub fn control_op(view: &View, node: &Node, data: &[u8]) -> Result<Op, WriteErro
             offer_id: offer.clone(),
             text,
         }),
+        Node::OfferFile(f, offer, file @ (OfferFile::Reserve | OfferFile::Unreserve)) => {
+            Op::Reserve(proto::Reserve {
+                framework: framework(f)?,
+                offer_id: offer.clone(),
+                text,
+                unreserve: *file == OfferFile::Unreserve,
+            })
+        }
         Node::TaskFile(f, task, TaskFile::Kill) => Op::Kill(proto::Kill {
             framework: framework(f)?,
             task: task.clone(),
@@ -97,6 +105,7 @@ pub fn op_framework(op: &Op) -> &str {
         Op::TeardownFramework(r) => &r.name,
         Op::Launch(r) => &r.framework,
         Op::Decline(r) => &r.framework,
+        Op::Reserve(r) => &r.framework,
         Op::Kill(r) => &r.framework,
         Op::SetRoles(r) => &r.framework,
         Op::Suppress(r) => &r.framework,
@@ -110,6 +119,8 @@ fn op_name(op: &Op) -> &'static str {
         Op::TeardownFramework(_) => "teardown",
         Op::Launch(_) => "launch",
         Op::Decline(_) => "decline",
+        Op::Reserve(r) if r.unreserve => "unreserve",
+        Op::Reserve(_) => "reserve",
         Op::Kill(_) => "kill",
         Op::Membership(_) => "membership",
         Op::SetRoles(_) => "roles",

@@ -239,6 +239,8 @@ fn the_tree_lists_reads_sizes_and_links_like_a_filesystem() {
         "wait",
         "launch",
         "decline",
+        "reserve",
+        "unreserve",
         "kill",
         "revive",
         "ctl",
@@ -258,7 +260,8 @@ fn the_tree_lists_reads_sizes_and_links_like_a_filesystem() {
             !content.is_empty()
                 || rel == "frameworks/idle/error"
                 || rel == "frameworks/idle/events"
-                || rel.ends_with("offers/why"),
+                || rel.ends_with("offers/why")
+                || rel.ends_with("/reserved"),
             "{rel} has content"
         );
         assert_eq!(meta.len(), content.len() as u64, "stat size of {rel}");

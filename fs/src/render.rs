@@ -31,7 +31,8 @@ into a file. Everything is plain text, one value per file.
   frameworks/           mkdir NAME registers a framework, rmdir NAME tears it down
   frameworks/<f>/       id, user, principal, role, suppressed, revive, error, events,
                         events_pipe, offers/, tasks/
-  roles/<role>/         weight, guarantee, limit (root writes), allocated, offered, frameworks
+  roles/<role>/         weight, guarantee, limit (root writes), allocated, offered, reserved,
+                        frameworks
 
 A framework in shell:
 
@@ -117,7 +118,10 @@ pub fn render(view: &View, node: &Node, users: &Users) -> Option<String> {
                 OfferFile::Mem => line(scalar_text(&offer.resources, "mem")),
                 OfferFile::Disk => line(scalar_text(&offer.resources, "disk")),
                 OfferFile::Ports => line(ports_text(&offer.resources)),
-                OfferFile::Launch | OfferFile::Decline => return None,
+                OfferFile::Launch
+                | OfferFile::Decline
+                | OfferFile::Reserve
+                | OfferFile::Unreserve => return None,
             }
         }
         Node::TaskFile(f, t, file) => {
@@ -164,6 +168,16 @@ pub fn render(view: &View, node: &Node, users: &Users) -> Option<String> {
                         .values()
                         .filter(|o| is_within(&o.role, role))
                         .fold(Resources::default(), |acc, o| acc.add(&o.resources))
+                        .to_string(),
+                ),
+                RoleFile::Reserved => line(
+                    view.state
+                        .agents
+                        .values()
+                        .filter(|a| a.state != AgentState::Lost)
+                        .fold(Resources::default(), |acc, a| {
+                            acc.add(&a.resources.reserved_within(role))
+                        })
                         .to_string(),
                 ),
                 RoleFile::Frameworks => {
@@ -392,14 +406,15 @@ fn ranges_minus(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
     out
 }
 
-/// A scalar as Mesos syntax writes it (`0.5`, `1024`); `0` when absent.
+/// A scalar however reserved, as Mesos syntax writes it (`0.5`, `1024`); `0` when absent.
 fn scalar_text(r: &Resources, name: &str) -> String {
-    r.scalar(name).to_string()
+    r.scalar_all(name).to_string()
 }
 
-/// Port ranges as `31000-31005,31010-31010`; empty when there are none.
+/// Port ranges (however reserved) as `31000-31005,31010-31010`; empty when there are none.
 fn ports_text(r: &Resources) -> String {
-    r.ranges("ports")
+    r.flatten()
+        .ranges("ports")
         .ranges()
         .iter()
         .map(|(lo, hi)| format!("{lo}-{hi}"))

@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 
 use mesofs_kernel::allocator::drf::ancestors;
 use mesofs_kernel::allocator::roles::DEFAULT_ROLE;
+use mesofs_kernel::resources::split_key;
 use mesofs_kernel::state::{task_id, FrameworkInfo, TaskInfo};
 use mesofs_kernel::watch::View;
 
@@ -120,6 +121,8 @@ named_files! {
         Offered => "offered",
         /// `frameworks`: the frameworks in the role, by name.
         Frameworks => "frameworks",
+        /// `reserved`: what agents hold reserved for the role (and the roles under it).
+        Reserved => "reserved",
     }
 }
 
@@ -146,6 +149,10 @@ named_files! {
         Launch => "launch",
         /// `decline`: write (optionally a duration) to decline it.
         Decline => "decline",
+        /// `reserve`: write resources to reserve them for the offer's role.
+        Reserve => "reserve",
+        /// `unreserve`: write reserved resources to give them back.
+        Unreserve => "unreserve",
     }
 }
 
@@ -287,6 +294,15 @@ pub fn known_roles(view: &View) -> BTreeSet<String> {
     roles.extend(view.state.roles.keys().cloned());
     for fw in view.state.active_frameworks() {
         roles.extend(fw.roles().into_iter().map(String::from));
+    }
+    // Roles that hold reservations, with no framework yet.
+    for agent in view.state.agents.values() {
+        roles.extend(
+            agent
+                .resources
+                .iter()
+                .filter_map(|(key, _)| split_key(key).1.map(String::from)),
+        );
     }
     let above: Vec<String> = roles
         .iter()
@@ -650,7 +666,11 @@ impl Node {
                 task_id: task_id(f, t),
                 file: "stderr",
             },
-            Node::OfferFile(_, _, OfferFile::Launch | OfferFile::Decline)
+            Node::OfferFile(
+                _,
+                _,
+                OfferFile::Launch | OfferFile::Decline | OfferFile::Reserve | OfferFile::Unreserve,
+            )
             | Node::TaskFile(_, _, TaskFile::Kill)
             | Node::FrameworkFile(_, FrameworkFile::Revive)
             | Node::MastersCtl => Content::Control,
@@ -809,6 +829,7 @@ mod tests {
             "allocated",
             "offered",
             "frameworks",
+            "reserved",
         ];
         assert_eq!(names(&view, "/roles/eng"), [&files[..], &["web"]].concat());
         assert_eq!(names(&view, "/roles/eng/web"), files);
@@ -892,7 +913,9 @@ mod tests {
                 "disk",
                 "ports",
                 "launch",
-                "decline"
+                "decline",
+                "reserve",
+                "unreserve"
             ]
         );
         assert_eq!(names(&view, "/frameworks/hello/tasks"), ["batch", "web"]);

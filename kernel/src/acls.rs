@@ -109,6 +109,10 @@ pub enum Action {
     AccessSandboxes,
     /// Set a role's weight or quota.
     UpdateQuotas,
+    /// Reserve resources for a role.
+    ReserveResources,
+    /// Give back resources reserved for a role.
+    UnreserveResources,
 }
 
 impl Action {
@@ -122,13 +126,18 @@ impl Action {
             Action::ChangeMembership => "change_membership",
             Action::AccessSandboxes => "access_sandboxes",
             Action::UpdateQuotas => "update_quotas",
+            Action::ReserveResources => "reserve_resources",
+            Action::UnreserveResources => "unreserve_resources",
         }
     }
 
     /// The object a rule of this action names: `roles`, `users`, or none.
     fn object(self) -> Option<&'static str> {
         match self {
-            Action::RegisterFramework | Action::UpdateQuotas => Some("roles"),
+            Action::RegisterFramework
+            | Action::UpdateQuotas
+            | Action::ReserveResources
+            | Action::UnreserveResources => Some("roles"),
             Action::ChangeMembership => None,
             _ => Some("users"),
         }
@@ -146,6 +155,10 @@ impl Action {
             Action::ChangeMembership => "change the masters".to_string(),
             Action::AccessSandboxes => format!("read the sandboxes of user {object:?}'s tasks"),
             Action::UpdateQuotas => format!("set the weight and quota of role {object:?}"),
+            Action::ReserveResources => format!("reserve resources for role {object:?}"),
+            Action::UnreserveResources => {
+                format!("give back resources reserved for role {object:?}")
+            }
         }
     }
 }
@@ -178,6 +191,12 @@ pub struct Acls {
     /// Who may set which roles' weights and quotas.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub update_quotas: Vec<Rule>,
+    /// Who may reserve resources for which roles.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reserve_resources: Vec<Rule>,
+    /// Who may give back resources reserved for which roles.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreserve_resources: Vec<Rule>,
 }
 
 fn yes() -> bool {
@@ -196,6 +215,8 @@ impl Default for Acls {
             change_membership: Vec::new(),
             access_sandboxes: Vec::new(),
             update_quotas: Vec::new(),
+            reserve_resources: Vec::new(),
+            unreserve_resources: Vec::new(),
         }
     }
 }
@@ -315,6 +336,8 @@ impl Acls {
             Action::ChangeMembership => &self.change_membership,
             Action::AccessSandboxes => &self.access_sandboxes,
             Action::UpdateQuotas => &self.update_quotas,
+            Action::ReserveResources => &self.reserve_resources,
+            Action::UnreserveResources => &self.unreserve_resources,
         }
     }
 
@@ -377,7 +400,7 @@ impl Acls {
 
 impl Action {
     /// Every action.
-    pub const ALL: [Action; 7] = [
+    pub const ALL: [Action; 9] = [
         Action::RegisterFramework,
         Action::RunTasks,
         Action::TeardownFramework,
@@ -385,6 +408,8 @@ impl Action {
         Action::ChangeMembership,
         Action::AccessSandboxes,
         Action::UpdateQuotas,
+        Action::ReserveResources,
+        Action::UnreserveResources,
     ];
 }
 

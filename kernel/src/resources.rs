@@ -4,6 +4,11 @@
 //! Ranges and sets add as unions, so the algebraic laws (`(a + b) - b == a`, and `a` contains
 //! `a + b` only when `b` is empty) hold for resources that do not overlap, which is the only way
 //! an agent's resources are ever split up.
+//!
+//! A resource may be reserved for a role: `cpus(eng):2` is two cpus only frameworks of role
+//! `eng` (or a role under it) are offered. Each reservation is its own entry, keyed
+//! `name(role)`; `cpus(*)` is written for unreserved cpus as Mesos does, and is stored as
+//! `cpus`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -557,6 +562,17 @@ impl Value {
         }
     }
 
+    /// What self and other both hold (the smaller scalar; the common ranges or items), or
+    /// None if the kinds differ.
+    fn common(&self, other: &Value) -> Option<Value> {
+        Some(match (self, other) {
+            (Value::Scalar(a), Value::Scalar(b)) => Value::Scalar((*a).min(*b)),
+            (Value::Ranges(a), Value::Ranges(b)) => Value::Ranges(a.difference(&a.difference(b))),
+            (Value::Set(a), Value::Set(b)) => Value::Set(a.intersection(b).cloned().collect()),
+            _ => return None,
+        })
+    }
+
     /// Self less other, or None unless self contains other.
     fn checked_sub(&self, other: &Value) -> Option<Value> {
         if !self.contains(other) {
@@ -630,6 +646,16 @@ pub enum ResourceError {
         /// What is wrong with it.
         problem: RangesProblem,
     },
+    /// A reservation whose role is not a role path.
+    #[error(
+        "invalid reservation in {entry:?}: {reason}; write name(role):value, e.g. cpus(eng):2"
+    )]
+    InvalidReservation {
+        /// The entry.
+        entry: String,
+        /// What is wrong with the role.
+        reason: String,
+    },
     /// A set value that does not parse.
     #[error("invalid set {text:?} for {name}: expected {{item,item}} with items of letters, digits, \"_\", \".\" and \"-\"")]
     InvalidSet {
@@ -671,6 +697,46 @@ pub fn is_valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
+/// Splits a resource key into its name and the role it is reserved for: `cpus(eng)` is
+/// `("cpus", Some("eng"))`, `cpus` is `("cpus", None)`.
+pub fn split_key(key: &str) -> (&str, Option<&str>) {
+    match key.split_once('(') {
+        Some((name, rest)) => (name, Some(rest.strip_suffix(')').unwrap_or(rest))),
+        None => (key, None),
+    }
+}
+
+/// The key of resource `name` reserved for `role` (`None`: unreserved).
+pub fn key(name: &str, role: Option<&str>) -> String {
+    match role {
+        Some(role) if role != crate::allocator::roles::DEFAULT_ROLE => format!("{name}({role})"),
+        _ => name.to_string(),
+    }
+}
+
+/// Whether `key` is a valid key: a name, or a name reserved for a role path (`cpus(eng/web)`).
+fn is_valid_key(key: &str) -> bool {
+    match split_key(key) {
+        (name, None) => is_valid_name(name),
+        (name, Some(role)) => {
+            is_valid_name(name)
+                && key.ends_with(')')
+                && role != crate::allocator::roles::DEFAULT_ROLE
+                && crate::allocator::roles::validate_role(role).is_ok()
+        }
+    }
+}
+
+/// The keys at which resource `name` can be held: `name` itself and `name(...)`. Keys of
+/// other names cannot fall between: `(` sorts before every character a name may hold.
+fn keys_of(name: &str) -> (std::ops::Bound<String>, std::ops::Bound<String>) {
+    use std::ops::Bound;
+    (
+        Bound::Included(name.to_string()),
+        Bound::Excluded(format!("{name})")),
+    )
+}
+
 impl Resources {
     /// No resources.
     pub fn new() -> Resources {
@@ -693,11 +759,29 @@ impl Resources {
                     entry: entry.to_string(),
                 })?;
             let (name, raw) = (name.trim(), raw.trim());
-            if !is_valid_name(name) {
+            let (base, role) = split_key(name);
+            if !is_valid_name(base) {
                 return Err(ResourceError::InvalidName {
-                    name: name.to_string(),
+                    name: base.to_string(),
                 });
             }
+            if let Some(role) = role {
+                let reason = if !name.ends_with(')') {
+                    Some("no closing \")\"".to_string())
+                } else {
+                    crate::allocator::roles::validate_role(role)
+                        .err()
+                        .map(|e| format!("role {role:?}: {e}"))
+                };
+                if let Some(reason) = reason {
+                    return Err(ResourceError::InvalidReservation {
+                        entry: entry.to_string(),
+                        reason,
+                    });
+                }
+            }
+            let name = key(base, role);
+            let name = name.as_str();
             let value = parse_value(name, raw)?;
             match out.0.get(name) {
                 Some(old) => {
@@ -722,6 +806,24 @@ impl Resources {
                 }
             }
         }
+        // One kind per name, however it is reserved.
+        let mut kinds: BTreeMap<&str, &Value> = BTreeMap::new();
+        for (k, v) in &out.0 {
+            let base = split_key(k).0;
+            match kinds.get(base) {
+                Some(first) if first.kind() != v.kind() => {
+                    return Err(ResourceError::KindMismatch {
+                        name: base.to_string(),
+                        first: first.kind(),
+                        second: v.kind(),
+                    })
+                }
+                Some(_) => {}
+                None => {
+                    kinds.insert(base, v);
+                }
+            }
+        }
         // Empty values are parsed first so a name's kind is checked even when it is zero.
         out.0.retain(|_, v| !v.is_empty());
         Ok(out)
@@ -742,7 +844,7 @@ impl Resources {
         self.0.iter().map(|(k, v)| (k.as_str(), v))
     }
 
-    /// The scalar `name`, zero if absent or not a scalar.
+    /// The scalar at key `name` (unreserved, or `cpus(eng)`), zero if absent or not a scalar.
     pub fn scalar(&self, name: &str) -> Scalar {
         match self.0.get(name) {
             Some(Value::Scalar(s)) => *s,
@@ -766,27 +868,136 @@ impl Resources {
         }
     }
 
-    /// The cpus.
+    /// The scalar `name` however it is reserved: `cpus:1;cpus(eng):2` has 3 cpus.
+    pub fn scalar_all(&self, name: &str) -> Scalar {
+        self.0
+            .range::<String, _>(keys_of(name))
+            .filter_map(|(_, v)| match v {
+                Value::Scalar(s) => Some(*s),
+                _ => None,
+            })
+            .fold(Scalar::ZERO, Scalar::saturating_add)
+    }
+
+    /// The cpus, however reserved.
     pub fn cpus(&self) -> Scalar {
-        self.scalar(CPUS)
+        self.scalar_all(CPUS)
     }
 
-    /// The memory, in MB.
+    /// The memory in MB, however reserved.
     pub fn mem(&self) -> Scalar {
-        self.scalar(MEM)
+        self.scalar_all(MEM)
     }
 
-    /// The disk, in MB.
+    /// The disk in MB, however reserved.
     pub fn disk(&self) -> Scalar {
-        self.scalar(DISK)
+        self.scalar_all(DISK)
     }
 
-    /// These resources with `name` set to `value`, replacing any value it had.
+    /// Whether any of these is reserved for a role.
+    pub fn has_reservations(&self) -> bool {
+        self.0.keys().any(|k| k.contains('('))
+    }
+
+    /// Only the entries whose reservation `keep` accepts (`None`: unreserved).
+    fn filter_roles(&self, keep: impl Fn(Option<&str>) -> bool) -> Resources {
+        Resources(
+            self.0
+                .iter()
+                .filter(|(k, _)| keep(split_key(k).1))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        )
+    }
+
+    /// Only the unreserved resources.
+    pub fn unreserved(&self) -> Resources {
+        self.filter_roles(|r| r.is_none())
+    }
+
+    /// Only the reserved resources, of every role.
+    pub fn reserved(&self) -> Resources {
+        self.filter_roles(|r| r.is_some())
+    }
+
+    /// Only the resources reserved for `role` or a role under it.
+    pub fn reserved_within(&self, role: &str) -> Resources {
+        self.filter_roles(|r| r.is_some_and(|r| crate::allocator::drf::is_within(r, role)))
+    }
+
+    /// What may be offered of these for `role`: the unreserved resources and those reserved
+    /// for `role` or a role above it (a reservation for `eng` serves `eng/web`).
+    pub fn usable_by(&self, role: &str) -> Resources {
+        if !self.has_reservations() {
+            return self.clone();
+        }
+        self.filter_roles(|r| r.is_none_or(|r| crate::allocator::drf::is_within(role, r)))
+    }
+
+    /// The same amounts with no reservations: `cpus:1;cpus(eng):2` is `cpus:3`.
+    pub fn flatten(&self) -> std::borrow::Cow<'_, Resources> {
+        if !self.has_reservations() {
+            return std::borrow::Cow::Borrowed(self);
+        }
+        let mut out = Resources::new();
+        for (k, v) in &self.0 {
+            out = out.add(&Resources::new().with_value(split_key(k).0, v.clone()));
+        }
+        std::borrow::Cow::Owned(out)
+    }
+
+    /// The same amounts, all reserved for `role` (`*`: unreserved).
+    pub fn reserved_for(&self, role: &str) -> Resources {
+        let mut out = Resources::new();
+        for (k, v) in &self.flatten().0 {
+            out = out.add(&Resources::new().with_value(&key(k, Some(role)), v.clone()));
+        }
+        out
+    }
+
+    /// Takes `want` (unreserved names, as a task asks) from these, reservations first (the
+    /// most specific role first), then unreserved resources: what is taken, keyed by its
+    /// reservations, or None if these do not hold all of it.
+    pub fn draw(&self, want: &Resources) -> Option<Resources> {
+        let mut out = Resources::new();
+        for (name, wanted) in &want.flatten().0 {
+            let mut left = wanted.clone();
+            let mut keys: Vec<&String> = self
+                .0
+                .range::<String, _>(keys_of(name))
+                .map(|(k, _)| k)
+                .filter(|k| *k != name)
+                .collect();
+            // The longest role path is the most specific reservation; unreserved comes last.
+            keys.sort_by_key(|k| std::cmp::Reverse(k.len()));
+            keys.extend(self.0.get_key_value(name).map(|(k, _)| k));
+            for k in keys {
+                if left.is_empty() {
+                    break;
+                }
+                let Some(taken) = self.0[k].common(&left) else {
+                    continue;
+                };
+                if taken.is_empty() {
+                    continue;
+                }
+                left = left.checked_sub(&taken)?;
+                out.0.insert(k.clone(), taken);
+            }
+            if !left.is_empty() {
+                return None;
+            }
+        }
+        Some(out)
+    }
+
+    /// These resources with `name` (a key: `cpus`, or `cpus(eng)`) set to `value`, replacing
+    /// any value it had.
     ///
     /// # Panics
-    /// If `name` is not a valid resource name (a programming error: names are literals).
+    /// If `name` is not a valid key (a programming error: names are literals or parsed keys).
     pub fn with_value(mut self, name: &str, value: Value) -> Resources {
-        assert!(is_valid_name(name), "invalid resource name {name:?}");
+        assert!(is_valid_key(name), "invalid resource name {name:?}");
         if value.is_empty() {
             self.0.remove(name);
         } else {
@@ -865,12 +1076,18 @@ impl Resources {
         Some(out)
     }
 
-    /// The lowest `count` free ports of the `ports` ranges, or None if fewer are free.
+    /// The lowest `count` free ports of the `ports` ranges (however reserved), or None if
+    /// fewer are free.
     pub fn take_ports(&self, count: usize) -> Option<Vec<u64>> {
-        match self.0.get(PORTS) {
-            Some(Value::Ranges(r)) => r.take_lowest(count),
-            _ => (count == 0).then(Vec::new),
-        }
+        let all = self
+            .0
+            .range::<String, _>(keys_of(PORTS))
+            .filter_map(|(_, v)| match v {
+                Value::Ranges(r) => Some(r),
+                _ => None,
+            })
+            .fold(Ranges::empty(), |acc, r| acc.add(r));
+        all.take_lowest(count)
     }
 }
 
@@ -1249,7 +1466,7 @@ mod tests {
             "missing \":\" in \"cpus2\": expected name:value, e.g. cpus:2"
         );
         assert!(msg("c pu:2").contains("invalid resource name \"c pu\""));
-        assert!(msg("cpus(*):2").contains("invalid resource name \"cpus(*)\""));
+        assert!(msg("c(pu:2").contains("invalid reservation in \"c(pu:2\""));
         assert!(msg("ports:[2-1]").contains("invalid ranges \"[2-1]\" for ports"));
         assert!(msg("ports:[1-2").contains("invalid ranges \"[1-2\" for ports"));
         assert!(msg("z:{a b}").contains("invalid set \"{a b}\" for z"));
@@ -1319,6 +1536,77 @@ mod tests {
             "cpus:2".parse::<Resources>().unwrap(),
             Resources::new().with_scalar(CPUS, Scalar::from_units(2))
         );
+    }
+
+    // --- Reservations ---
+
+    #[test]
+    fn reservations_parse_as_their_own_entries_and_star_means_unreserved() {
+        let r = res("cpus(eng):2;cpus:1;mem(eng/web):512;cpus(*):1");
+        assert_eq!(r.to_string(), "cpus:2;cpus(eng):2;mem(eng/web):512");
+        assert_eq!(r.cpus(), Scalar::from_units(4));
+        assert_eq!(r.scalar(CPUS), Scalar::from_units(2));
+        assert_eq!(r.scalar("cpus(eng)"), Scalar::from_units(2));
+        assert_eq!(r.mem(), Scalar::from_units(512));
+        assert!(r.has_reservations());
+        assert!(!res("cpus:1").has_reservations());
+    }
+
+    #[test]
+    fn a_malformed_reservation_is_refused_with_its_reason() {
+        for bad in [
+            "cpus(eng:1",
+            "cpus():1",
+            "cpus(weight):1",
+            "cpus(eng)x:1",
+            "cpus(a b):1",
+        ] {
+            let err = Resources::parse(bad).unwrap_err();
+            assert!(
+                matches!(err, ResourceError::InvalidReservation { .. }),
+                "{bad}: {err}"
+            );
+            assert!(err.to_string().contains("name(role):value"), "{err}");
+        }
+        assert!(matches!(
+            Resources::parse("ports:[1-2];ports(eng):3"),
+            Err(ResourceError::KindMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn a_role_may_use_unreserved_resources_and_those_reserved_for_it_or_above_it() {
+        let r = res("cpus:1;cpus(eng):2;cpus(eng/web):3;cpus(ops):4;cpus(engine):5");
+        assert_eq!(
+            r.usable_by("eng/web"),
+            res("cpus:1;cpus(eng):2;cpus(eng/web):3")
+        );
+        assert_eq!(r.usable_by("eng"), res("cpus:1;cpus(eng):2"));
+        assert_eq!(r.usable_by("*"), res("cpus:1"));
+        assert_eq!(r.reserved_within("eng"), res("cpus(eng):2;cpus(eng/web):3"));
+        assert_eq!(r.unreserved(), res("cpus:1"));
+        assert_eq!(*r.flatten(), res("cpus:15"));
+    }
+
+    #[test]
+    fn reserving_relabels_every_amount_and_star_gives_them_back() {
+        let r = res("cpus:1;cpus(ops):1;ports:[10-11]");
+        assert_eq!(r.reserved_for("eng"), res("cpus(eng):2;ports(eng):[10-11]"));
+        assert_eq!(r.reserved_for("*"), res("cpus:2;ports:[10-11]"));
+    }
+
+    #[test]
+    fn drawing_takes_the_most_specific_reservation_first_then_unreserved() {
+        let offer = res("cpus:1;cpus(eng):2;cpus(eng/web):1;mem:100;ports:[5-6];ports(eng):[7-7]");
+        assert_eq!(
+            offer.draw(&res("cpus:3;mem:50;ports:[6-7]")),
+            Some(res(
+                "cpus(eng/web):1;cpus(eng):2;mem:50;ports:[6-6];ports(eng):[7-7]"
+            ))
+        );
+        assert_eq!(offer.draw(&res("cpus:4.5")), None);
+        assert_eq!(offer.draw(&res("ports:[8-8]")), None);
+        assert_eq!(offer.take_ports(3), Some(vec![5, 6, 7]));
     }
 
     // --- Properties ---
@@ -1404,6 +1692,28 @@ mod tests {
             prop_assert_eq!(Resources::parse(&a.to_string()).unwrap(), a.clone());
             let json = serde_json::to_string(&a).unwrap();
             prop_assert_eq!(serde_json::from_str::<Resources>(&json).unwrap(), a);
+        }
+
+        #[test]
+        fn prop_drawing_takes_exactly_what_is_asked_from_what_is_held(
+            a in arb_resources(), b in arb_resources(), c in arb_resources(), want in arb_resources()
+        ) {
+            let held = a.add(&disjoint_from(&a, &b).reserved_for("eng"))
+                .add(&disjoint_from(&a.add(&b), &c).reserved_for("eng/web"));
+            let drawn = held.draw(&want);
+            prop_assert_eq!(drawn.is_some(), held.flatten().contains(&want));
+            if let Some(d) = drawn {
+                prop_assert!(held.contains(&d));
+                prop_assert_eq!(d.flatten().into_owned(), want);
+                let rest = held.checked_sub(&d).unwrap();
+                prop_assert_eq!(rest.add(&d), held);
+            }
+        }
+
+        #[test]
+        fn prop_reserved_resources_display_and_parse_back(a in arb_resources(), b in arb_resources()) {
+            let r = a.add(&disjoint_from(&a, &b).reserved_for("eng/web"));
+            prop_assert_eq!(Resources::parse(&r.to_string()).unwrap(), r);
         }
 
         #[test]

@@ -75,6 +75,14 @@ fn seeds() -> Vec<String> {
                 Resources::parse("cpus:2").unwrap(),
             )),
         },
+        Command::Reserve {
+            agent_id: "a1".into(),
+            resources: Resources::parse("cpus(eng):1;ports(eng):[31005-31006]").unwrap(),
+        },
+        Command::Unreserve {
+            agent_id: "a1".into(),
+            resources: Resources::parse("cpus(eng):1").unwrap(),
+        },
     ];
     let mut seeds: Vec<String> = commands
         .iter()

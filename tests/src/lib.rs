@@ -421,21 +421,19 @@ impl Dev {
         Dev::start_with(&[])
     }
 
-    /// Like [`Dev::start`], with extra `mesofs dev` flags (e.g. `--offer-timeout 1`).
+    /// Like [`Dev::start`], with extra `mesofs dev` flags (e.g. `--offer-timeout 1`); a
+    /// `--resources` among them replaces the tests' usual resources.
     pub fn start_with(extra_args: &[&str]) -> Dev {
         let tmp = temp_dir();
         let mount = tmp.path().join("mnt");
         let data = tmp.path().join("data");
-        let mut args: Vec<OsString> = [
-            "dev",
-            "--listen",
-            "127.0.0.1:0",
-            "--resources",
-            TEST_RESOURCES,
-        ]
-        .iter()
-        .map(OsString::from)
-        .collect();
+        let mut args: Vec<OsString> = ["dev", "--listen", "127.0.0.1:0"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        if !extra_args.contains(&"--resources") {
+            args.extend(["--resources".into(), TEST_RESOURCES.into()]);
+        }
         args.extend(["--mount".into(), mount.clone().into_os_string()]);
         args.extend(["--data-dir".into(), data.clone().into_os_string()]);
         args.extend(extra_args.iter().map(OsString::from));

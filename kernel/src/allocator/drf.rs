@@ -90,7 +90,7 @@ impl Sorter {
 
     /// Sets the cluster's total resources (shares are fractions of it).
     pub fn set_total(&mut self, total: Resources) {
-        self.total = total;
+        self.total = total.flatten().into_owned();
         for r in self.roles.values_mut() {
             r.sorted = r
                 .clients
@@ -143,7 +143,8 @@ impl Sorter {
         let held = r.clients.get_mut(framework).expect("client just added");
         r.sorted
             .remove(&(Share(dominant(total, held)), framework.to_string()));
-        let new = f(held);
+        // Shares and quotas count amounts, however they are reserved.
+        let new = f(held).flatten().into_owned();
         r.total = r.total.checked_sub(held).unwrap_or_default().add(&new);
         *held = new;
         r.sorted
@@ -163,7 +164,7 @@ impl Sorter {
             .is_some_and(|r| r.clients.contains_key(framework));
         if known {
             self.change(role, framework, |h| {
-                h.checked_sub(resources).unwrap_or_default()
+                h.checked_sub(&resources.flatten()).unwrap_or_default()
             });
         }
     }

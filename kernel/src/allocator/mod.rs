@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::resources::{Resources, Scalar, Value};
+use crate::resources::{split_key, Resources, Scalar, Value};
 use drf::Sorter;
 
 /// A role's quota: what it is guaranteed, and what it may never exceed (Mesos syntax, scalars).
@@ -62,9 +62,10 @@ pub fn allocatable(r: &Resources) -> bool {
 pub struct Cap(BTreeMap<String, Scalar>);
 
 impl Cap {
-    /// The scalars of `r` as bounds.
+    /// The scalars of `r` (however reserved) as bounds.
     pub fn of(r: &Resources) -> Cap {
         Cap(r
+            .flatten()
             .iter()
             .filter_map(|(name, v)| match v {
                 Value::Scalar(s) => Some((name.to_string(), *s)),
@@ -79,7 +80,7 @@ impl Cap {
             .0
             .iter()
             .map(|(name, s)| {
-                let left = s.checked_sub(held.scalar(name)).unwrap_or_default();
+                let left = s.checked_sub(held.scalar_all(name)).unwrap_or_default();
                 (name.clone(), left)
             })
             .collect())
@@ -127,15 +128,23 @@ impl Cap {
         self.0.values().all(|s| s.is_zero())
     }
 
-    /// `r` with each scalar this names cut to its bound; everything else kept.
+    /// `r` with each scalar this names cut to its bound, reservations counted first (they can
+    /// serve no one else); everything else kept.
     pub fn apply(&self, r: &Resources) -> Resources {
+        let mut budget = self.0.clone();
+        let (reserved, unreserved): (Vec<_>, Vec<_>) =
+            r.iter().partition(|(key, _)| split_key(key).1.is_some());
         let mut out = Resources::default();
-        for (name, v) in r.iter() {
-            let v = match (v, self.0.get(name)) {
-                (Value::Scalar(s), Some(bound)) => Value::Scalar((*s).min(*bound)),
+        for (key, v) in reserved.into_iter().chain(unreserved) {
+            let v = match (v, budget.get_mut(split_key(key).0)) {
+                (Value::Scalar(s), Some(bound)) => {
+                    let taken = (*s).min(*bound);
+                    *bound -= taken;
+                    Value::Scalar(taken)
+                }
                 _ => v.clone(),
             };
-            out = out.with_value(name, v);
+            out = out.with_value(key, v);
         }
         out
     }
@@ -172,7 +181,8 @@ fn pick(
         if !may_offer(fw, role, &free.agent_id) {
             return None;
         }
-        let mut offer = lack.apply(&free.resources);
+        // Resources reserved for other roles are not this role's to take.
+        let mut offer = lack.apply(&free.resources.usable_by(role));
         if let Some(room) = room(sorter, quotas, role) {
             offer = room.apply(&offer);
         }
@@ -221,7 +231,8 @@ pub fn plan(
         .fold(Cap::default(), |acc, l| acc.plus(&l));
     for agent in &mut agents {
         if !keep_back.is_zero() {
-            let kept = keep_back.apply(&agent.resources);
+            // Reserved resources serve only their roles: the keep-back comes from the rest.
+            let kept = keep_back.apply(&agent.resources.unreserved());
             keep_back = keep_back.less(&kept);
             agent.resources = agent
                 .resources
@@ -391,6 +402,57 @@ mod tests {
         assert!(
             plan(&mut s, &BTreeMap::new(), free, anyone).is_empty(),
             "no cpus"
+        );
+    }
+
+    #[test]
+    fn reserved_resources_are_offered_only_to_their_role_and_the_roles_under_it() {
+        let free = agents(1, "cpus:1;mem:100;cpus(eng):2;mem(eng):200");
+        let mut s = sorter_for(&free, &[("ops", "o")]);
+        let plans = plan(&mut s, &BTreeMap::new(), free.clone(), anyone);
+        assert_eq!(
+            held(&plans, "o"),
+            r("cpus:1;mem:100"),
+            "ops gets the rest only"
+        );
+
+        let mut s = sorter_for(&free, &[("eng/web", "w")]);
+        let plans = plan(&mut s, &BTreeMap::new(), free.clone(), anyone);
+        assert_eq!(
+            held(&plans, "w"),
+            r("cpus:1;mem:100;cpus(eng):2;mem(eng):200")
+        );
+
+        // With both, the reservation ends with eng's framework whoever comes first.
+        let mut s = sorter_for(&free, &[("eng", "e"), ("ops", "o")]);
+        let plans = plan(&mut s, &BTreeMap::new(), free, anyone);
+        assert_eq!(held(&plans, "e").scalar("cpus(eng)"), Scalar::from_units(2));
+        assert!(!held(&plans, "o").has_reservations());
+        assert_eq!(
+            held(&plans, "e").add(&held(&plans, "o")),
+            r("cpus:1;mem:100;cpus(eng):2;mem(eng):200"),
+            "everything offered once"
+        );
+    }
+
+    #[test]
+    fn a_limit_counts_reserved_resources_too() {
+        let free = agents(1, "cpus:4;mem:400;cpus(eng):2;mem(eng):200");
+        let mut s = sorter_for(&free, &[("eng", "e")]);
+        let quotas = BTreeMap::from([(
+            "eng".to_string(),
+            Quota {
+                guarantee: Resources::default(),
+                limit: Some(r("cpus:3;mem:300")),
+            },
+        )]);
+        let plans = plan(&mut s, &quotas, free, anyone);
+        let got = held(&plans, "e");
+        assert_eq!(got.cpus(), Scalar::from_units(3));
+        assert_eq!(
+            got.scalar("cpus(eng)"),
+            Scalar::from_units(2),
+            "reserved first"
         );
     }
 }

@@ -15,13 +15,14 @@ pub const MAX_ROLE_LEN: usize = 256;
 pub const MAX_ROLES_PER_FRAMEWORK: usize = 64;
 
 /// Names a role's directory in the mount holds for its files; no role part may take them.
-pub const ROLE_FILE_NAMES: [&str; 6] = [
+pub const ROLE_FILE_NAMES: [&str; 7] = [
     "weight",
     "guarantee",
     "limit",
     "allocated",
     "offered",
     "frameworks",
+    "reserved",
 ];
 
 /// Checks a role path: `*`, or parts `[A-Za-z0-9][A-Za-z0-9._-]*` joined by `/`, none of them

@@ -326,6 +326,20 @@ pub enum Command {
         /// What changed.
         setting: RoleSetting,
     },
+    /// Free resources of an agent reserved for roles (a write to `offers/<id>/reserve`).
+    Reserve {
+        /// Which agent.
+        agent_id: AgentId,
+        /// What, each amount keyed by the role it is reserved for (`cpus(eng):1`).
+        resources: Resources,
+    },
+    /// Dynamically reserved free resources given back (a write to `offers/<id>/unreserve`).
+    Unreserve {
+        /// Which agent.
+        agent_id: AgentId,
+        /// What, keyed by the role it was reserved for.
+        resources: Resources,
+    },
     /// A kill was requested.
     KillTask {
         /// The task's cluster-unique id.
@@ -386,6 +400,9 @@ pub enum StateError {
     /// A role cannot take this setting.
     #[error("role {0:?}: {1}")]
     BadRoleSetting(String, String),
+    /// A reservation cannot be made or given back.
+    #[error("{0}")]
+    Reservation(String),
     /// The agent registered again after the session a command refers to.
     #[error("agent {0:?} has registered again since; the command refers to an older session")]
     StaleRegistration(String),
@@ -450,6 +467,10 @@ pub struct ClusterState {
     /// What is set on roles (weights, quotas), by role path.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub roles: BTreeMap<String, RoleInfo>,
+    /// Dynamic reservations (`offers/<id>/reserve`), by agent: kept across the agent's
+    /// re-registrations, and already counted in its `resources`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub reservations: BTreeMap<AgentId, Resources>,
 }
 
 /// The role of everything from before roles.
@@ -503,6 +524,130 @@ impl ClusterState {
             .fold(Resources::default(), |acc, t| acc.add(&t.resources))
     }
 
+    /// An agent's free resources: neither held by live tasks nor (for the caller to subtract)
+    /// offered.
+    fn free_on(&self, agent: &AgentInfo) -> Resources {
+        agent
+            .resources
+            .checked_sub(&self.allocated_on(&agent.id))
+            .unwrap_or_default()
+    }
+
+    /// Whether `resources` (amounts keyed by their roles) can be reserved on an agent now:
+    /// it has them unreserved and free.
+    pub fn check_reserve(&self, agent_id: &str, resources: &Resources) -> Result<(), StateError> {
+        let agent = self
+            .agents
+            .get(agent_id)
+            .ok_or_else(|| StateError::NoAgent(agent_id.to_string()))?;
+        if resources.is_empty() || !resources.unreserved().is_empty() {
+            return Err(StateError::Reservation(format!(
+                "nothing to reserve in {:?}: give amounts keyed by their role, e.g. cpus(eng):1",
+                resources.to_string()
+            )));
+        }
+        let amounts = resources.flatten();
+        let free = self.free_on(agent).unreserved();
+        if !free.contains(&amounts) {
+            return Err(StateError::Reservation(format!(
+                "agent {agent_id} has {free} unreserved and free, not {amounts}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether `resources` (keyed by their roles) can be given back on an agent now: they
+    /// were reserved by writes to `reserve` (not by its `--resources`) and are free.
+    pub fn check_unreserve(&self, agent_id: &str, resources: &Resources) -> Result<(), StateError> {
+        let agent = self
+            .agents
+            .get(agent_id)
+            .ok_or_else(|| StateError::NoAgent(agent_id.to_string()))?;
+        let dynamic = self.reservations.get(agent_id).cloned().unwrap_or_default();
+        if resources.is_empty() || !dynamic.contains(resources) {
+            return Err(StateError::Reservation(format!(
+                "agent {agent_id} holds {} reserved by writes to reserve, not {resources}; a static reservation changes only with the agent's --resources",
+                if dynamic.is_empty() { "nothing".to_string() } else { dynamic.to_string() }
+            )));
+        }
+        let free = self.free_on(agent);
+        if !free.contains(resources) {
+            let free_of_it = resources
+                .iter()
+                .filter_map(|(k, _)| Some((k, free.get(k)?.clone())))
+                .fold(Resources::new(), |acc, (k, v)| acc.with_value(k, v));
+            return Err(StateError::Reservation(format!(
+                "agent {agent_id} has only {:?} of {resources} free: tasks hold the rest",
+                free_of_it.to_string()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Reserves free unreserved resources of an agent for the roles `resources` names.
+    fn reserve(&mut self, agent_id: &str, resources: &Resources) -> Result<(), StateError> {
+        self.check_reserve(agent_id, resources)?;
+        let agent = self.agents.get_mut(agent_id).expect("checked");
+        agent.resources = agent
+            .resources
+            .checked_sub(&resources.flatten())
+            .expect("checked: held")
+            .add(resources);
+        let r = self.reservations.entry(agent_id.to_string()).or_default();
+        *r = r.add(resources);
+        Ok(())
+    }
+
+    /// Gives back free resources of an agent dynamically reserved for the roles they name.
+    fn unreserve(&mut self, agent_id: &str, resources: &Resources) -> Result<(), StateError> {
+        self.check_unreserve(agent_id, resources)?;
+        let agent = self.agents.get_mut(agent_id).expect("checked");
+        agent.resources = agent
+            .resources
+            .checked_sub(resources)
+            .expect("checked: held")
+            .add(&resources.flatten());
+        let rest = self.reservations[agent_id]
+            .checked_sub(resources)
+            .expect("checked: reserved");
+        if rest.is_empty() {
+            self.reservations.remove(agent_id);
+        } else {
+            self.reservations.insert(agent_id.to_string(), rest);
+        }
+        Ok(())
+    }
+
+    /// An agent's resources as it registers them (`registered`, static reservations
+    /// included) with its dynamic reservations made again; those that no longer fit (the
+    /// agent came back with less) are dropped.
+    fn reapply_reservations(&mut self, agent_id: &str, registered: &Resources) -> Resources {
+        let Some(dynamic) = self.reservations.remove(agent_id) else {
+            return registered.clone();
+        };
+        let mut total = registered.clone();
+        let mut kept = Resources::new();
+        for (key, value) in dynamic.iter() {
+            let one = Resources::new().with_value(key, value.clone());
+            let amounts = one.flatten().into_owned();
+            match total.unreserved().contains(&amounts) {
+                true => {
+                    total = total.checked_sub(&amounts).expect("checked").add(&one);
+                    kept = kept.add(&one);
+                }
+                false => tracing::warn!(
+                    agent = agent_id,
+                    reservation = %one,
+                    "the agent re-registered without room for a dynamic reservation: dropped"
+                ),
+            }
+        }
+        if !kept.is_empty() {
+            self.reservations.insert(agent_id.to_string(), kept);
+        }
+        total
+    }
+
     /// Applies one committed command at a log index. Deterministic; refusals change nothing.
     pub fn apply(&mut self, index: u64, cmd: &Command) -> Applied {
         self.applied_index = self.applied_index.max(index);
@@ -535,6 +680,7 @@ impl ClusterState {
                 }
                 info.state = AgentState::Active;
                 info.registration = index;
+                info.resources = self.reapply_reservations(&agent.id, &agent.resources);
                 self.agents.insert(agent.id.clone(), info);
                 let running_now: std::collections::HashSet<&str> =
                     running.iter().map(String::as_str).collect();
@@ -783,6 +929,20 @@ impl ClusterState {
                     Err(e) => Applied::refused(StateError::BadRoleSetting(role.clone(), e)),
                 }
             }
+            Command::Reserve {
+                agent_id,
+                resources,
+            } => match self.reserve(agent_id, resources) {
+                Ok(()) => Applied::default(),
+                Err(e) => Applied::refused(e),
+            },
+            Command::Unreserve {
+                agent_id,
+                resources,
+            } => match self.unreserve(agent_id, resources) {
+                Ok(()) => Applied::default(),
+                Err(e) => Applied::refused(e),
+            },
             Command::KillTask { task_id, .. } => match self.tasks.get_mut(task_id) {
                 None => Applied::refused(StateError::NoTask(task_id.clone())),
                 Some(t) if t.state().is_terminal() => {
@@ -1401,5 +1561,106 @@ mod tests {
         );
         assert_eq!(r.to_kill, vec![task_id(&fw, "t")]);
         assert!(s.framework_by_name("hello").is_none());
+    }
+
+    fn res(text: &str) -> Resources {
+        Resources::parse(text).unwrap()
+    }
+
+    #[test]
+    fn a_reservation_relabels_free_resources_and_survives_re_registration() {
+        let (mut s, fw) = cluster_with_framework();
+        s.apply(3, &launch(&fw, "a1", "name=t cpus=1 mem=512 -- sleep 9"));
+        let reserve = |r: &str| Command::Reserve {
+            agent_id: "a1".into(),
+            resources: res(r),
+        };
+        // One cpu is free, not two.
+        let before = s.clone();
+        let r = s.apply(4, &reserve("cpus(eng):2"));
+        assert!(matches!(r.error, Some(StateError::Reservation(_))), "{r:?}");
+        assert_eq!(s.agents, before.agents);
+        assert!(s.apply(5, &reserve("cpus:1")).error.is_some(), "no role");
+
+        assert_eq!(s.apply(6, &reserve("cpus(eng):1;mem(eng):256")).error, None);
+        assert_eq!(
+            s.agents["a1"].resources,
+            res("cpus:1;mem:768;cpus(eng):1;mem(eng):256")
+        );
+        assert_eq!(s.reservations["a1"], res("cpus(eng):1;mem(eng):256"));
+
+        // The agent comes back with the same resources: the reservation is made again.
+        s.apply(
+            7,
+            &Command::RegisterAgent {
+                agent: agent("a1"),
+                running: vec![task_id(&fw, "t")],
+            },
+        );
+        assert_eq!(
+            s.agents["a1"].resources,
+            res("cpus:1;mem:768;cpus(eng):1;mem(eng):256")
+        );
+
+        let unreserve = |r: &str| Command::Unreserve {
+            agent_id: "a1".into(),
+            resources: res(r),
+        };
+        assert!(
+            s.apply(8, &unreserve("cpus(ops):1")).error.is_some(),
+            "not reserved"
+        );
+        assert_eq!(
+            s.apply(9, &unreserve("cpus(eng):1;mem(eng):256")).error,
+            None
+        );
+        assert_eq!(s.agents["a1"].resources, res("cpus:2;mem:1024"));
+        assert!(s.reservations.is_empty());
+    }
+
+    #[test]
+    fn a_static_reservation_cannot_be_given_back_and_a_shrunk_agent_drops_what_no_longer_fits() {
+        let mut s = ClusterState::default();
+        let mut a = agent("a1");
+        a.resources = res("cpus:2;mem:1024;cpus(eng):1");
+        s.apply(
+            1,
+            &Command::RegisterAgent {
+                agent: a.clone(),
+                running: vec![],
+            },
+        );
+        let r = s.apply(
+            2,
+            &Command::Unreserve {
+                agent_id: "a1".into(),
+                resources: res("cpus(eng):1"),
+            },
+        );
+        assert!(r.error.unwrap().to_string().contains("--resources"));
+        s.apply(
+            3,
+            &Command::Reserve {
+                agent_id: "a1".into(),
+                resources: res("cpus(ops):2;mem(ops):100"),
+            },
+        );
+        assert_eq!(
+            s.agents["a1"].resources,
+            res("mem:924;cpus(eng):1;cpus(ops):2;mem(ops):100")
+        );
+        a.resources = res("cpus:1;mem:1024;cpus(eng):1");
+        s.apply(
+            4,
+            &Command::RegisterAgent {
+                agent: a,
+                running: vec![],
+            },
+        );
+        assert_eq!(
+            s.agents["a1"].resources,
+            res("cpus:1;mem:924;cpus(eng):1;mem(ops):100")
+        );
+        assert_eq!(s.reservations["a1"], res("mem(ops):100"));
     }
 }

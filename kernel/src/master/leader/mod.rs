@@ -28,6 +28,7 @@ mod batch;
 pub mod board;
 mod membership;
 mod offers;
+mod reservations;
 mod roles;
 mod writes;
 
@@ -113,6 +114,35 @@ struct Allocation {
     /// The same, per (role, framework): they count as held there.
     pending_held: HashMap<(String, String), Resources>,
     offer_seq: u64,
+}
+
+impl Allocation {
+    /// Holds `resources` of an agent, for a (role, framework), while a command that takes
+    /// them from an offer commits: the allocator offers them to no one else meanwhile.
+    fn hold(&mut self, agent_id: &str, role: &str, framework_id: &str, resources: &Resources) {
+        let p = self.pending.entry(agent_id.to_string()).or_default();
+        *p = p.add(resources);
+        let key = (role.to_string(), framework_id.to_string());
+        let p = self.pending_held.entry(key).or_default();
+        *p = p.add(resources);
+    }
+
+    /// Ends a [`Allocation::hold`] once its command committed or failed.
+    fn release(&mut self, agent_id: &str, role: &str, framework_id: &str, resources: &Resources) {
+        if let Some(p) = self.pending.get_mut(agent_id) {
+            *p = p.checked_sub(resources).unwrap_or_default();
+            if p.is_empty() {
+                self.pending.remove(agent_id);
+            }
+        }
+        let key = (role.to_string(), framework_id.to_string());
+        if let Some(p) = self.pending_held.get_mut(&key) {
+            *p = p.checked_sub(resources).unwrap_or_default();
+            if p.is_empty() {
+                self.pending_held.remove(&key);
+            }
+        }
+    }
 }
 
 /// A command committed through Raft: where, and what applying it did.

@@ -22,8 +22,18 @@ fn op_errno(op: &Op, _error: &StateError) -> i32 {
         Op::RegisterFramework(_) | Op::Launch(_) => libc::EEXIST,
         Op::TeardownFramework(_) | Op::SetRoles(_) | Op::Suppress(_) => libc::ENOENT,
         Op::Kill(_) => libc::ESRCH,
-        Op::Decline(_) | Op::Membership(_) | Op::ConfigureRole(_) => libc::EINVAL,
+        Op::Decline(_) | Op::Membership(_) | Op::ConfigureRole(_) | Op::Reserve(_) => libc::EINVAL,
     }
+}
+
+/// The refusal of a write to an offer no longer outstanding.
+pub(super) fn offer_gone(offer_id: &str) -> Refusal {
+    refuse(
+        libc::ENOENT,
+        format!(
+            "offer {offer_id} is gone (used up, declined, rescinded or expired); read offers/next for a current one"
+        ),
+    )
 }
 
 /// Refuses a write longer than the limits allow.
@@ -37,6 +47,7 @@ fn within_limits(client: &str, op: &Op) -> Result<(), String> {
     let (text, offer) = match op {
         Op::Launch(l) => (l.text.as_str(), l.offer_id.as_str()),
         Op::Decline(d) => (d.text.as_str(), d.offer_id.as_str()),
+        Op::Reserve(r) => (r.text.as_str(), r.offer_id.as_str()),
         Op::Membership(m) => (m.text.as_str(), ""),
         Op::Kill(k) => (k.task.as_str(), ""),
         Op::SetRoles(r) => (r.text.as_str(), ""),
@@ -157,6 +168,7 @@ impl Leader {
             Op::TeardownFramework(r) => r.name.clone(),
             Op::Launch(r) => r.framework.clone(),
             Op::Decline(r) => r.framework.clone(),
+            Op::Reserve(r) => r.framework.clone(),
             Op::Kill(r) => r.framework.clone(),
             Op::SetRoles(r) => r.framework.clone(),
             Op::Suppress(r) => r.framework.clone(),
@@ -177,6 +189,10 @@ impl Leader {
                 }
                 Op::Decline(r) => {
                     self.decline(&r.framework, &writer, &r.offer_id, &r.text)
+                        .await
+                }
+                Op::Reserve(r) => {
+                    self.reserve(w, &r.framework, &writer, &r.offer_id, &r.text, r.unreserve)
                         .await
                 }
                 Op::Kill(r) => self.kill(w, &r.framework, &writer, &r.task).await,
@@ -388,14 +404,7 @@ impl Leader {
     ) -> Result<u64, Refusal> {
         let fw = self.owned_framework(framework, writer, Some(Action::RunTasks))?;
         let specs = parse_specs(text).map_err(|e| refuse(libc::EINVAL, e.to_string()))?;
-        let gone = || {
-            refuse(
-                libc::ENOENT,
-                format!(
-                    "offer {offer_id} is gone (used up, declined, rescinded or expired); read offers/next for a current one"
-                ),
-            )
-        };
+        let gone = || offer_gone(offer_id);
         let taken: Vec<String> = self.hub.read(|s| {
             specs
                 .iter()
@@ -425,50 +434,51 @@ impl Leader {
                 .read(|offers| offers.get(offer_id).cloned())
                 .filter(|o| o.framework_id == fw.id)
                 .ok_or_else(gone)?;
-            let offered_ports = offer.resources.take_ports(ports_needed);
-            if !offer.resources.contains(&need) || offered_ports.is_none() {
+            let too_little = || {
                 let mut asked = need.to_string();
                 if ports_needed > 0 {
                     asked.push_str(&format!(" and {ports_needed} ports"));
                 }
-                return Err(refuse(
+                refuse(
                     libc::ENOSPC,
                     format!(
                         "the tasks need {asked} but offer {offer_id} has {}; launch fewer or smaller tasks",
                         offer.resources
                     ),
-                ));
+                )
+            };
+            let offered_ports = offer.resources.take_ports(ports_needed);
+            if !offer.resources.flatten().contains(&need) || offered_ports.is_none() {
+                return Err(too_little());
             }
+            // Each task takes what is reserved for the offer's role first, so that unreserved
+            // resources stay free for others.
             let mut free_ports = offered_ports.unwrap_or_default().into_iter();
-            let tasks: Vec<NewTask> = specs
-                .into_iter()
-                .map(|spec| {
-                    let ports: Vec<u64> = free_ports.by_ref().take(spec.ports as usize).collect();
-                    let mut resources = spec.resources();
-                    if !ports.is_empty() {
-                        resources = resources.add(&ports_resource(&ports));
-                    }
-                    NewTask {
-                        spec,
-                        resources,
-                        ports,
-                    }
-                })
-                .collect();
+            let mut left = offer.resources.clone();
+            let mut tasks = Vec::with_capacity(specs.len());
+            for spec in specs {
+                let ports: Vec<u64> = free_ports.by_ref().take(spec.ports as usize).collect();
+                let mut wanted = spec.resources();
+                if !ports.is_empty() {
+                    wanted = wanted.add(&ports_resource(&ports));
+                }
+                let resources = left.draw(&wanted).ok_or_else(too_little)?;
+                left = left.checked_sub(&resources).ok_or_else(too_little)?;
+                tasks.push(NewTask {
+                    spec,
+                    resources,
+                    ports,
+                });
+            }
             let used = tasks
                 .iter()
                 .fold(Resources::default(), |acc, t| acc.add(&t.resources));
-            let left = offer.resources.checked_sub(&used).unwrap_or_default();
             if left.cpus().is_zero() || left.mem().is_zero() {
                 self.board.remove_offer(offer_id, "used up", false);
             } else {
                 self.board.update_offer(offer_id, left);
             }
-            let p = alloc.pending.entry(offer.agent_id.clone()).or_default();
-            *p = p.add(&used);
-            let key = (offer.role.clone(), fw.id.clone());
-            let p = alloc.pending_held.entry(key).or_default();
-            *p = p.add(&used);
+            alloc.hold(&offer.agent_id, &offer.role, &fw.id, &used);
             (offer, tasks, used)
         };
         let result = self
@@ -483,19 +493,10 @@ impl Leader {
                 },
             )
             .await;
-        {
-            let mut alloc = self.alloc.lock().expect("alloc lock");
-            if let Some(p) = alloc.pending.get_mut(&offer.agent_id) {
-                *p = p.checked_sub(&used).unwrap_or_default();
-            }
-            let key = (offer.role.clone(), fw.id.clone());
-            if let Some(p) = alloc.pending_held.get_mut(&key) {
-                *p = p.checked_sub(&used).unwrap_or_default();
-                if p.is_empty() {
-                    alloc.pending_held.remove(&key);
-                }
-            }
-        }
+        self.alloc
+            .lock()
+            .expect("alloc lock")
+            .release(&offer.agent_id, &offer.role, &fw.id, &used);
         let result = result.and_then(|r| match (r.applied.error, r.applied.duplicate_of) {
             (Some(e), _) => Err(refuse(libc::EEXIST, e.to_string())),
             (None, Some(first)) => Ok(first),
