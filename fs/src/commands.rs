@@ -68,6 +68,10 @@ pub fn control_op(view: &View, node: &Node, data: &[u8]) -> Result<Op, WriteErro
                 revive: *file == FrameworkFile::Revive,
             })
         }
+        Node::FrameworkFile(f, FrameworkFile::Optimistic) => Op::Optimistic(proto::Optimistic {
+            framework: framework(f)?,
+            text,
+        }),
         Node::RoleFile(role, file) => Op::ConfigureRole(proto::ConfigureRole {
             role: role.clone(),
             file: file.name().to_string(),
@@ -109,6 +113,7 @@ pub fn op_framework(op: &Op) -> &str {
         Op::Kill(r) => &r.framework,
         Op::SetRoles(r) => &r.framework,
         Op::Suppress(r) => &r.framework,
+        Op::Optimistic(r) => &r.framework,
         Op::Membership(_) | Op::ConfigureRole(_) => "",
     }
 }
@@ -126,6 +131,7 @@ fn op_name(op: &Op) -> &'static str {
         Op::SetRoles(_) => "roles",
         Op::Suppress(r) if r.revive => "revive",
         Op::Suppress(_) => "suppress",
+        Op::Optimistic(_) => "optimistic",
         Op::ConfigureRole(_) => "role settings",
     }
 }

@@ -176,6 +176,7 @@ impl Cluster {
         self.copy.apply_leader(&LeaderEvent::OfferCreated {
             seq,
             offer: Offer {
+                optimistic: false,
                 id: id.into(),
                 framework_id: framework_id.into(),
                 agent_id: agent.into(),

@@ -29,8 +29,8 @@ into a file. Everything is plain text, one value per file.
   cluster/masters/      <id>/ address, role, applied; ctl takes `add ID HOST:PORT`, `remove ID`
   agents/<id>/          hostname, address, state, resources, available, tasks/
   frameworks/           mkdir NAME registers a framework, rmdir NAME tears it down
-  frameworks/<f>/       id, user, principal, role, suppressed, revive, error, events,
-                        events_pipe, offers/, tasks/
+  frameworks/<f>/       id, user, principal, role, suppressed, revive, optimistic, error,
+                        events, events_pipe, offers/, tasks/
   roles/<role>/         weight, guarantee, limit (root writes), allocated, offered, reserved,
                         frameworks
 
@@ -96,6 +96,7 @@ pub fn render(view: &View, node: &Node, users: &Users) -> Option<String> {
                 FrameworkFile::Principal => line(fw.principal.as_deref().unwrap_or("")),
                 FrameworkFile::Role => fw.roles().iter().map(line).collect(),
                 FrameworkFile::Suppressed => line(if fw.suppressed { "1" } else { "0" }),
+                FrameworkFile::Optimistic => line(if fw.optimistic { "1" } else { "0" }),
                 FrameworkFile::Revive => return None,
                 FrameworkFile::Error => view.errors.get(f).cloned().unwrap_or_default(),
                 FrameworkFile::Events | FrameworkFile::EventsPipe => return None,

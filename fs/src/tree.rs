@@ -97,6 +97,8 @@ named_files! {
         Suppressed => "suppressed",
         /// `revive`: write-only; takes offers again and clears decline filters.
         Revive => "revive",
+        /// `optimistic`: `1` while it takes optimistic offers; written by its owner.
+        Optimistic => "optimistic",
         /// `error`: the last refused write's reason.
         Error => "error",
         /// `events`: the event log (end-of-file at its end).
@@ -674,7 +676,10 @@ impl Node {
             | Node::TaskFile(_, _, TaskFile::Kill)
             | Node::FrameworkFile(_, FrameworkFile::Revive)
             | Node::MastersCtl => Content::Control,
-            Node::FrameworkFile(_, FrameworkFile::Role | FrameworkFile::Suppressed)
+            Node::FrameworkFile(
+                _,
+                FrameworkFile::Role | FrameworkFile::Suppressed | FrameworkFile::Optimistic,
+            )
             | Node::RoleFile(_, RoleFile::Weight | RoleFile::Guarantee | RoleFile::Limit) => {
                 Content::Setting
             }
@@ -888,6 +893,7 @@ mod tests {
                 "role",
                 "suppressed",
                 "revive",
+                "optimistic",
                 "error",
                 "events",
                 "events_pipe",

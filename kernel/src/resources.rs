@@ -1076,6 +1076,41 @@ impl Resources {
         Some(out)
     }
 
+    /// Self less other, entry by entry, as far as self holds it (scalars stop at zero).
+    pub fn saturating_sub(&self, other: &Resources) -> Resources {
+        let mut out = self.clone();
+        for (name, value) in &other.0 {
+            let Some(mine) = self.0.get(name) else {
+                continue;
+            };
+            let common = mine.common(value).unwrap_or_else(|| mine.clone());
+            match mine.checked_sub(&common) {
+                Some(rest) if !rest.is_empty() => {
+                    out.0.insert(name.clone(), rest);
+                }
+                _ => {
+                    out.0.remove(name);
+                }
+            }
+        }
+        out
+    }
+
+    /// What either holds, entry by entry: the larger scalar, the union of ranges and sets
+    /// (what a set of offers that may overlap can take at most).
+    pub fn join(&self, other: &Resources) -> Resources {
+        let mut out = self.clone();
+        for (name, value) in &other.0 {
+            let joined = match (self.0.get(name), value) {
+                (Some(Value::Scalar(a)), Value::Scalar(b)) => Value::Scalar((*a).max(*b)),
+                (Some(mine), v) => mine.add(v).unwrap_or_else(|| mine.clone()),
+                (None, v) => v.clone(),
+            };
+            out.0.insert(name.clone(), joined);
+        }
+        out
+    }
+
     /// The lowest `count` free ports of the `ports` ranges (however reserved), or None if
     /// fewer are free.
     pub fn take_ports(&self, count: usize) -> Option<Vec<u64>> {
@@ -1593,6 +1628,19 @@ mod tests {
         let r = res("cpus:1;cpus(ops):1;ports:[10-11]");
         assert_eq!(r.reserved_for("eng"), res("cpus(eng):2;ports(eng):[10-11]"));
         assert_eq!(r.reserved_for("*"), res("cpus:2;ports:[10-11]"));
+    }
+
+    #[test]
+    fn saturating_subtraction_stops_at_nothing_and_join_takes_the_larger() {
+        let a = res("cpus:2;mem:100;ports:[1-5]");
+        assert_eq!(
+            a.saturating_sub(&res("cpus:3;mem:40;ports:[4-9];gpus:1")),
+            res("mem:60;ports:[1-3]")
+        );
+        assert_eq!(
+            a.join(&res("cpus:1;mem:200;ports:[8-9];gpus:1")),
+            res("cpus:2;mem:200;ports:[1-5,8-9];gpus:1")
+        );
     }
 
     #[test]

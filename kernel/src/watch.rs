@@ -36,6 +36,11 @@ pub struct Offer {
     pub role: String,
     /// When it was made (unix ms).
     pub created_ms: u64,
+    /// Whether other optimistic frameworks may be offered the same resources at once (it goes
+    /// only to frameworks that take optimistic offers): a launch from it fails with ESTALE
+    /// once another launch took what it needs.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub optimistic: bool,
 }
 
 /// The role of everything from before roles: `*`.

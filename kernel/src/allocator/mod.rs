@@ -49,6 +49,8 @@ pub struct Planned {
     pub role: String,
     /// What it offers.
     pub resources: Resources,
+    /// Whether it is an optimistic offer (other optimistic frameworks may be offered the same).
+    pub optimistic: bool,
 }
 
 /// Whether resources are worth offering: some cpus and some memory (Mesos's minimum
@@ -276,6 +278,7 @@ fn take(
         framework_id,
         role,
         resources: offer,
+        optimistic: false,
     });
 }
 

@@ -1,6 +1,8 @@
 //! One allocation pass over a cluster's state: what every connected agent has free, offered in
-//! DRF order within the roles' quotas ([`super::plan`]), and, for every framework left without
-//! an offer, why. Pure: the leader gives it the state and what only it holds (offers, launches
+//! DRF order within the roles' quotas ([`super::plan`]); then, to every framework that takes
+//! optimistic offers, what it is not offered yet of the free resources no other framework
+//! holds exclusively (offers to optimistic frameworks may overlap); and, for every framework
+//! left without an offer, why. Pure: the leader gives it the state and what only it holds (offers, launches
 //! being committed, decline filters), and makes the offers it plans.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -86,15 +88,24 @@ pub fn run(input: &Input) -> Output {
             }
         }
     }
+    // Optimistic offers may overlap: together they can take at most their join.
+    let mut optimistic_offered: HashMap<&str, Resources> = HashMap::new();
     for o in input.offers {
-        let h = held.entry(o.agent_id.as_str()).or_default();
-        *h = h.add(&o.resources);
+        let h = match o.optimistic {
+            true => optimistic_offered.entry(o.agent_id.as_str()).or_default(),
+            false => held.entry(o.agent_id.as_str()).or_default(),
+        };
+        *h = match o.optimistic {
+            true => h.join(&o.resources),
+            false => h.add(&o.resources),
+        };
         sorter.allocate(&o.role, &o.framework_id, &o.resources);
     }
     for ((role, fw), r) in input.pending_held {
         sorter.allocate(role, fw, r);
     }
-    let free: Vec<Free> = active
+    // What no task, launch in flight or exclusive offer holds, per agent.
+    let mut unheld: Vec<Free> = active
         .iter()
         .filter_map(|a| {
             let taken = held
@@ -107,19 +118,51 @@ pub fn run(input: &Input) -> Output {
                 resources: a.resources.checked_sub(&taken)?,
             })
         })
+        .collect();
+    // Offered exclusively only when no optimistic offer holds it either.
+    let free: Vec<Free> = unheld
+        .iter()
+        .map(|f| Free {
+            agent_id: f.agent_id.clone(),
+            resources: match optimistic_offered.get(f.agent_id.as_str()) {
+                Some(o) => f.resources.saturating_sub(o),
+                None => f.resources.clone(),
+            },
+        })
         .filter(|f| allocatable(&f.resources))
         .collect();
     let had_free = !free.is_empty();
-    let planned = if had_free {
-        plan(&mut sorter, &quotas, free, |fw, role, agent| {
-            subscribed.contains(&(role.to_string(), fw.to_string()))
-                && !input
-                    .filters
-                    .contains_key(&(fw.to_string(), agent.to_string()))
-        })
+    let may_offer = |fw: &str, role: &str, agent: &str| {
+        subscribed.contains(&(role.to_string(), fw.to_string()))
+            && !input
+                .filters
+                .contains_key(&(fw.to_string(), agent.to_string()))
+    };
+    let mut planned = if had_free {
+        plan(&mut sorter, &quotas, free, may_offer)
     } else {
         Vec::new()
     };
+    let optimistic: Vec<&crate::state::FrameworkInfo> = state
+        .active_frameworks()
+        .filter(|f| f.optimistic && !f.suppressed)
+        .collect();
+    if !optimistic.is_empty() {
+        let ids: HashSet<&str> = optimistic.iter().map(|f| f.id.as_str()).collect();
+        for p in &mut planned {
+            p.optimistic = ids.contains(p.framework_id.as_str());
+        }
+        let shared = offer_optimistically(
+            &mut sorter,
+            &quotas,
+            &mut unheld,
+            input.offers,
+            &planned,
+            &optimistic,
+            may_offer,
+        );
+        planned.extend(shared);
+    }
     let mut holding: HashSet<&str> = input
         .offers
         .iter()
@@ -160,6 +203,66 @@ pub fn run(input: &Input) -> Output {
         hostnames,
         frameworks,
     }
+}
+
+/// Plans offers to the optimistic frameworks: each is offered, on each agent, what it is not
+/// offered yet of the resources that no task, launch in flight or exclusive offer holds
+/// (`unheld`, less the exclusive offers `planned` makes), within its roles' limits.
+fn offer_optimistically(
+    sorter: &mut Sorter,
+    quotas: &BTreeMap<String, Quota>,
+    unheld: &mut [Free],
+    offers: &[Offer],
+    planned: &[Planned],
+    optimistic: &[&crate::state::FrameworkInfo],
+    may_offer: impl Fn(&str, &str, &str) -> bool,
+) -> Vec<Planned> {
+    let mut mine: HashMap<(String, String), Resources> = HashMap::new();
+    let optimistic_offers = offers
+        .iter()
+        .filter(|o| o.optimistic)
+        .map(|o| (&o.framework_id, &o.agent_id, &o.resources));
+    let planned_offers = planned
+        .iter()
+        .map(|p| (&p.framework_id, &p.agent_id, &p.resources));
+    for (fw, agent, r) in optimistic_offers.chain(planned_offers) {
+        let m = mine.entry((fw.clone(), agent.clone())).or_default();
+        *m = m.add(r);
+    }
+    for p in planned.iter().filter(|p| !p.optimistic) {
+        if let Some(f) = unheld.iter_mut().find(|f| f.agent_id == p.agent_id) {
+            f.resources = f.resources.saturating_sub(&p.resources);
+        }
+    }
+    let mut out = Vec::new();
+    for pool in unheld.iter().filter(|f| allocatable(&f.resources)) {
+        for fw in optimistic {
+            for role in fw.roles() {
+                if !may_offer(&fw.id, role, &pool.agent_id) {
+                    continue;
+                }
+                let key = (fw.id.clone(), pool.agent_id.clone());
+                let held = mine.get(&key).cloned().unwrap_or_default();
+                let mut offer = pool.resources.usable_by(role).saturating_sub(&held);
+                if let Some(room) = room(sorter, quotas, role) {
+                    offer = room.apply(&offer);
+                }
+                if !allocatable(&offer) {
+                    continue;
+                }
+                sorter.allocate(role, &fw.id, &offer);
+                mine.insert(key, held.add(&offer));
+                out.push(Planned {
+                    agent_id: pool.agent_id.clone(),
+                    framework_id: fw.id.clone(),
+                    role: role.to_string(),
+                    resources: offer,
+                    optimistic: true,
+                });
+            }
+        }
+    }
+    out
 }
 
 /// What an allocation pass saw, to say why a framework holds no offer.
@@ -222,5 +325,124 @@ impl WhyContext<'_> {
             }
         }
         lines.into_iter().map(|l| l + "\n").collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{AgentInfo, Command};
+
+    fn r(text: &str) -> Resources {
+        Resources::parse(text).unwrap()
+    }
+
+    /// One agent of `cpus:4;mem:400` and frameworks `(name, optimistic)`, by id.
+    fn cluster(frameworks: &[(&str, bool)]) -> (ClusterState, Vec<String>) {
+        let mut s = ClusterState::default();
+        s.apply(
+            1,
+            &Command::RegisterAgent {
+                agent: AgentInfo {
+                    id: "a1".into(),
+                    hostname: "h".into(),
+                    address: "127.0.0.1:1".into(),
+                    resources: r("cpus:4;mem:400"),
+                    state: AgentState::Active,
+                    registered_ms: 1,
+                    registration: 0,
+                    attributes: Default::default(),
+                },
+                running: vec![],
+            },
+        );
+        let mut ids = Vec::new();
+        for (name, optimistic) in frameworks {
+            let id = s
+                .apply(
+                    2,
+                    &Command::RegisterFramework {
+                        name: name.to_string(),
+                        user: "root".into(),
+                        principal: None,
+                        uid: 0,
+                        gid: 0,
+                        time_ms: 1,
+                    },
+                )
+                .framework_id
+                .unwrap();
+            s.apply(
+                3,
+                &Command::SetOptimistic {
+                    framework_id: id.clone(),
+                    optimistic: *optimistic,
+                },
+            );
+            ids.push(id);
+        }
+        (s, ids)
+    }
+
+    fn pass(state: &ClusterState, offers: &[Offer]) -> Vec<Planned> {
+        let connected = HashSet::from(["a1".to_string()]);
+        run(&Input {
+            state,
+            connected: &connected,
+            offers,
+            pending: &HashMap::new(),
+            pending_held: &HashMap::new(),
+            filters: &HashMap::new(),
+            now: Instant::now(),
+        })
+        .planned
+    }
+
+    fn offer(p: &Planned) -> Offer {
+        Offer {
+            id: format!("o-{}", p.framework_id),
+            framework_id: p.framework_id.clone(),
+            agent_id: p.agent_id.clone(),
+            hostname: "h".into(),
+            resources: p.resources.clone(),
+            role: p.role.clone(),
+            created_ms: 0,
+            optimistic: p.optimistic,
+        }
+    }
+
+    #[test]
+    fn optimistic_frameworks_are_offered_the_same_free_resources_and_others_none_of_them() {
+        let (state, ids) = cluster(&[("f", true), ("g", true), ("x", false)]);
+        let planned = pass(&state, &[]);
+        let to: Vec<(&str, &Resources, bool)> = planned
+            .iter()
+            .map(|p| (p.framework_id.as_str(), &p.resources, p.optimistic))
+            .collect();
+        let all = r("cpus:4;mem:400");
+        // f comes first in DRF order (ties by name) and takes the agent; g is offered it too.
+        assert_eq!(
+            to,
+            [(ids[0].as_str(), &all, true), (ids[1].as_str(), &all, true)]
+        );
+        // With those offers out, nothing is offered again: not to x, not twice to f or g.
+        let out: Vec<Offer> = planned.iter().map(offer).collect();
+        assert!(pass(&state, &out).is_empty());
+        // Once g's is gone (used or declined), only g is offered again.
+        let planned = pass(&state, &out[..1]);
+        assert_eq!(planned.len(), 1);
+        assert_eq!(planned[0].framework_id, ids[1]);
+        assert!(planned[0].optimistic);
+    }
+
+    #[test]
+    fn an_exclusive_offer_is_never_offered_optimistically_too() {
+        let (state, ids) = cluster(&[("a", false), ("g", true)]);
+        let planned = pass(&state, &[]);
+        assert_eq!(planned.len(), 1, "{planned:?}");
+        assert_eq!(planned[0].framework_id, ids[0]);
+        assert!(!planned[0].optimistic);
+        let out: Vec<Offer> = planned.iter().map(offer).collect();
+        assert!(pass(&state, &out).is_empty(), "g gets nothing a holds");
     }
 }

@@ -104,6 +104,10 @@ pub struct FrameworkInfo {
     /// Whether it asked for no offers (`suppressed`), until it revives.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub suppressed: bool,
+    /// Whether it takes optimistic offers (`optimistic`): free resources offered to several
+    /// such frameworks at once, the first launch to commit winning.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub optimistic: bool,
     /// When it registered (unix ms).
     pub registered_ms: u64,
     /// Set when it was torn down; a torn-down framework keeps its history but is no longer listed.
@@ -318,6 +322,13 @@ pub enum Command {
         framework_id: FrameworkId,
         /// True: no offers until it revives.
         suppressed: bool,
+    },
+    /// A framework started or stopped taking optimistic offers (`optimistic`).
+    SetOptimistic {
+        /// Which framework.
+        framework_id: FrameworkId,
+        /// True: it is offered resources other optimistic frameworks are offered too.
+        optimistic: bool,
     },
     /// A role's weight or quota changed (a write to `roles/<role>/<file>`).
     ConfigureRole {
@@ -809,6 +820,7 @@ impl ClusterState {
                         role: DEFAULT_ROLE.into(),
                         roles: Vec::new(),
                         suppressed: false,
+                        optimistic: false,
                         registered_ms: *time_ms,
                         removed_ms: None,
                     },
@@ -911,6 +923,16 @@ impl ClusterState {
             } => match self.frameworks.get_mut(framework_id) {
                 Some(f) if f.removed_ms.is_none() => {
                     f.suppressed = *suppressed;
+                    Applied::default()
+                }
+                _ => Applied::refused(StateError::NoFramework(framework_id.clone())),
+            },
+            Command::SetOptimistic {
+                framework_id,
+                optimistic,
+            } => match self.frameworks.get_mut(framework_id) {
+                Some(f) if f.removed_ms.is_none() => {
+                    f.optimistic = *optimistic;
                     Applied::default()
                 }
                 _ => Applied::refused(StateError::NoFramework(framework_id.clone())),

@@ -192,6 +192,7 @@ pub async fn run(args: AllocArgs) -> Result<()> {
             resources: p.resources,
             role: p.role,
             created_ms: 0,
+            optimistic: p.optimistic,
         })
         .collect();
     let mut idle = Vec::new();

@@ -28,6 +28,7 @@ mod batch;
 pub mod board;
 mod membership;
 mod offers;
+mod optimistic;
 mod reservations;
 mod roles;
 mod writes;
@@ -114,6 +115,8 @@ struct Allocation {
     /// The same, per (role, framework): they count as held there.
     pending_held: HashMap<(String, String), Resources>,
     offer_seq: u64,
+    /// Recent launches and stale offers, for optimistic offers.
+    optimistic: optimistic::Book,
 }
 
 impl Allocation {

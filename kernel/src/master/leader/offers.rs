@@ -92,6 +92,7 @@ impl Leader {
                 resources: p.resources,
                 role: p.role,
                 created_ms: now_ms(),
+                optimistic: p.optimistic,
             };
             debug!(offer = %offer.id, framework = %offer.framework_id, agent = %offer.agent_id, role = %offer.role, resources = %offer.resources, "offer made");
             made.push(offer.id.clone());

@@ -5,7 +5,7 @@
 
 use tracing::{info, info_span, Instrument};
 
-use super::writes::{offer_gone, Writer};
+use super::writes::Writer;
 use super::{refuse, Leader, Refusal};
 use crate::acls::Action;
 use crate::allocator::roles::DEFAULT_ROLE;
@@ -87,7 +87,13 @@ impl Leader {
             .board
             .read(|offers| offers.get(offer_id).cloned())
             .filter(|o| o.framework_id == fw.id)
-            .ok_or_else(|| offer_gone(offer_id))?;
+            .ok_or_else(|| {
+                self.alloc
+                    .lock()
+                    .expect("alloc lock")
+                    .optimistic
+                    .gone(offer_id)
+            })?;
         let span = info_span!("reserve", framework = %fw.id, agent = %offer.agent_id, offer = %offer_id, unreserve);
         async {
             let Change { take, give, roles } = change(text, &offer.role, unreserve)?;
@@ -129,10 +135,11 @@ impl Leader {
                     .board
                     .read(|offers| offers.get(offer_id).cloned())
                     .filter(|o| o.framework_id == fw.id)
-                    .ok_or_else(|| offer_gone(offer_id))?;
+                    .ok_or_else(|| alloc.optimistic.gone(offer_id))?;
                 let Some(left) = now.resources.checked_sub(&take) else {
                     return Err(too_little(&now.resources));
                 };
+                self.check_fresh(&mut alloc, &now, &take)?;
                 self.board.update_offer(offer_id, left);
                 alloc.hold(&offer.agent_id, &offer.role, &fw.id, &held);
             }
@@ -163,6 +170,9 @@ impl Leader {
                 if let Some(now) = now {
                     self.board.update_offer(offer_id, now.add(back));
                 }
+            }
+            if applied && offer.optimistic {
+                self.rescind_stale(&offer.agent_id);
             }
             self.reallocate();
             let r = result?;

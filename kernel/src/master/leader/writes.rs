@@ -20,7 +20,9 @@ use crate::tls::Principal;
 fn op_errno(op: &Op, _error: &StateError) -> i32 {
     match op {
         Op::RegisterFramework(_) | Op::Launch(_) => libc::EEXIST,
-        Op::TeardownFramework(_) | Op::SetRoles(_) | Op::Suppress(_) => libc::ENOENT,
+        Op::TeardownFramework(_) | Op::SetRoles(_) | Op::Suppress(_) | Op::Optimistic(_) => {
+            libc::ENOENT
+        }
         Op::Kill(_) => libc::ESRCH,
         Op::Decline(_) | Op::Membership(_) | Op::ConfigureRole(_) | Op::Reserve(_) => libc::EINVAL,
     }
@@ -52,6 +54,7 @@ fn within_limits(client: &str, op: &Op) -> Result<(), String> {
         Op::Kill(k) => (k.task.as_str(), ""),
         Op::SetRoles(r) => (r.text.as_str(), ""),
         Op::Suppress(r) => (r.text.as_str(), ""),
+        Op::Optimistic(r) => (r.text.as_str(), ""),
         Op::ConfigureRole(c) => (c.text.as_str(), ""),
         Op::RegisterFramework(_) | Op::TeardownFramework(_) => ("", ""),
     };
@@ -172,6 +175,7 @@ impl Leader {
             Op::Kill(r) => r.framework.clone(),
             Op::SetRoles(r) => r.framework.clone(),
             Op::Suppress(r) => r.framework.clone(),
+            Op::Optimistic(r) => r.framework.clone(),
             Op::Membership(_) | Op::ConfigureRole(_) => String::new(),
         };
         let registering = matches!(op, Op::RegisterFramework(_));
@@ -202,6 +206,7 @@ impl Leader {
                     self.suppress(w, &r.framework, &writer, &r.text, r.revive)
                         .await
                 }
+                Op::Optimistic(r) => self.set_optimistic(w, &r.framework, &writer, &r.text).await,
                 Op::ConfigureRole(c) => {
                     self.configure_role(w, &c.role, &c.file, &writer, &c.text)
                         .await
@@ -404,7 +409,6 @@ impl Leader {
     ) -> Result<u64, Refusal> {
         let fw = self.owned_framework(framework, writer, Some(Action::RunTasks))?;
         let specs = parse_specs(text).map_err(|e| refuse(libc::EINVAL, e.to_string()))?;
-        let gone = || offer_gone(offer_id);
         let taken: Vec<String> = self.hub.read(|s| {
             specs
                 .iter()
@@ -433,7 +437,7 @@ impl Leader {
                 .board
                 .read(|offers| offers.get(offer_id).cloned())
                 .filter(|o| o.framework_id == fw.id)
-                .ok_or_else(gone)?;
+                .ok_or_else(|| alloc.optimistic.gone(offer_id))?;
             let too_little = || {
                 let mut asked = need.to_string();
                 if ports_needed > 0 {
@@ -473,6 +477,14 @@ impl Leader {
             let used = tasks
                 .iter()
                 .fold(Resources::default(), |acc, t| acc.add(&t.resources));
+            self.check_fresh(&mut alloc, &offer, &used)?;
+            alloc.optimistic.launched(
+                &offer.agent_id,
+                &fw.id,
+                &fw.name,
+                tasks.iter().map(|t| t.spec.name.clone()).collect(),
+                &used,
+            );
             if left.cpus().is_zero() || left.mem().is_zero() {
                 self.board.remove_offer(offer_id, "used up", false);
             } else {
@@ -509,6 +521,9 @@ impl Leader {
                     info!(task = %id, agent = %offer.agent_id, "task launched");
                 }
                 self.send_launches(&ids);
+                if offer.optimistic {
+                    self.rescind_stale(&offer.agent_id);
+                }
                 Ok(r.index)
             }
         });
