@@ -5,7 +5,7 @@
 //! commands in the same order and reach the same state. Times are stamped by the proposer and
 //! carried in the command, never read from the clock during apply.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -461,6 +461,7 @@ pub const MAX_COMPLETED_FRAMEWORKS: usize = 50;
 
 /// The whole replicated state.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "Stored")]
 pub struct ClusterState {
     /// Agents by id.
     pub agents: BTreeMap<AgentId, AgentInfo>,
@@ -482,6 +483,62 @@ pub struct ClusterState {
     /// re-registrations, and already counted in its `resources`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub reservations: BTreeMap<AgentId, Resources>,
+    /// Lookups kept as commands apply, so that none costs a scan of every framework or task;
+    /// not stored, rebuilt when a state is read back.
+    #[serde(skip)]
+    index: Index,
+}
+
+/// The lookups [`ClusterState`] keeps.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Index {
+    /// Registered (not torn-down) frameworks' ids, by name.
+    by_name: HashMap<String, FrameworkId>,
+    /// Task ids, by the agent they are placed on.
+    by_agent: HashMap<AgentId, BTreeSet<String>>,
+}
+
+/// The stored form of a [`ClusterState`]: everything but its lookups.
+#[derive(Deserialize)]
+struct Stored {
+    agents: BTreeMap<AgentId, AgentInfo>,
+    frameworks: BTreeMap<FrameworkId, FrameworkInfo>,
+    tasks: BTreeMap<String, TaskInfo>,
+    framework_seq: u64,
+    applied_index: u64,
+    #[serde(default)]
+    clients: Clients,
+    #[serde(default)]
+    roles: BTreeMap<String, RoleInfo>,
+    #[serde(default)]
+    reservations: BTreeMap<AgentId, Resources>,
+}
+
+impl From<Stored> for ClusterState {
+    fn from(s: Stored) -> ClusterState {
+        let mut index = Index::default();
+        for f in s.frameworks.values().filter(|f| f.removed_ms.is_none()) {
+            index.by_name.insert(f.name.clone(), f.id.clone());
+        }
+        for t in s.tasks.values() {
+            index
+                .by_agent
+                .entry(t.agent_id.clone())
+                .or_default()
+                .insert(t.id.clone());
+        }
+        ClusterState {
+            agents: s.agents,
+            frameworks: s.frameworks,
+            tasks: s.tasks,
+            framework_seq: s.framework_seq,
+            applied_index: s.applied_index,
+            clients: s.clients,
+            roles: s.roles,
+            reservations: s.reservations,
+            index,
+        }
+    }
 }
 
 /// The role of everything from before roles.
@@ -503,9 +560,7 @@ impl FrameworkInfo {
 impl ClusterState {
     /// The registered (not torn-down) framework with this name.
     pub fn framework_by_name(&self, name: &str) -> Option<&FrameworkInfo> {
-        self.frameworks
-            .values()
-            .find(|f| f.name == name && f.removed_ms.is_none())
+        self.frameworks.get(self.index.by_name.get(name)?)
     }
 
     /// Registered frameworks, by name.
@@ -513,19 +568,40 @@ impl ClusterState {
         self.frameworks.values().filter(|f| f.removed_ms.is_none())
     }
 
-    /// A framework's tasks.
+    /// A framework's tasks, by name: those whose ids start with its id and a dot.
     pub fn framework_tasks<'a>(
         &'a self,
         framework_id: &'a str,
     ) -> impl Iterator<Item = &'a TaskInfo> {
+        let prefix = format!("{framework_id}.");
         self.tasks
-            .values()
+            .range(prefix.clone()..)
+            .take_while(move |(id, _)| id.starts_with(&prefix))
+            .map(|(_, t)| t)
             .filter(move |t| t.framework_id == framework_id)
     }
 
     /// Tasks placed on an agent.
     pub fn agent_tasks<'a>(&'a self, agent_id: &'a str) -> impl Iterator<Item = &'a TaskInfo> {
-        self.tasks.values().filter(move |t| t.agent_id == agent_id)
+        self.index
+            .by_agent
+            .get(agent_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.tasks.get(id))
+    }
+
+    /// Removes a task from the state and its lookups.
+    fn remove_task(&mut self, id: &str) {
+        let Some(t) = self.tasks.remove(id) else {
+            return;
+        };
+        if let Some(ids) = self.index.by_agent.get_mut(&t.agent_id) {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.index.by_agent.remove(&t.agent_id);
+            }
+        }
     }
 
     /// Resources held by an agent's non-terminal tasks.
@@ -808,6 +884,7 @@ impl ClusterState {
                 }
                 self.framework_seq += 1;
                 let id = format!("{name}-{}", self.framework_seq);
+                self.index.by_name.insert(name.clone(), id.clone());
                 self.frameworks.insert(
                     id.clone(),
                     FrameworkInfo {
@@ -835,7 +912,10 @@ impl ClusterState {
                 time_ms,
             } => {
                 match self.frameworks.get_mut(framework_id) {
-                    Some(f) if f.removed_ms.is_none() => f.removed_ms = Some(*time_ms),
+                    Some(f) if f.removed_ms.is_none() => {
+                        f.removed_ms = Some(*time_ms);
+                        self.index.by_name.remove(&f.name);
+                    }
                     _ => return Applied::refused(StateError::NoFramework(framework_id.clone())),
                 }
                 let mut to_kill = Vec::new();
@@ -880,6 +960,11 @@ impl ClusterState {
                         task_id: id.clone(),
                         at: 0,
                     });
+                    self.index
+                        .by_agent
+                        .entry(agent_id.clone())
+                        .or_default()
+                        .insert(id.clone());
                     self.tasks.insert(
                         id.clone(),
                         TaskInfo {
@@ -1020,20 +1105,10 @@ impl ClusterState {
         Some(added)
     }
 
-    /// The tasks of one framework, found by their id prefix.
-    fn tasks_of<'a>(&'a self, framework_id: &'a str) -> impl Iterator<Item = &'a TaskInfo> {
-        let prefix = format!("{framework_id}.");
-        self.tasks
-            .range(prefix.clone()..)
-            .take_while(move |(id, _)| id.starts_with(&prefix))
-            .map(|(_, t)| t)
-            .filter(move |t| t.framework_id == framework_id)
-    }
-
     /// Keeps a framework's newest [`MAX_COMPLETED_TASKS_PER_FRAMEWORK`] ended tasks.
     fn prune_completed_tasks(&mut self, framework_id: &str) {
         let mut done: Vec<(u64, String)> = self
-            .tasks_of(framework_id)
+            .framework_tasks(framework_id)
             .filter(|t| t.state().is_terminal())
             .map(|t| (t.last().time_ms, t.id.clone()))
             .collect();
@@ -1043,7 +1118,7 @@ impl ClusterState {
         done.sort();
         let excess = done.len() - MAX_COMPLETED_TASKS_PER_FRAMEWORK;
         for (_, id) in done.into_iter().take(excess) {
-            self.tasks.remove(&id);
+            self.remove_task(&id);
         }
     }
 
@@ -1054,7 +1129,7 @@ impl ClusterState {
             .frameworks
             .values()
             .filter_map(|f| Some((f.removed_ms?, f.id.clone())))
-            .filter(|(_, id)| self.tasks_of(id).all(|t| t.state().is_terminal()))
+            .filter(|(_, id)| self.framework_tasks(id).all(|t| t.state().is_terminal()))
             .collect();
         if gone.len() <= MAX_COMPLETED_FRAMEWORKS {
             return;
@@ -1062,9 +1137,9 @@ impl ClusterState {
         gone.sort();
         let excess = gone.len() - MAX_COMPLETED_FRAMEWORKS;
         for (_, id) in gone.into_iter().take(excess) {
-            let tasks: Vec<String> = self.tasks_of(&id).map(|t| t.id.clone()).collect();
+            let tasks: Vec<String> = self.framework_tasks(&id).map(|t| t.id.clone()).collect();
             for t in tasks {
-                self.tasks.remove(&t);
+                self.remove_task(&t);
             }
             self.frameworks.remove(&id);
         }
@@ -1400,6 +1475,7 @@ mod tests {
             finish(&mut s, index + 1, &task_id(&fw, &format!("t{i}")));
         }
         let kept = s.framework_tasks(&fw).count();
+        assert_eq!(s.agent_tasks("a1").count(), kept, "pruned tasks leave the agent's too");
         assert_eq!(
             kept,
             MAX_COMPLETED_TASKS_PER_FRAMEWORK + 1,
@@ -1684,5 +1760,31 @@ mod tests {
             res("cpus:1;mem:924;cpus(eng):1;mem(ops):100")
         );
         assert_eq!(s.reservations["a1"], res("mem(ops):100"));
+    }
+
+    #[test]
+    fn lookups_by_name_and_agent_follow_commands_and_are_rebuilt_when_the_state_is_read_back() {
+        let (mut s, fw) = cluster_with_framework();
+        s.apply(3, &launch(&fw, "a1", "name=t -- sleep 9"));
+        s.apply(4, &launch(&fw, "a1", "name=u -- sleep 9"));
+        let on_a1 = |s: &ClusterState| -> Vec<String> {
+            s.agent_tasks("a1").map(|t| t.name.clone()).collect()
+        };
+        assert_eq!(on_a1(&s), ["t", "u"]);
+        assert_eq!(s.framework_by_name("hello").unwrap().id, fw);
+        let back: ClusterState = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back, s, "the same state, lookups included");
+        s.apply(
+            5,
+            &Command::TeardownFramework {
+                framework_id: fw.clone(),
+                time_ms: 5,
+            },
+        );
+        assert!(s.framework_by_name("hello").is_none());
+        let back: ClusterState = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+        assert!(back.framework_by_name("hello").is_none());
+        assert_eq!(on_a1(&back), ["t", "u"]);
     }
 }
