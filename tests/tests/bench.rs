@@ -220,3 +220,35 @@ fn the_alloc_benchmark_reads_a_state_file_and_lists_tasks_through_a_mount_of_bot
         ls[1]
     );
 }
+
+#[test]
+fn the_control_plane_benchmark_finishes_every_task_and_prints_a_rate_from_its_own_figures() {
+    let out = bench(&[
+        "control-plane",
+        "--agents",
+        "5",
+        "--frameworks",
+        "4",
+        "--tasks",
+        "200",
+        "--warmup",
+        "40",
+        "--batch",
+        "2",
+    ]);
+    assert_eq!(figure(&out, "warm-up:", "tasks launched"), 40.0);
+    let rate = figure(&out, "launch rate:", "tasks/s");
+    let tasks = figure(&out, "launch rate:", "tasks in");
+    let seconds = figure(&out, "launch rate:", "s from");
+    assert_eq!(tasks, 200.0);
+    assert!(
+        quotient_matches(rate, 0, tasks, seconds, 3),
+        "{rate} tasks/s is not {tasks} tasks in {seconds} s"
+    );
+    let median = figure(&out, "launch write answered", "ms, p99");
+    assert!(median > 0.0);
+    assert!(figure(&out, "launch write answered", "ms, over") >= median);
+    // Each framework launched its 50 tasks two to a write.
+    assert_eq!(figure(&out, "launch write answered", "writes"), 100.0);
+    assert!(figure(&out, "found their offer gone", "launch writes") >= 0.0);
+}
