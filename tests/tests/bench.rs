@@ -1,5 +1,5 @@
-//! The launch benchmark runs small in CI, so that it keeps working; its figures are printed,
-//! never asserted (these machines are shared and noisy).
+//! The benchmarks run small in CI, so that they keep working; their figures are printed and
+//! checked against each other, never against a speed (these machines are shared and noisy).
 
 use std::process::Command;
 
@@ -106,6 +106,7 @@ fn the_alloc_benchmark_offers_every_agent_and_prints_a_rate_from_its_own_figures
             "50",
             "--rounds",
             "2",
+            "--no-mount",
         ])
         .output()
         .expect("running mesofs bench alloc");
@@ -130,4 +131,124 @@ fn the_alloc_benchmark_offers_every_agent_and_prints_a_rate_from_its_own_figures
     );
     assert!(figure(&stdout, "pass with nothing free", "ms (min") >= 0.0);
     assert!(figure(&stdout, "memory:", "MiB resident") > 0.0);
+}
+
+/// Whether `printed`, a quotient rounded to `decimals`, is `num / den` where `num` and `den`
+/// were themselves printed rounded to `operand_decimals`.
+fn quotient_matches(
+    printed: f64,
+    decimals: i32,
+    num: f64,
+    den: f64,
+    operand_decimals: i32,
+) -> bool {
+    let computed = num / den;
+    let half = |d: i32| 0.5 * 10f64.powi(-d);
+    let rounding = computed * (half(operand_decimals) / num + half(operand_decimals) / den);
+    (printed - computed).abs() <= half(decimals) + rounding
+}
+
+#[test]
+fn the_alloc_benchmark_reads_a_state_file_and_lists_tasks_through_a_mount_of_both_clusters() {
+    if !can_run() {
+        return;
+    }
+    let out = Command::new(mesofs_bin())
+        .args([
+            "bench",
+            "alloc",
+            "--agents",
+            "20",
+            "--frameworks",
+            "5",
+            "--tasks",
+            "50",
+            "--rounds",
+            "3",
+            "--small-tasks",
+            "10",
+            "--cat-samples",
+            "40",
+        ])
+        .output()
+        .expect("running mesofs bench alloc");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{stdout}");
+    assert!(
+        stdout.contains("a small one (4 agents, 1 frameworks, 10 tasks)"),
+        "scaled down in proportion to 10 tasks of 50:\n{stdout}"
+    );
+    let mut cat = Vec::new();
+    let mut ls = Vec::new();
+    for cluster in ["large cluster", "small cluster"] {
+        let label = format!("state, {cluster}");
+        let median = figure(&stdout, &label, "us, p99");
+        assert!(median > 0.0);
+        assert!(
+            figure(&stdout, &label, "us, over") >= median,
+            "p99 below the median"
+        );
+        assert_eq!(figure(&stdout, &label, "reads of"), 40.0);
+        assert_eq!(figure(&stdout, &label, "tasks' state"), 5.0);
+        cat.push(median);
+        let label = format!("ls -l tasks/, {cluster}");
+        let median = figure(&stdout, &label, "ms for");
+        assert!(median > 0.0);
+        // Framework f0 has every fifth of the 50 tasks; the small cluster's one framework all 10.
+        assert_eq!(figure(&stdout, &label, "entries"), 10.0);
+        assert_eq!(figure(&stdout, &label, "listings"), 3.0);
+        ls.push(median);
+        assert!(figure(&stdout, &format!("command, {cluster}"), "ms (") > 0.0);
+    }
+    let cat_ratio = figure(&stdout, "cat ratio large / small:", "(of the medians)");
+    assert!(
+        quotient_matches(cat_ratio, 2, cat[0], cat[1], 1),
+        "cat ratio {cat_ratio} is not {} / {}",
+        cat[0],
+        cat[1]
+    );
+    let ls_ratio = figure(&stdout, "ls -l ratio large / small:", "(of the medians)");
+    assert!(
+        quotient_matches(ls_ratio, 2, ls[0], ls[1], 3),
+        "ls -l ratio {ls_ratio} is not {} / {}",
+        ls[0],
+        ls[1]
+    );
+}
+
+#[test]
+fn the_control_plane_benchmark_finishes_every_task_and_prints_a_rate_from_its_own_figures() {
+    let out = bench(&[
+        "control-plane",
+        "--agents",
+        "5",
+        "--frameworks",
+        "4",
+        "--tasks",
+        "200",
+        "--warmup",
+        "40",
+        "--batch",
+        "2",
+    ]);
+    assert_eq!(figure(&out, "warm-up:", "tasks launched"), 40.0);
+    let rate = figure(&out, "launch rate:", "tasks/s");
+    let tasks = figure(&out, "launch rate:", "tasks in");
+    let seconds = figure(&out, "launch rate:", "s from");
+    assert_eq!(tasks, 200.0);
+    assert!(
+        quotient_matches(rate, 0, tasks, seconds, 3),
+        "{rate} tasks/s is not {tasks} tasks in {seconds} s"
+    );
+    let median = figure(&out, "launch write answered", "ms, p99");
+    assert!(median > 0.0);
+    assert!(figure(&out, "launch write answered", "ms, over") >= median);
+    // Each framework launched its 50 tasks two to a write.
+    assert_eq!(figure(&out, "launch write answered", "writes"), 100.0);
+    assert!(figure(&out, "found their offer gone", "launch writes") >= 0.0);
 }

@@ -2,7 +2,9 @@
 //! frameworks and T running tasks built by applying the real state machine's commands, and the
 //! real allocation pass over it. Prints the time per command in `apply`, the time of a full
 //! pass (every agent with free resources) and of a pass with nothing free, offers per second,
-//! and this process's resident memory.
+//! and this process's resident memory; then, through a real mount of that state beside a
+//! small cluster's, the latency of `cat` of a task's `state` and of `ls -l` of a framework's
+//! `tasks/` in both (`mount_reads`).
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -10,13 +12,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use clap::Args;
 use mesofs_kernel::allocator::pass;
-use mesofs_kernel::resources::Resources;
-use mesofs_kernel::spec::parse_spec_line;
-use mesofs_kernel::state::{
-    AgentInfo, AgentState, ClusterState, Command, NewTask, TaskState, Transition,
-};
 
-use super::spread;
+use super::mount_reads::{self, Reads};
+use super::simulated::{Simulated, ROLES};
+use super::{percentiles, spread};
 
 /// Options of `mesofs bench alloc`.
 #[derive(Args)]
@@ -24,15 +23,25 @@ pub struct AllocArgs {
     /// Simulated agents (each cpus:16;mem:65536).
     #[arg(long, default_value = "1000")]
     agents: usize,
-    /// Frameworks, spread over 10 roles of weights 1 to 10.
+    /// Frameworks, spread over 10 roles of weights 1 to 10 (named f0, f1...).
     #[arg(long, default_value = "100")]
     frameworks: usize,
     /// Running tasks (each cpus:0.1;mem:64), spread over agents and frameworks.
     #[arg(long, default_value = "10000")]
     tasks: usize,
-    /// Passes to time (the median is printed).
+    /// Passes to time, and `ls -l` listings through the mount (medians are printed).
     #[arg(long, default_value = "5")]
     rounds: usize,
+    /// Tasks of the small cluster whose mount is read in the same run for comparison (its
+    /// agents and frameworks scaled down in proportion, at least 1 each).
+    #[arg(long, default_value = "100")]
+    small_tasks: usize,
+    /// Reads of `state` files timed in each mount.
+    #[arg(long, default_value = "500")]
+    cat_samples: usize,
+    /// Skip the mount's figures (they need root and /dev/fuse).
+    #[arg(long)]
+    no_mount: bool,
 }
 
 /// The resident memory of this process, in MiB.
@@ -52,116 +61,17 @@ pub async fn run(args: AllocArgs) -> Result<()> {
     if args.agents == 0 || args.frameworks == 0 || args.rounds == 0 {
         bail!("--agents, --frameworks and --rounds must be more than 0");
     }
+    if !args.no_mount && (args.tasks == 0 || args.small_tasks == 0 || args.cat_samples == 0) {
+        bail!("the mount's figures need --tasks, --small-tasks and --cat-samples above 0 (or --no-mount)");
+    }
     let rss_before = rss_mib();
-    let mut state = ClusterState::default();
-    let mut index = 0u64;
-    let mut apply_times: HashMap<&'static str, (Duration, usize)> = HashMap::new();
-    let mut apply = |state: &mut ClusterState, kind: &'static str, cmd: Command| {
-        index += 1;
-        let started = Instant::now();
-        let applied = state.apply(index, &cmd);
-        let e = apply_times.entry(kind).or_default();
-        e.0 += started.elapsed();
-        e.1 += 1;
-        applied
-    };
-    let per_agent = Resources::parse("cpus:16;mem:65536")?;
-    for a in 0..args.agents {
-        apply(
-            &mut state,
-            "register agent",
-            Command::RegisterAgent {
-                agent: AgentInfo {
-                    id: format!("a{a}"),
-                    hostname: format!("h{a}"),
-                    address: format!("10.0.0.{}:5051", a % 250),
-                    resources: per_agent.clone(),
-                    state: AgentState::Active,
-                    registered_ms: 1,
-                    registration: 0,
-                    attributes: Default::default(),
-                },
-                running: Vec::new(),
-            },
-        );
-    }
-    let mut fws = Vec::new();
-    for f in 0..args.frameworks {
-        let applied = apply(
-            &mut state,
-            "register framework",
-            Command::RegisterFramework {
-                name: format!("f{f}"),
-                user: "root".into(),
-                principal: None,
-                uid: 0,
-                gid: 0,
-                time_ms: 1,
-            },
-        );
-        let id = applied.framework_id.expect("registered");
-        let role = format!("r{}", f % 10);
-        apply(
-            &mut state,
-            "set roles",
-            Command::SetFrameworkRoles {
-                framework_id: id.clone(),
-                roles: vec![role.clone()],
-            },
-        );
-        fws.push((id, role));
-    }
-    for r in 0..10u64 {
-        apply(
-            &mut state,
-            "configure role",
-            Command::ConfigureRole {
-                role: format!("r{r}"),
-                setting: mesofs_kernel::allocator::roles::RoleSetting::Weight(
-                    mesofs_kernel::resources::Scalar::from_units(r + 1),
-                ),
-            },
-        );
-    }
-    let spec = parse_spec_line("name=t cpus=0.1 mem=64 -- sleep 1000")?;
-    for t in 0..args.tasks {
-        let (fw, role) = &fws[t % fws.len()];
-        let mut spec = spec.clone();
-        spec.name = format!("t{t}");
-        apply(
-            &mut state,
-            "launch",
-            Command::LaunchTasks {
-                framework_id: fw.clone(),
-                agent_id: format!("a{}", t % args.agents),
-                role: role.clone(),
-                tasks: vec![NewTask {
-                    resources: spec.resources(),
-                    spec,
-                    ports: Vec::new(),
-                }],
-                time_ms: 2,
-            },
-        );
-        apply(
-            &mut state,
-            "status update",
-            Command::UpdateTask {
-                task_id: format!("{fw}.t{t}"),
-                transition: Transition {
-                    state: TaskState::Running,
-                    reason: String::new(),
-                    message: String::new(),
-                    time_ms: 3,
-                },
-            },
-        );
-    }
+    let sim = Simulated::build(args.agents, args.frameworks, args.tasks)?;
+    let state = &sim.state;
     let connected: HashSet<String> = state.agents.keys().cloned().collect();
     let (pending, pending_held, filters) = (HashMap::new(), HashMap::new(), HashMap::new());
     let input = |offers: &[mesofs_kernel::watch::Offer]| {
         pass::run(&pass::Input {
-            state: &state,
+            state,
             connected: &connected,
             offers,
             pending: &pending,
@@ -204,15 +114,13 @@ pub async fn run(args: AllocArgs) -> Result<()> {
     let (full_med, full_min, full_max) = spread(&full);
     let (idle_med, idle_min, idle_max) = spread(&idle);
     println!(
-        "cluster: {} agents, {} frameworks in 10 weighted roles, {} running tasks",
+        "cluster: {} agents, {} frameworks in {ROLES} weighted roles, {} running tasks",
         args.agents, args.frameworks, args.tasks
     );
-    let mut kinds: Vec<_> = apply_times.into_iter().collect();
-    kinds.sort_by_key(|(k, _)| *k);
-    for (kind, (total, n)) in kinds {
+    for (kind, (total, n)) in &sim.apply_times {
         println!(
             "apply {kind}: {:.1} us per command ({n} commands)",
-            total.as_secs_f64() * 1e6 / n as f64
+            total.as_secs_f64() * 1e6 / *n as f64
         );
     }
     println!(
@@ -227,5 +135,63 @@ pub async fn run(args: AllocArgs) -> Result<()> {
         rss_mib(),
         rss_mib() - rss_before
     );
+    if args.no_mount {
+        return Ok(());
+    }
+    // Scaled down in proportion, so each framework has about as many tasks in both and
+    // `ls -l tasks/` lists about as many entries.
+    let scale = |n: usize| (n * args.small_tasks / args.tasks).max(1);
+    let (small_agents, small_frameworks) = (scale(args.agents), scale(args.frameworks));
+    let small = Simulated::build(small_agents, small_frameworks, args.small_tasks)?;
+    let (framework, _) = sim.task_path(0);
+    println!(
+        "mount reads, from frameworks/{framework}/ (FUSE; the kernel caches nothing), of this cluster and, in turn with it, of a small one ({small_agents} agents, {small_frameworks} frameworks, {} tasks):",
+        args.small_tasks
+    );
+    let (cat_samples, rounds) = (args.cat_samples, args.rounds);
+    let (large, small) =
+        tokio::task::block_in_place(|| mount_reads::measure(sim, small, cat_samples, rounds))?;
+    let cat_us = |r: &Reads| {
+        let (p50, p99) = percentiles(&r.cat);
+        (p50.as_secs_f64() * 1e6, p99.as_secs_f64() * 1e6)
+    };
+    let ms = |samples: &[Duration]| spread(samples).0;
+    let (large_cat, large_p99) = cat_us(&large);
+    let (small_cat, small_p99) = cat_us(&small);
+    for (name, tasks, (p50, p99), r) in [
+        ("large", args.tasks, (large_cat, large_p99), &large),
+        ("small", args.small_tasks, (small_cat, small_p99), &small),
+    ] {
+        println!(
+            "  cat tasks/<t>/state, {name} cluster ({tasks} tasks): median {p50:.1} us, p99 {p99:.1} us, over {} reads of {} tasks' state files (open, fstat, read, close)",
+            r.cat.len(),
+            r.files
+        );
+    }
+    println!(
+        "  cat ratio large / small: {:.2} (of the medians)",
+        large_cat / small_cat
+    );
+    let (large_ls, small_ls) = (ms(&large.ls), ms(&small.ls));
+    for (name, tasks, median, r) in [
+        ("large", args.tasks, large_ls, &large),
+        ("small", args.small_tasks, small_ls, &small),
+    ] {
+        println!(
+            "  ls -l tasks/, {name} cluster ({tasks} tasks): median {median:.3} ms for {} entries, over {} listings (readdir and an lstat of each)",
+            r.entries,
+            r.ls.len()
+        );
+    }
+    println!(
+        "  ls -l ratio large / small: {:.2} (of the medians)",
+        large_ls / small_ls
+    );
+    for (name, r) in [("large", &large), ("small", &small)] {
+        println!(
+            "  the ls -l tasks/ command, {name} cluster: median {:.3} ms (the process, its start and its two xattr calls per entry included)",
+            ms(&r.ls_command)
+        );
+    }
     Ok(())
 }

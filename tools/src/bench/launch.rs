@@ -15,6 +15,8 @@ use mesofs_agent::daemon::{self as agent, AgentConfig};
 use mesofs_kernel::client::{Connector, MasterClient};
 use mesofs_kernel::master::{self, LeaderConfig, MasterConfig, RaftTimings};
 
+use super::percentiles;
+
 /// Options of the launch benchmark.
 #[derive(Args)]
 pub struct LaunchArgs {
@@ -114,16 +116,6 @@ pub async fn run(args: LaunchArgs) -> Result<()> {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
-}
-
-fn percentiles(samples: &[Duration]) -> (Duration, Duration) {
-    let mut s = samples.to_vec();
-    s.sort();
-    if s.is_empty() {
-        return (Duration::ZERO, Duration::ZERO);
-    }
-    let at = |q: f64| s[((s.len() as f64 - 1.0) * q).round() as usize];
-    (at(0.5), at(0.99))
 }
 
 struct Figures {

@@ -8,15 +8,21 @@
 //! - `writes`: replicated writes per second with three masters, fsync on, at several numbers
 //!   of concurrent writers;
 //! - `alloc`: the state machine and the allocation pass over a simulated cluster of many
-//!   agents, frameworks and tasks (no processes).
+//!   agents, frameworks and tasks (no processes), and reads through a mount of it;
+//! - `control-plane`: tasks launched per second by many frameworks through one master in this
+//!   process, to simulated agents that finish them at once (no processes).
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
 
 mod alloc;
+mod control_plane;
 mod failover;
 mod launch;
 mod masters;
+mod mount_reads;
+mod simulated;
+mod simulated_agents;
 mod writes;
 
 /// Options of `mesofs bench`.
@@ -41,8 +47,12 @@ enum Which {
     /// concurrent writers.
     Writes(writes::WritesArgs),
     /// The state machine and one allocation pass over a simulated cluster of many agents,
-    /// frameworks and tasks: time per command, per pass, offers per second, memory.
+    /// frameworks and tasks: time per command, per pass, offers per second, memory; and the
+    /// latency of `cat` and `ls -l` through a mount of it, against a small cluster's.
     Alloc(alloc::AllocArgs),
+    /// The control plane's launch rate: one master in this process, simulated agents that
+    /// finish every task at once, many frameworks launching through the client a mount uses.
+    ControlPlane(control_plane::ControlPlaneArgs),
 }
 
 /// Runs the chosen benchmark and prints its figures.
@@ -53,7 +63,19 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         Some(Which::Failover(a)) => failover::run(a).await,
         Some(Which::Writes(a)) => writes::run(a).await,
         Some(Which::Alloc(a)) => alloc::run(a).await,
+        Some(Which::ControlPlane(a)) => control_plane::run(a).await,
     }
+}
+
+/// The median and the 99th percentile of some durations (zero for none).
+fn percentiles(samples: &[std::time::Duration]) -> (std::time::Duration, std::time::Duration) {
+    let mut s = samples.to_vec();
+    s.sort();
+    if s.is_empty() {
+        return (std::time::Duration::ZERO, std::time::Duration::ZERO);
+    }
+    let at = |q: f64| s[((s.len() as f64 - 1.0) * q).round() as usize];
+    (at(0.5), at(0.99))
 }
 
 /// Median, minimum and maximum of some durations, in milliseconds.

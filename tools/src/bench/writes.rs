@@ -13,7 +13,7 @@ use mesofs_kernel::proto::{self, write_request::Op};
 use mesofs_kernel::tls::Kind;
 
 use super::masters::LocalMasters;
-use super::spread;
+use super::percentiles;
 
 /// Options of `mesofs bench writes`.
 #[derive(Args)]
@@ -93,12 +93,8 @@ pub async fn run(args: WritesArgs) -> Result<()> {
         }
         let elapsed = start.elapsed();
         let rate = latencies.len() as f64 / elapsed.as_secs_f64();
-        let (p50, _, _) = spread(&latencies);
-        let mut sorted = latencies.clone();
-        sorted.sort();
-        let p99 = sorted
-            .get((sorted.len().saturating_sub(1) as f64 * 0.99) as usize)
-            .map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+        let (p50, p99) = percentiles(&latencies);
+        let (p50, p99) = (p50.as_secs_f64() * 1000.0, p99.as_secs_f64() * 1000.0);
         println!(
             "  {writers} writers: {rate:.0} writes/s ({} in {:.1} s), latency median {p50:.2} ms, p99 {p99:.2} ms",
             latencies.len(),
