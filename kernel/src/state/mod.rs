@@ -1475,7 +1475,11 @@ mod tests {
             finish(&mut s, index + 1, &task_id(&fw, &format!("t{i}")));
         }
         let kept = s.framework_tasks(&fw).count();
-        assert_eq!(s.agent_tasks("a1").count(), kept, "pruned tasks leave the agent's too");
+        assert_eq!(
+            s.agent_tasks("a1").count(),
+            kept,
+            "pruned tasks leave the agent's too"
+        );
         assert_eq!(
             kept,
             MAX_COMPLETED_TASKS_PER_FRAMEWORK + 1,
