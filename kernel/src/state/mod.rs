@@ -496,6 +496,8 @@ struct Index {
     by_name: HashMap<String, FrameworkId>,
     /// Task ids, by the agent they are placed on.
     by_agent: HashMap<AgentId, BTreeSet<String>>,
+    /// Ended tasks by framework, oldest first (the time of their end, their id).
+    ended: HashMap<FrameworkId, BTreeSet<(u64, String)>>,
 }
 
 /// The stored form of a [`ClusterState`]: everything but its lookups.
@@ -526,6 +528,13 @@ impl From<Stored> for ClusterState {
                 .entry(t.agent_id.clone())
                 .or_default()
                 .insert(t.id.clone());
+            if t.state().is_terminal() {
+                index
+                    .ended
+                    .entry(t.framework_id.clone())
+                    .or_default()
+                    .insert((t.last().time_ms, t.id.clone()));
+            }
         }
         ClusterState {
             agents: s.agents,
@@ -600,6 +609,12 @@ impl ClusterState {
             ids.remove(id);
             if ids.is_empty() {
                 self.index.by_agent.remove(&t.agent_id);
+            }
+        }
+        if let Some(ended) = self.index.ended.get_mut(&t.framework_id) {
+            ended.remove(&(t.last().time_ms, t.id.clone()));
+            if ended.is_empty() {
+                self.index.ended.remove(&t.framework_id);
             }
         }
     }
@@ -1099,6 +1114,12 @@ impl ClusterState {
         };
         if ended {
             let framework_id = t.framework_id.clone();
+            let end = (t.last().time_ms, t.id.clone());
+            self.index
+                .ended
+                .entry(framework_id.clone())
+                .or_default()
+                .insert(end);
             self.prune_completed_tasks(&framework_id);
             self.prune_completed_frameworks();
         }
@@ -1107,17 +1128,13 @@ impl ClusterState {
 
     /// Keeps a framework's newest [`MAX_COMPLETED_TASKS_PER_FRAMEWORK`] ended tasks.
     fn prune_completed_tasks(&mut self, framework_id: &str) {
-        let mut done: Vec<(u64, String)> = self
-            .framework_tasks(framework_id)
-            .filter(|t| t.state().is_terminal())
-            .map(|t| (t.last().time_ms, t.id.clone()))
-            .collect();
-        if done.len() <= MAX_COMPLETED_TASKS_PER_FRAMEWORK {
-            return;
-        }
-        done.sort();
-        let excess = done.len() - MAX_COMPLETED_TASKS_PER_FRAMEWORK;
-        for (_, id) in done.into_iter().take(excess) {
+        while let Some(ended) = self.index.ended.get_mut(framework_id) {
+            if ended.len() <= MAX_COMPLETED_TASKS_PER_FRAMEWORK {
+                return;
+            }
+            let Some((_, id)) = ended.pop_first() else {
+                return;
+            };
             self.remove_task(&id);
         }
     }
@@ -1776,6 +1793,7 @@ mod tests {
         };
         assert_eq!(on_a1(&s), ["t", "u"]);
         assert_eq!(s.framework_by_name("hello").unwrap().id, fw);
+        finish(&mut s, 5, &task_id(&fw, "t"));
         let back: ClusterState = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
         assert_eq!(back, s, "the same state, lookups included");
         s.apply(
