@@ -229,9 +229,14 @@ fn offer_optimistically(
         let m = mine.entry((fw.clone(), agent.clone())).or_default();
         *m = m.add(r);
     }
+    let at: HashMap<String, usize> = unheld
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (f.agent_id.clone(), i))
+        .collect();
     for p in planned.iter().filter(|p| !p.optimistic) {
-        if let Some(f) = unheld.iter_mut().find(|f| f.agent_id == p.agent_id) {
-            f.resources = f.resources.saturating_sub(&p.resources);
+        if let Some(&i) = at.get(&p.agent_id) {
+            unheld[i].resources = unheld[i].resources.saturating_sub(&p.resources);
         }
     }
     let mut out = Vec::new();
