@@ -119,7 +119,8 @@ fn mutated() -> impl Strategy<Value = Vec<u8>> {
         })
 }
 
-/// Applies every seed command, then `cmd`, to a state and to a view of it.
+/// Applies every seed command, then `cmd`, to a state and to a view of it; the lookups the
+/// state keeps as it applies are those it rebuilds when read back.
 fn apply_after_seeds(cmd: &Command) {
     let mut state = ClusterState::default();
     let mut view = View::default();
@@ -134,6 +135,11 @@ fn apply_after_seeds(cmd: &Command) {
         state.apply(index, &c);
         view.apply_state(&StateEvent::Applied { index, command: c });
     }
+    let back: ClusterState = serde_json::from_str(&serde_json::to_string(&state).unwrap()).unwrap();
+    assert_eq!(
+        back, state,
+        "lookups kept as commands apply drifted from the state"
+    );
 }
 
 proptest! {

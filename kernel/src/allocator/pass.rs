@@ -78,14 +78,18 @@ pub fn run(input: &Input) -> Output {
             quotas.insert(role.clone(), info.quota.clone());
         }
     }
-    let mut held: HashMap<&str, Resources> = HashMap::new();
-    for t in state.tasks.values().filter(|t| !t.state().is_terminal()) {
-        let h = held.entry(t.agent_id.as_str()).or_default();
-        *h = h.add(&t.resources);
-        if let Some(fw) = state.frameworks.get(&t.framework_id) {
-            if fw.removed_ms.is_none() {
-                sorter.allocate(&t.role, &fw.id, &t.resources);
-            }
+    // What live tasks hold, as the state keeps it up to date: no walk of every task.
+    let mut held: HashMap<&str, Resources> = state
+        .allocated_by_agent()
+        .map(|(agent, r)| (agent, r.clone()))
+        .collect();
+    for (role, fw, r) in state.allocated_by_role() {
+        if state
+            .frameworks
+            .get(fw)
+            .is_some_and(|f| f.removed_ms.is_none())
+        {
+            sorter.allocate(role, fw, r);
         }
     }
     // Optimistic offers may overlap: together they can take at most their join.

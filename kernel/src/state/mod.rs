@@ -486,7 +486,7 @@ pub struct ClusterState {
     /// Lookups kept as commands apply, so that none costs a scan of every framework or task;
     /// not stored, rebuilt when a state is read back.
     #[serde(skip)]
-    index: Index,
+    index: Box<Index>,
 }
 
 /// The lookups [`ClusterState`] keeps.
@@ -498,6 +498,47 @@ struct Index {
     by_agent: HashMap<AgentId, BTreeSet<String>>,
     /// Ended tasks by framework, oldest first (the time of their end, their id).
     ended: HashMap<FrameworkId, BTreeSet<(u64, String)>>,
+    /// What live tasks hold, by agent.
+    allocated: HashMap<AgentId, Resources>,
+    /// What live tasks hold, by (role, framework).
+    held: HashMap<(String, FrameworkId), Resources>,
+}
+
+impl Index {
+    /// Counts a live task's resources.
+    fn task_live(&mut self, t: &TaskInfo) {
+        let a = self.allocated.entry(t.agent_id.clone()).or_default();
+        *a = a.add(&t.resources);
+        let key = (t.role.clone(), t.framework_id.clone());
+        let h = self.held.entry(key).or_default();
+        *h = h.add(&t.resources);
+    }
+
+    /// No longer counts an ended task's resources, and keeps it among its framework's ended.
+    fn task_ended(&mut self, t: &TaskInfo) {
+        self.release(t);
+        self.ended
+            .entry(t.framework_id.clone())
+            .or_default()
+            .insert((t.last().time_ms, t.id.clone()));
+    }
+
+    /// No longer counts a task's resources.
+    fn release(&mut self, t: &TaskInfo) {
+        if let Some(a) = self.allocated.get_mut(&t.agent_id) {
+            *a = a.saturating_sub(&t.resources);
+            if a.is_empty() {
+                self.allocated.remove(&t.agent_id);
+            }
+        }
+        let key = (t.role.clone(), t.framework_id.clone());
+        if let Some(h) = self.held.get_mut(&key) {
+            *h = h.saturating_sub(&t.resources);
+            if h.is_empty() {
+                self.held.remove(&key);
+            }
+        }
+    }
 }
 
 /// The stored form of a [`ClusterState`]: everything but its lookups.
@@ -534,6 +575,8 @@ impl From<Stored> for ClusterState {
                     .entry(t.framework_id.clone())
                     .or_default()
                     .insert((t.last().time_ms, t.id.clone()));
+            } else {
+                index.task_live(t);
             }
         }
         ClusterState {
@@ -545,7 +588,7 @@ impl From<Stored> for ClusterState {
             clients: s.clients,
             roles: s.roles,
             reservations: s.reservations,
-            index,
+            index: Box::new(index),
         }
     }
 }
@@ -605,6 +648,9 @@ impl ClusterState {
         let Some(t) = self.tasks.remove(id) else {
             return;
         };
+        if !t.state().is_terminal() {
+            self.index.release(&t);
+        }
         if let Some(ids) = self.index.by_agent.get_mut(&t.agent_id) {
             ids.remove(id);
             if ids.is_empty() {
@@ -621,9 +667,24 @@ impl ClusterState {
 
     /// Resources held by an agent's non-terminal tasks.
     pub fn allocated_on(&self, agent_id: &str) -> Resources {
-        self.agent_tasks(agent_id)
-            .filter(|t| !t.state().is_terminal())
-            .fold(Resources::default(), |acc, t| acc.add(&t.resources))
+        self.index
+            .allocated
+            .get(agent_id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// What live tasks hold, by agent (agents whose tasks hold nothing left out).
+    pub fn allocated_by_agent(&self) -> impl Iterator<Item = (&str, &Resources)> {
+        self.index.allocated.iter().map(|(a, r)| (a.as_str(), r))
+    }
+
+    /// What live tasks hold, by role and framework (torn-down frameworks' included).
+    pub fn allocated_by_role(&self) -> impl Iterator<Item = (&str, &str, &Resources)> {
+        self.index
+            .held
+            .iter()
+            .map(|((role, fw), r)| (role.as_str(), fw.as_str(), r))
     }
 
     /// An agent's free resources: neither held by live tasks nor (for the caller to subtract)
@@ -980,26 +1041,25 @@ impl ClusterState {
                         .entry(agent_id.clone())
                         .or_default()
                         .insert(id.clone());
-                    self.tasks.insert(
-                        id.clone(),
-                        TaskInfo {
-                            id,
-                            name: t.spec.name.clone(),
-                            framework_id: framework_id.clone(),
-                            agent_id: agent_id.clone(),
-                            spec: t.spec.clone(),
-                            resources: t.resources.clone(),
-                            role: role.clone(),
-                            ports: t.ports.clone(),
-                            kill_requested: false,
-                            history: vec![Transition {
-                                state: TaskState::Staging,
-                                reason: String::new(),
-                                message: String::new(),
-                                time_ms: *time_ms,
-                            }],
-                        },
-                    );
+                    let task = TaskInfo {
+                        id: id.clone(),
+                        name: t.spec.name.clone(),
+                        framework_id: framework_id.clone(),
+                        agent_id: agent_id.clone(),
+                        spec: t.spec.clone(),
+                        resources: t.resources.clone(),
+                        role: role.clone(),
+                        ports: t.ports.clone(),
+                        kill_requested: false,
+                        history: vec![Transition {
+                            state: TaskState::Staging,
+                            reason: String::new(),
+                            message: String::new(),
+                            time_ms: *time_ms,
+                        }],
+                    };
+                    self.index.task_live(&task);
+                    self.tasks.insert(id, task);
                 }
                 Applied {
                     transitions,
@@ -1114,12 +1174,7 @@ impl ClusterState {
         };
         if ended {
             let framework_id = t.framework_id.clone();
-            let end = (t.last().time_ms, t.id.clone());
-            self.index
-                .ended
-                .entry(framework_id.clone())
-                .or_default()
-                .insert(end);
+            self.index.task_ended(t);
             self.prune_completed_tasks(&framework_id);
             self.prune_completed_frameworks();
         }
@@ -1808,5 +1863,39 @@ mod tests {
         assert_eq!(back, s);
         assert!(back.framework_by_name("hello").is_none());
         assert_eq!(on_a1(&back), ["t", "u"]);
+    }
+
+    #[test]
+    fn what_live_tasks_hold_is_kept_by_agent_and_by_role_as_they_start_and_end() {
+        let (mut s, fw) = cluster_with_framework();
+        s.apply(3, &launch(&fw, "a1", "name=t cpus=1 mem=100 -- sleep 9"));
+        s.apply(4, &launch(&fw, "a1", "name=u cpus=0.5 mem=50 -- sleep 9"));
+        assert_eq!(s.allocated_on("a1"), res("cpus:1.5;mem:150"));
+        let by_role: Vec<(&str, &str, &Resources)> = s.allocated_by_role().collect();
+        assert_eq!(by_role, [("*", fw.as_str(), &res("cpus:1.5;mem:150"))]);
+        finish(&mut s, 5, &task_id(&fw, "t"));
+        assert_eq!(s.allocated_on("a1"), res("cpus:0.5;mem:50"));
+        // The agent goes away for good: its live task is lost and holds nothing.
+        s.apply(
+            6,
+            &Command::DisconnectAgent {
+                agent_id: "a1".into(),
+                registration: None,
+                time_ms: 6,
+            },
+        );
+        let registration = s.agents["a1"].registration;
+        s.apply(
+            7,
+            &Command::RemoveAgent {
+                agent_id: "a1".into(),
+                registration,
+                message: "gone".into(),
+                time_ms: 7,
+            },
+        );
+        assert!(s.allocated_on("a1").is_empty());
+        assert_eq!(s.allocated_by_role().count(), 0);
+        assert_eq!(s.allocated_by_agent().count(), 0);
     }
 }
