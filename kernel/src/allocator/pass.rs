@@ -2,24 +2,72 @@
 //! DRF order within the roles' quotas ([`super::plan`]); then, to every framework that takes
 //! optimistic offers, what it is not offered yet of the free resources no other framework
 //! holds exclusively (offers to optimistic frameworks may overlap); and, for every framework
-//! left without an offer, why. Pure: the leader gives it the state and what only it holds (offers, launches
-//! being committed, decline filters), and makes the offers it plans.
+//! left without an offer, why. Pure: the leader gives it what it needs of the state, gathered
+//! while it holds the state's lock ([`Cluster::gather`], a copy of the agents, frameworks, roles
+//! and allocation sums, so that the pass itself does not keep commands from applying), and what
+//! only it holds (offers, launches being committed, decline filters), and makes the offers it
+//! plans.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Instant;
 
 use super::drf::Sorter;
 use super::{allocatable, plan, room, Free, Planned, Quota};
+use crate::allocator::roles::RoleInfo;
 use crate::resources::Resources;
-use crate::state::{AgentState, ClusterState};
+use crate::state::{AgentInfo, AgentState, ClusterState, FrameworkInfo};
 use crate::watch::Offer;
+
+/// What a pass needs of the replicated state, copied out of it.
+#[derive(Clone, Debug, Default)]
+pub struct Cluster {
+    /// The active agents connected to the leader: only their resources are offered.
+    agents: Vec<AgentInfo>,
+    /// The registered frameworks.
+    frameworks: Vec<FrameworkInfo>,
+    /// What is set on roles.
+    roles: BTreeMap<String, RoleInfo>,
+    /// What live tasks hold, by agent.
+    allocated: HashMap<String, Resources>,
+    /// What live tasks of registered frameworks hold, by (role, framework).
+    held: Vec<(String, String, Resources)>,
+}
+
+impl Cluster {
+    /// Copies what a pass needs out of the state: its cost grows with agents and frameworks,
+    /// not with tasks.
+    pub fn gather(state: &ClusterState, connected: &HashSet<String>) -> Cluster {
+        Cluster {
+            agents: state
+                .agents
+                .values()
+                .filter(|a| a.state == AgentState::Active && connected.contains(&a.id))
+                .cloned()
+                .collect(),
+            frameworks: state.active_frameworks().cloned().collect(),
+            roles: state.roles.clone(),
+            allocated: state
+                .allocated_by_agent()
+                .map(|(a, r)| (a.to_string(), r.clone()))
+                .collect(),
+            held: state
+                .allocated_by_role()
+                .filter(|(_, fw, _)| {
+                    state
+                        .frameworks
+                        .get(*fw)
+                        .is_some_and(|f| f.removed_ms.is_none())
+                })
+                .map(|(role, fw, r)| (role.to_string(), fw.to_string(), r.clone()))
+                .collect(),
+        }
+    }
+}
 
 /// What a pass starts from.
 pub struct Input<'a> {
-    /// The replicated state.
-    pub state: &'a ClusterState,
-    /// The agents connected to the leader: only their resources are offered.
-    pub connected: &'a HashSet<String>,
+    /// What it needs of the replicated state.
+    pub cluster: &'a Cluster,
     /// The outstanding offers.
     pub offers: &'a [Offer],
     /// Resources of launches being committed, per agent.
@@ -46,13 +94,9 @@ pub struct Output {
 
 /// Runs one pass.
 pub fn run(input: &Input) -> Output {
-    let state = input.state;
+    let state = input.cluster;
     let mut sorter = Sorter::new();
-    let active: Vec<_> = state
-        .agents
-        .values()
-        .filter(|a| a.state == AgentState::Active && input.connected.contains(&a.id))
-        .collect();
+    let active = &state.agents;
     sorter.set_total(
         active
             .iter()
@@ -61,7 +105,7 @@ pub fn run(input: &Input) -> Output {
     // A framework's tasks in a role it has left still count there, but it is offered only for
     // the roles it has now.
     let mut subscribed = HashSet::new();
-    for fw in state.active_frameworks() {
+    for fw in &state.frameworks {
         for role in fw.roles() {
             sorter.add_client(role, &fw.id);
             if !fw.suppressed {
@@ -80,17 +124,12 @@ pub fn run(input: &Input) -> Output {
     }
     // What live tasks hold, as the state keeps it up to date: no walk of every task.
     let mut held: HashMap<&str, Resources> = state
-        .allocated_by_agent()
-        .map(|(agent, r)| (agent, r.clone()))
+        .allocated
+        .iter()
+        .map(|(agent, r)| (agent.as_str(), r.clone()))
         .collect();
-    for (role, fw, r) in state.allocated_by_role() {
-        if state
-            .frameworks
-            .get(fw)
-            .is_some_and(|f| f.removed_ms.is_none())
-        {
-            sorter.allocate(role, fw, r);
-        }
+    for (role, fw, r) in &state.held {
+        sorter.allocate(role, fw, r);
     }
     // Optimistic offers may overlap: together they can take at most their join.
     let mut optimistic_offered: HashMap<&str, Resources> = HashMap::new();
@@ -147,8 +186,9 @@ pub fn run(input: &Input) -> Output {
     } else {
         Vec::new()
     };
-    let optimistic: Vec<&crate::state::FrameworkInfo> = state
-        .active_frameworks()
+    let optimistic: Vec<&FrameworkInfo> = state
+        .frameworks
+        .iter()
         .filter(|f| f.optimistic && !f.suppressed)
         .collect();
     if !optimistic.is_empty() {
@@ -182,7 +222,8 @@ pub fn run(input: &Input) -> Output {
         now: input.now,
     };
     let why = state
-        .active_frameworks()
+        .frameworks
+        .iter()
         .map(|f| {
             let text = if holding.contains(f.id.as_str()) {
                 String::new()
@@ -193,14 +234,14 @@ pub fn run(input: &Input) -> Output {
             (f.id.clone(), text)
         })
         .collect();
-    let hostnames = planned
+    let offered: HashSet<&str> = planned.iter().map(|p| p.agent_id.as_str()).collect();
+    let hostnames = state
+        .agents
         .iter()
-        .filter_map(|p| {
-            let a = state.agents.get(&p.agent_id)?;
-            Some((a.id.clone(), a.hostname.clone()))
-        })
+        .filter(|a| offered.contains(a.id.as_str()))
+        .map(|a| (a.id.clone(), a.hostname.clone()))
         .collect();
-    let frameworks = state.active_frameworks().map(|f| f.id.clone()).collect();
+    let frameworks = state.frameworks.iter().map(|f| f.id.clone()).collect();
     Output {
         planned,
         why,
@@ -218,7 +259,7 @@ fn offer_optimistically(
     unheld: &mut [Free],
     offers: &[Offer],
     planned: &[Planned],
-    optimistic: &[&crate::state::FrameworkInfo],
+    optimistic: &[&FrameworkInfo],
     may_offer: impl Fn(&str, &str, &str) -> bool,
 ) -> Vec<Planned> {
     let mut mine: HashMap<(String, String), Resources> = HashMap::new();
@@ -396,8 +437,7 @@ mod tests {
     fn pass(state: &ClusterState, offers: &[Offer]) -> Vec<Planned> {
         let connected = HashSet::from(["a1".to_string()]);
         run(&Input {
-            state,
-            connected: &connected,
+            cluster: &Cluster::gather(state, &connected),
             offers,
             pending: &HashMap::new(),
             pending_held: &HashMap::new(),

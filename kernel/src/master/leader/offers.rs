@@ -61,16 +61,17 @@ impl Leader {
             .cloned()
             .collect();
         let offers: Vec<Offer> = self.board.read(|o| o.values().cloned().collect());
-        let pass = self.hub.read(|state| {
-            allocator::pass::run(&allocator::pass::Input {
-                state,
-                connected: &connected,
-                offers: &offers,
-                pending: &alloc.pending,
-                pending_held: &alloc.pending_held,
-                filters: &alloc.filters,
-                now,
-            })
+        // Only the copy is made under the state's lock: commands apply while the pass runs.
+        let cluster = self
+            .hub
+            .read(|state| allocator::pass::Cluster::gather(state, &connected));
+        let pass = allocator::pass::run(&allocator::pass::Input {
+            cluster: &cluster,
+            offers: &offers,
+            pending: &alloc.pending,
+            pending_held: &alloc.pending_held,
+            filters: &alloc.filters,
+            now,
         });
         let frameworks = pass.frameworks;
         for (fw, text) in pass.why {
