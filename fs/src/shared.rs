@@ -112,14 +112,7 @@ impl Shared {
     pub fn attr(&self, view: &View, node: &Node, ino: u64, sandbox_size: u64) -> FileAttr {
         let (uid, gid) = node.owner(view, &self.users);
         let (kind, size, nlink) = match node.kind() {
-            Kind::Dir => {
-                let subdirs = node
-                    .children(view)
-                    .iter()
-                    .filter(|(_, c)| c.kind() == Kind::Dir)
-                    .count();
-                (FileType::Directory, 0, 2 + subdirs as u32)
-            }
+            Kind::Dir => (FileType::Directory, 0, 2 + node.subdir_count(view) as u32),
             Kind::Symlink => (
                 FileType::Symlink,
                 render::link_target(view, node).map_or(0, |t| t.len() as u64),

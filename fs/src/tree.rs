@@ -589,6 +589,23 @@ impl Node {
         }
     }
 
+    /// How many directories this directory holds (its link count less 2): counted without
+    /// listing where a directory can be large, so a `stat` costs no more than the count.
+    pub fn subdir_count(&self, view: &View) -> usize {
+        match self {
+            Node::Agents => view.state.agents.len(),
+            Node::Frameworks => view.state.active_framework_count(),
+            Node::Tasks(f) => view.state.framework_tasks(f).count(),
+            Node::Offers(f) => view.framework_offers(f).count(),
+            Node::AgentTasks(_) => 0,
+            _ => self
+                .children(view)
+                .iter()
+                .filter(|(_, c)| c.kind() == Kind::Dir)
+                .count(),
+        }
+    }
+
     /// The directory holding this node (the root is its own parent).
     pub fn parent(&self) -> Node {
         match self {
@@ -850,6 +867,30 @@ mod tests {
             walk(&view, "/roles/eng/web").unwrap().parent(),
             Node::Role("eng".into())
         );
+    }
+
+    #[test]
+    fn every_directory_counts_its_subdirectories_as_its_listing_has_them() {
+        let (mut c, hello, _) = standard("127.0.0.1:1");
+        c.teardown(&hello);
+        let (c2, _, _) = standard("127.0.0.1:1");
+        for c in [&c, &c2] {
+            let view = c.copy.view();
+            let mut dirs = vec![Node::Root];
+            let mut seen = 0;
+            while let Some(dir) = dirs.pop() {
+                let subdirs: Vec<Node> = dir
+                    .children(&view)
+                    .into_iter()
+                    .map(|(_, n)| n)
+                    .filter(|n| n.kind() == Kind::Dir)
+                    .collect();
+                assert_eq!(dir.subdir_count(&view), subdirs.len(), "{dir:?}");
+                seen += 1;
+                dirs.extend(subdirs);
+            }
+            assert!(seen > 10, "walked {seen} directories");
+        }
     }
 
     #[test]

@@ -615,6 +615,11 @@ impl ClusterState {
         self.frameworks.get(self.index.by_name.get(name)?)
     }
 
+    /// How many frameworks are registered (not torn down).
+    pub fn active_framework_count(&self) -> usize {
+        self.index.by_name.len()
+    }
+
     /// Registered frameworks, by name.
     pub fn active_frameworks(&self) -> impl Iterator<Item = &FrameworkInfo> {
         self.frameworks.values().filter(|f| f.removed_ms.is_none())
