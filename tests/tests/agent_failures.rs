@@ -126,9 +126,13 @@ fn a_stopped_agent_kills_its_tasks_and_reports_them_before_it_exits() {
     assert!(status.success(), "{}", mesofs_tests::describe(status));
     assert!(!process_running("sleep 616"));
     // Its last update was acknowledged before it exited: nothing is left to the timeouts.
+    let ended = c.sh_ok("cat frameworks/f/tasks/s/wait");
     assert_eq!(
-        c.sh_ok("cat frameworks/f/tasks/s/wait").trim(),
-        "TASK_KILLED"
+        ended.trim(),
+        "TASK_KILLED",
+        "{}\n{}",
+        c.read("frameworks/f/tasks/s/status.json"),
+        c.log_text()
     );
 }
 
