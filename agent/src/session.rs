@@ -284,8 +284,13 @@ impl Session {
     /// or the timeout passes.
     pub async fn flush(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
-        // A task stays in `phases` until its exit has gone into the outbox.
-        while self.outbox.len() > 0 || !self.phases.lock().expect("phases lock").is_empty() {
+        // A task stays in `phases` until its exit has gone into the outbox; both are looked at
+        // under the phases lock, which the exit reader holds from one to the other, so an exit
+        // moving between them is never missed.
+        while {
+            let phases = self.phases.lock().expect("phases lock");
+            !phases.is_empty() || self.outbox.len() > 0
+        } {
             if tokio::time::Instant::now() >= deadline {
                 return false;
             }
@@ -437,13 +442,14 @@ impl Session {
             let spec: TaskSpec = match serde_json::from_str(&l.spec_json) {
                 Ok(s) => s,
                 Err(e) => {
-                    self.phases.lock().expect("phases lock").remove(&l.task_id);
                     self.outbox.push(
                         &l.task_id,
                         TaskState::Failed,
                         "REASON_TASK_INVALID",
                         &format!("the agent could not read the task spec: {e}"),
                     );
+                    // Only now: a flush sees the task in `phases` or its end in the outbox.
+                    self.phases.lock().expect("phases lock").remove(&l.task_id);
                     return;
                 }
             };
@@ -451,7 +457,6 @@ impl Session {
             let user = match task_user(&l) {
                 Ok(u) => u,
                 Err(message) => {
-                    self.phases.lock().expect("phases lock").remove(&l.task_id);
                     warn!(user = %l.user, "{message}");
                     self.outbox.push(
                         &l.task_id,
@@ -459,6 +464,8 @@ impl Session {
                         "REASON_CONTAINER_LAUNCH_FAILED",
                         &message,
                     );
+                    // Only now: a flush sees the task in `phases` or its end in the outbox.
+                    self.phases.lock().expect("phases lock").remove(&l.task_id);
                     return;
                 }
             };
@@ -491,13 +498,14 @@ impl Session {
                 })
             );
             if cancelled {
-                self.phases.lock().expect("phases lock").remove(&l.task_id);
                 self.outbox.push(
                     &l.task_id,
                     TaskState::Killed,
                     "REASON_TASK_KILLED",
                     "killed before it started",
                 );
+                // Only now: a flush sees the task in `phases` or its end in the outbox.
+                self.phases.lock().expect("phases lock").remove(&l.task_id);
                 return;
             }
             match self.containerizer.launch(launch).await {
@@ -520,7 +528,6 @@ impl Session {
                     }
                 }
                 Err(e) => {
-                    self.phases.lock().expect("phases lock").remove(&l.task_id);
                     warn!(error = %e, "launch failed");
                     self.outbox.push(
                         &l.task_id,
@@ -528,6 +535,8 @@ impl Session {
                         "REASON_CONTAINER_LAUNCH_FAILED",
                         &e.to_string(),
                     );
+                    // Only now: a flush sees the task in `phases` or its end in the outbox.
+                    self.phases.lock().expect("phases lock").remove(&l.task_id);
                 }
             }
         }
