@@ -796,14 +796,29 @@ async fn kill_all(task: &Task) {
 /// not hang the launch.
 fn wait_started(pipe: OwnedFd) {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    let mut fds = [PollFd::new(pipe.as_fd(), PollFlags::POLLIN)];
-    match poll(&mut fds, PollTimeout::from(STARTED_TIMEOUT_MS)) {
-        Ok(0) => warn!(
-            timeout_ms = STARTED_TIMEOUT_MS,
-            "the supervisor has not started the command yet; going on"
-        ),
-        Ok(_) => {}
-        Err(e) => warn!(error = %e, "cannot wait for the command to start"),
+    let deadline =
+        std::time::Instant::now() + std::time::Duration::from_millis(STARTED_TIMEOUT_MS.into());
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let left_ms = u16::try_from(left.as_millis()).unwrap_or(STARTED_TIMEOUT_MS);
+        let mut fds = [PollFd::new(pipe.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(left_ms)) {
+            Ok(0) => {
+                warn!(
+                    timeout_ms = STARTED_TIMEOUT_MS,
+                    "the supervisor has not started the command yet; going on"
+                );
+                return;
+            }
+            Ok(_) => return,
+            // A signal (another task's SIGCHLD) is not the start: going on now would let a
+            // kill's SIGTERM find nobody in the task's cgroups.
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                warn!(error = %e, "cannot wait for the command to start");
+                return;
+            }
+        }
     }
 }
 
