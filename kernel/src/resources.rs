@@ -1039,19 +1039,25 @@ impl Resources {
     /// only come from separately parsed texts, and [`Resources::try_add`] reports them.
     pub fn add(&self, other: &Resources) -> Resources {
         let mut out = self.clone();
+        out.add_assign(other);
+        out
+    }
+
+    /// Adds `other` in place: what [`Resources::add`] returns, without copying self (sums kept
+    /// as tasks come and go, and totals over every agent, are made this way).
+    pub fn add_assign(&mut self, other: &Resources) {
         for (name, value) in &other.0 {
-            match self.0.get(name) {
+            match self.0.get_mut(name) {
                 Some(old) => {
                     if let Some(sum) = old.add(value) {
-                        out.0.insert(name.clone(), sum);
+                        *old = sum;
                     }
                 }
                 None => {
-                    out.0.insert(name.clone(), value.clone());
+                    self.0.insert(name.clone(), value.clone());
                 }
             }
         }
-        out
     }
 
     /// Whether self holds all of other.
@@ -1066,11 +1072,12 @@ impl Resources {
     pub fn checked_sub(&self, other: &Resources) -> Option<Resources> {
         let mut out = self.clone();
         for (name, value) in &other.0 {
-            let rest = self.0.get(name)?.checked_sub(value)?;
+            let mine = out.0.get_mut(name)?;
+            let rest = mine.checked_sub(value)?;
             if rest.is_empty() {
                 out.0.remove(name);
             } else {
-                out.0.insert(name.clone(), rest);
+                *mine = rest;
             }
         }
         Some(out)

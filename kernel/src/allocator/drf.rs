@@ -11,7 +11,7 @@
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::resources::{Resources, Scalar, Value};
+use crate::resources::{split_key, Resources, Scalar, Value};
 
 /// A role's weight when none was set.
 pub const DEFAULT_WEIGHT: f64 = 1.0;
@@ -22,18 +22,55 @@ struct Role {
     /// Its weight.
     weight: Option<f64>,
     /// What each of its frameworks holds in it (offered or allocated), by framework id.
-    clients: BTreeMap<String, Resources>,
+    clients: BTreeMap<String, Amounts>,
     /// Its frameworks by dominant share, least first (kept as allocations change).
     sorted: BTreeSet<(Share, String)>,
     /// What its frameworks hold together.
-    total: Resources,
+    total: Amounts,
+    /// What it and every role under it hold (kept as allocations change, so that a role's
+    /// share costs no sum over the roles at every step of a walk).
+    subtree: Amounts,
+}
+
+/// Scalar amounts, however reserved, by the sorter's index of resource names (names past the
+/// end hold zero). Shares and quotas count only these, and a pass changes them once per offer
+/// and per holding: as a vector they add and subtract without allocating.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Amounts(Vec<Scalar>);
+
+impl Amounts {
+    fn get(&self, i: usize) -> Scalar {
+        self.0.get(i).copied().unwrap_or_default()
+    }
+
+    fn add(&mut self, other: &Amounts) {
+        if self.0.len() < other.0.len() {
+            self.0.resize(other.0.len(), Scalar::default());
+        }
+        for (mine, s) in self.0.iter_mut().zip(&other.0) {
+            *mine = mine.saturating_add(*s);
+        }
+    }
+
+    /// Less `other`, down to zero.
+    fn sub(&mut self, other: &Amounts) {
+        for (mine, s) in self.0.iter_mut().zip(&other.0) {
+            *mine = mine.checked_sub(*s).unwrap_or_default();
+        }
+    }
 }
 
 /// The DRF order of a cluster's roles and frameworks.
 #[derive(Clone, Debug, Default)]
 pub struct Sorter {
-    total: Resources,
+    /// The resource names amounts are indexed by, in the order first seen.
+    names: Vec<String>,
+    total: Amounts,
+    /// Every role, and every role above one (so that each node of the tree has its entry).
     roles: BTreeMap<String, Role>,
+    /// Each node's child roles ("" is the root), kept as roles are added: a walk runs once per
+    /// offer a pass plans, and the tree changes only when a role is first seen.
+    children: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// A share, ordered (NaN never arises: totals of zero give share 0).
@@ -65,15 +102,13 @@ pub fn is_within(role: &str, of: &str) -> bool {
 }
 
 /// The dominant share of `held` in `total`: the largest fraction of any scalar.
-fn dominant(total: &Resources, held: &Resources) -> f64 {
-    held.iter()
-        .filter_map(|(name, v)| match v {
-            Value::Scalar(s) => Some((name, *s)),
-            _ => None,
-        })
-        .map(|(name, s)| {
-            let t = total.scalar(name);
-            if t == Scalar::default() {
+fn dominant(total: &Amounts, held: &Amounts) -> f64 {
+    held.0
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let t = total.get(i);
+            if t.is_zero() {
                 0.0
             } else {
                 s.milli() as f64 / t.milli() as f64
@@ -88,9 +123,50 @@ impl Sorter {
         Sorter::default()
     }
 
+    /// The scalars of `r` as amounts, indexing names not seen before.
+    fn amounts(&mut self, r: &Resources) -> Amounts {
+        let mut out = Amounts::default();
+        for (key, v) in r.iter() {
+            let Value::Scalar(s) = v else { continue };
+            let name = split_key(key).0;
+            let i = match self.names.iter().position(|n| n == name) {
+                Some(i) => i,
+                None => {
+                    self.names.push(name.to_string());
+                    self.names.len() - 1
+                }
+            };
+            if out.0.len() <= i {
+                out.0.resize(i + 1, Scalar::default());
+            }
+            out.0[i] = out.0[i].saturating_add(*s);
+        }
+        out
+    }
+
+    /// The scalars of `r` as amounts, leaving out names never seen (no one holds any of them).
+    fn known_amounts(&self, r: &Resources) -> Amounts {
+        let mut out = Amounts(vec![Scalar::default(); self.names.len()]);
+        for (key, v) in r.iter() {
+            let Value::Scalar(s) = v else { continue };
+            if let Some(i) = self.names.iter().position(|n| n == split_key(key).0) {
+                out.0[i] = out.0[i].saturating_add(*s);
+            }
+        }
+        out
+    }
+
+    /// Amounts as resources (unreserved scalars).
+    fn resources(&self, a: &Amounts) -> Resources {
+        a.0.iter()
+            .zip(&self.names)
+            .filter(|(s, _)| !s.is_zero())
+            .fold(Resources::default(), |r, (s, name)| r.with_scalar(name, *s))
+    }
+
     /// Sets the cluster's total resources (shares are fractions of it).
     pub fn set_total(&mut self, total: Resources) {
-        self.total = total.flatten().into_owned();
+        self.total = self.amounts(&total);
         for r in self.roles.values_mut() {
             r.sorted = r
                 .clients
@@ -100,9 +176,31 @@ impl Sorter {
         }
     }
 
+    /// A role's entry, made (with the entries of the roles above it, and their places in the
+    /// tree) when it is first seen.
+    fn role_mut(&mut self, role: &str) -> &mut Role {
+        if !self.roles.contains_key(role) {
+            let mut child = role;
+            for parent in ancestors(role)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .chain([""])
+            {
+                self.children
+                    .entry(parent.to_string())
+                    .or_default()
+                    .insert(child.to_string());
+                self.roles.entry(child.to_string()).or_default();
+                child = parent;
+            }
+        }
+        self.roles.get_mut(role).expect("role just made")
+    }
+
     /// Sets a role's weight (`None`: the default).
     pub fn set_weight(&mut self, role: &str, weight: Option<f64>) {
-        self.roles.entry(role.to_string()).or_default().weight = weight;
+        self.role_mut(role).weight = weight;
     }
 
     /// A role's weight.
@@ -115,10 +213,9 @@ impl Sorter {
 
     /// Adds a framework to a role (it is offered resources for that role).
     pub fn add_client(&mut self, role: &str, framework: &str) {
-        let r = self.roles.entry(role.to_string()).or_default();
+        let r = self.role_mut(role);
         if !r.clients.contains_key(framework) {
-            r.clients
-                .insert(framework.to_string(), Resources::default());
+            r.clients.insert(framework.to_string(), Amounts::default());
             r.sorted.insert((Share(0.0), framework.to_string()));
         }
     }
@@ -126,34 +223,50 @@ impl Sorter {
     /// Removes a framework from a role, with what it held there.
     pub fn remove_client(&mut self, role: &str, framework: &str) {
         let total = &self.total;
-        if let Some(r) = self.roles.get_mut(role) {
-            if let Some(held) = r.clients.remove(framework) {
-                r.sorted
-                    .remove(&(Share(dominant(total, &held)), framework.to_string()));
-                r.total = r.total.checked_sub(&held).unwrap_or_default();
+        let Some(r) = self.roles.get_mut(role) else {
+            return;
+        };
+        let Some(held) = r.clients.remove(framework) else {
+            return;
+        };
+        r.sorted
+            .remove(&(Share(dominant(total, &held)), framework.to_string()));
+        r.total.sub(&held);
+        self.change_subtrees(role, &held, &Amounts::default());
+    }
+
+    /// Moves the subtree sums of `role` and the roles above it from `old` to `new`.
+    fn change_subtrees(&mut self, role: &str, old: &Amounts, new: &Amounts) {
+        for node in std::iter::once(role).chain(ancestors(role)) {
+            if let Some(r) = self.roles.get_mut(node) {
+                r.subtree.sub(old);
+                r.subtree.add(new);
             }
         }
     }
 
     /// Changes what a framework holds in a role, keeping the order.
-    fn change(&mut self, role: &str, framework: &str, f: impl FnOnce(&Resources) -> Resources) {
+    fn change(&mut self, role: &str, framework: &str, f: impl FnOnce(&mut Amounts)) {
         self.add_client(role, framework);
         let total = &self.total;
         let r = self.roles.get_mut(role).expect("role just added");
         let held = r.clients.get_mut(framework).expect("client just added");
+        let old = held.clone();
+        f(held);
+        let new = held.clone();
+        let name = framework.to_string();
         r.sorted
-            .remove(&(Share(dominant(total, held)), framework.to_string()));
-        // Shares and quotas count amounts, however they are reserved.
-        let new = f(held).flatten().into_owned();
-        r.total = r.total.checked_sub(held).unwrap_or_default().add(&new);
-        *held = new;
-        r.sorted
-            .insert((Share(dominant(total, held)), framework.to_string()));
+            .remove(&(Share(dominant(total, &old)), name.clone()));
+        r.sorted.insert((Share(dominant(total, &new)), name));
+        r.total.sub(&old);
+        r.total.add(&new);
+        self.change_subtrees(role, &old, &new);
     }
 
     /// Counts `resources` as held by a framework in a role (offered or allocated).
     pub fn allocate(&mut self, role: &str, framework: &str, resources: &Resources) {
-        self.change(role, framework, |h| h.add(resources));
+        let more = self.amounts(resources);
+        self.change(role, framework, |h| h.add(&more));
     }
 
     /// No longer counts `resources` as held by a framework in a role.
@@ -163,18 +276,17 @@ impl Sorter {
             .get(role)
             .is_some_and(|r| r.clients.contains_key(framework));
         if known {
-            self.change(role, framework, |h| {
-                h.checked_sub(&resources.flatten()).unwrap_or_default()
-            });
+            let less = self.amounts(resources);
+            self.change(role, framework, |h| h.sub(&less));
         }
     }
 
     /// What a role and every role under it hold.
     pub fn held(&self, role: &str) -> Resources {
         self.roles
-            .iter()
-            .filter(|(r, _)| is_within(r, role))
-            .fold(Resources::default(), |acc, (_, r)| acc.add(&r.total))
+            .get(role)
+            .map(|r| self.resources(&r.subtree))
+            .unwrap_or_default()
     }
 
     /// What one framework holds in one role.
@@ -182,18 +294,20 @@ impl Sorter {
         self.roles
             .get(role)
             .and_then(|r| r.clients.get(framework))
-            .cloned()
+            .map(|a| self.resources(a))
             .unwrap_or_default()
     }
 
     /// The dominant share of `held`: the largest fraction of any scalar of the total.
     pub fn dominant_share(&self, held: &Resources) -> f64 {
-        dominant(&self.total, held)
+        dominant(&self.total, &self.known_amounts(held))
     }
 
     /// A role's weighted share: its subtree's dominant share over its weight.
     pub fn share(&self, role: &str) -> f64 {
-        self.dominant_share(&self.held(role)) / self.weight(role)
+        self.roles.get(role).map_or(0.0, |r| {
+            dominant(&self.total, &r.subtree) / r.weight.unwrap_or(DEFAULT_WEIGHT)
+        })
     }
 
     /// Every (role, framework) in DRF order: the first is offered to first.
@@ -209,36 +323,22 @@ impl Sorter {
     /// The first `f(role, framework)` that is `Some`, in DRF order; only as much of the order
     /// is walked as it takes.
     pub fn find_map<T>(&self, mut f: impl FnMut(&str, &str) -> Option<T>) -> Option<T> {
-        // Each role's place in the tree, once per walk.
-        let mut children: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-        for r in self.roles.keys() {
-            let mut child = r.as_str();
-            for a in ancestors(r).collect::<Vec<_>>().into_iter().rev() {
-                children.entry(a).or_default().insert(child);
-                child = a;
-            }
-            children.entry("").or_default().insert(child);
-        }
-        self.walk("", &children, &mut f)
+        self.walk("", &mut f)
     }
 
     /// Walks the order under `node` ("" is the root).
-    fn walk<T>(
-        &self,
-        node: &str,
-        children: &BTreeMap<&str, BTreeSet<&str>>,
-        f: &mut impl FnMut(&str, &str) -> Option<T>,
-    ) -> Option<T> {
+    fn walk<T>(&self, node: &str, f: &mut impl FnMut(&str, &str) -> Option<T>) -> Option<T> {
         // The entries at this node: child roles, and the role's own frameworks as one (`.`).
-        let mut entries: Vec<(Share, &str, bool)> = children
+        let mut entries: Vec<(Share, &str, bool)> = self
+            .children
             .get(node)
             .into_iter()
             .flatten()
-            .filter(|c| !c.is_empty() && **c != node)
-            .map(|c| (Share(self.share(c)), *c, false))
+            .filter(|c| !c.is_empty() && c.as_str() != node)
+            .map(|c| (Share(self.share(c)), c.as_str(), false))
             .collect();
         if let Some(own) = self.roles.get(node).filter(|r| !r.clients.is_empty()) {
-            let share = self.dominant_share(&own.total) / self.weight(node);
+            let share = dominant(&self.total, &own.total) / self.weight(node);
             entries.push((Share(share), ".", true));
         }
         entries.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
@@ -247,7 +347,7 @@ impl Sorter {
                 let r = self.roles.get(node).expect("own role");
                 r.sorted.iter().find_map(|(_, fw)| f(node, fw))
             } else {
-                self.walk(child, children, f)
+                self.walk(child, f)
             };
             if found.is_some() {
                 return found;
@@ -319,6 +419,22 @@ mod tests {
         // A role's own frameworks compete with its child roles.
         s.add_client("eng", "e");
         assert_eq!(s.order()[1], ("eng".into(), "e".into()));
+    }
+
+    #[test]
+    fn a_role_holds_what_every_role_under_it_holds_as_allocations_change() {
+        let mut s = sorter("cpus:10;mem:1000");
+        s.allocate("eng/web", "w", &r("cpus:2"));
+        s.allocate("eng/web/api", "a", &r("cpus:1;mem:10"));
+        s.allocate("eng", "e", &r("mem:100"));
+        assert_eq!(s.held("eng"), r("cpus:3;mem:110"));
+        assert_eq!(s.held("eng/web"), r("cpus:3;mem:10"));
+        s.unallocate("eng/web/api", "a", &r("cpus:1"));
+        s.remove_client("eng/web", "w");
+        assert_eq!(s.held("eng"), r("mem:110"));
+        assert_eq!(s.held("eng/web"), r("mem:10"));
+        assert!((s.share("eng") - 0.11).abs() < 1e-9, "mem 110/1000");
+        assert_eq!(s.held("ops"), Resources::default());
     }
 
     #[test]

@@ -97,11 +97,11 @@ pub fn run(input: &Input) -> Output {
     let state = input.cluster;
     let mut sorter = Sorter::new();
     let active = &state.agents;
-    sorter.set_total(
-        active
-            .iter()
-            .fold(Resources::default(), |acc, a| acc.add(&a.resources)),
-    );
+    let mut total = Resources::default();
+    for a in active {
+        total.add_assign(&a.resources);
+    }
+    sorter.set_total(total);
     // A framework's tasks in a role it has left still count there, but it is offered only for
     // the roles it has now.
     let mut subscribed = HashSet::new();
@@ -122,58 +122,76 @@ pub fn run(input: &Input) -> Output {
             quotas.insert(role.clone(), info.quota.clone());
         }
     }
-    // What live tasks hold, as the state keeps it up to date: no walk of every task.
-    let mut held: HashMap<&str, Resources> = state
-        .allocated
-        .iter()
-        .map(|(agent, r)| (agent.as_str(), r.clone()))
-        .collect();
+    // What live tasks hold comes from the sums the state keeps up to date: no walk of every
+    // task, and no copy of them.
     for (role, fw, r) in &state.held {
         sorter.allocate(role, fw, r);
     }
-    // Optimistic offers may overlap: together they can take at most their join.
+    // Exclusive offers add up; optimistic ones may overlap: together they can take at most
+    // their join.
+    let mut offered: HashMap<&str, Resources> = HashMap::new();
     let mut optimistic_offered: HashMap<&str, Resources> = HashMap::new();
     for o in input.offers {
-        let h = match o.optimistic {
-            true => optimistic_offered.entry(o.agent_id.as_str()).or_default(),
-            false => held.entry(o.agent_id.as_str()).or_default(),
-        };
-        *h = match o.optimistic {
-            true => h.join(&o.resources),
-            false => h.add(&o.resources),
-        };
+        if o.optimistic {
+            let h = optimistic_offered.entry(o.agent_id.as_str()).or_default();
+            *h = h.join(&o.resources);
+        } else {
+            offered
+                .entry(o.agent_id.as_str())
+                .or_default()
+                .add_assign(&o.resources);
+        }
         sorter.allocate(&o.role, &o.framework_id, &o.resources);
     }
     for ((role, fw), r) in input.pending_held {
         sorter.allocate(role, fw, r);
     }
-    // What no task, launch in flight or exclusive offer holds, per agent.
+    // What no task, launch in flight or exclusive offer holds, per agent (none of an agent
+    // that has less than they hold).
     let mut unheld: Vec<Free> = active
         .iter()
         .filter_map(|a| {
-            let taken = held
-                .get(a.id.as_str())
-                .cloned()
-                .unwrap_or_default()
-                .add(&input.pending.get(&a.id).cloned().unwrap_or_default());
+            let taken = [
+                state.allocated.get(&a.id),
+                offered.get(a.id.as_str()),
+                input.pending.get(&a.id),
+            ];
+            let mut left = a.resources.clone();
+            for t in taken.into_iter().flatten() {
+                left = left.checked_sub(t)?;
+            }
             Some(Free {
                 agent_id: a.id.clone(),
-                resources: a.resources.checked_sub(&taken)?,
+                resources: left,
             })
         })
         .collect();
-    // Offered exclusively only when no optimistic offer holds it either.
-    let free: Vec<Free> = unheld
+    let optimistic: Vec<&FrameworkInfo> = state
+        .frameworks
         .iter()
-        .map(|f| Free {
-            agent_id: f.agent_id.clone(),
-            resources: match optimistic_offered.get(f.agent_id.as_str()) {
-                Some(o) => f.resources.saturating_sub(o),
-                None => f.resources.clone(),
-            },
-        })
-        .filter(|f| allocatable(&f.resources))
+        .filter(|f| f.optimistic && !f.suppressed)
         .collect();
+    // Offered exclusively only when no optimistic offer holds it either. `unheld` is kept
+    // for the optimistic stage only when some framework takes optimistic offers.
+    let exclusive = |f: &Free| Free {
+        agent_id: f.agent_id.clone(),
+        resources: match optimistic_offered.get(f.agent_id.as_str()) {
+            Some(o) => f.resources.saturating_sub(o),
+            None => f.resources.clone(),
+        },
+    };
+    let free: Vec<Free> = if optimistic.is_empty() && optimistic_offered.is_empty() {
+        std::mem::take(&mut unheld)
+            .into_iter()
+            .filter(|f| allocatable(&f.resources))
+            .collect()
+    } else {
+        unheld
+            .iter()
+            .map(exclusive)
+            .filter(|f| allocatable(&f.resources))
+            .collect()
+    };
     let had_free = !free.is_empty();
     let may_offer = |fw: &str, role: &str, agent: &str| {
         subscribed.contains(&(role.to_string(), fw.to_string()))
@@ -186,11 +204,6 @@ pub fn run(input: &Input) -> Output {
     } else {
         Vec::new()
     };
-    let optimistic: Vec<&FrameworkInfo> = state
-        .frameworks
-        .iter()
-        .filter(|f| f.optimistic && !f.suppressed)
-        .collect();
     if !optimistic.is_empty() {
         let ids: HashSet<&str> = optimistic.iter().map(|f| f.id.as_str()).collect();
         for p in &mut planned {
