@@ -86,7 +86,7 @@ pub fn control_op(view: &View, node: &Node, data: &[u8]) -> Result<Op, WriteErro
 /// view under its lock at the view's own sequence number, so no sequence number moves; blocked
 /// `events` readers see it at their next check (every [`crate::blocking::SIGNAL_CHECK`]).
 pub fn record_refusal(copy: &LocalCopy, framework_id: &str, message: &str) {
-    let mut view = copy.view();
+    let mut view = copy.view_mut();
     if active_framework(&view, framework_id).is_none() {
         return;
     }
@@ -95,7 +95,7 @@ pub fn record_refusal(copy: &LocalCopy, framework_id: &str, message: &str) {
 
 /// Records a reason in the `error` and `events` of the framework named `name`, if registered.
 fn record_for_name(copy: &LocalCopy, name: &str, message: &str) {
-    let mut view = copy.view();
+    let mut view = copy.view_mut();
     let Some(id) = view.state.framework_by_name(name).map(|f| f.id.clone()) else {
         return;
     };

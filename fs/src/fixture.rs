@@ -25,7 +25,7 @@ impl Cluster {
             seq: 1,
             index: 0,
         };
-        cluster.copy.apply_state(&StateEvent::Snapshot {
+        cluster.copy.apply_state(StateEvent::Snapshot {
             index: 0,
             state: ClusterState::default(),
         });
@@ -56,7 +56,7 @@ impl Cluster {
     /// Applies a committed command.
     pub fn command(&mut self, command: Command) {
         self.index += 1;
-        self.copy.apply_state(&StateEvent::Applied {
+        self.copy.apply_state(StateEvent::Applied {
             index: self.index,
             command,
         });

@@ -455,7 +455,7 @@ mod tests {
     #[test]
     fn offers_why_says_the_leaders_reasons_only_while_the_framework_holds_no_offer() {
         let (c, hello, idle) = standard("127.0.0.1:1");
-        let mut view = c.copy.view();
+        let mut view = c.copy.view_mut();
         for fw in [&hello, &idle] {
             view.apply_leader(&LeaderEvent::Why {
                 seq: 100,

@@ -133,7 +133,7 @@ fn apply_after_seeds(cmd: &Command) {
     for (i, c) in all.into_iter().enumerate() {
         let index = i as u64 + 1;
         state.apply(index, &c);
-        view.apply_state(&StateEvent::Applied { index, command: c });
+        view.apply_state(StateEvent::Applied { index, command: c });
     }
     let back: ClusterState = serde_json::from_str(&serde_json::to_string(&state).unwrap()).unwrap();
     assert_eq!(

@@ -1,9 +1,13 @@
 //! The local copy a mount serves reads from: a [`View`] fed by the state and leader streams,
 //! readable from threads (the FUSE callbacks) and tasks alike, with waits that wake on every
 //! change.
+//!
+//! The view is behind a read-write lock: reads run side by side and wait for the streams only
+//! while one event applies, never for each other; waiters sleep on a change counter of their
+//! own, not on the view's lock.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, Notify};
@@ -12,7 +16,9 @@ use crate::watch::{LeaderEvent, StateEvent, View};
 
 #[derive(Default)]
 struct Shared {
-    view: Mutex<View>,
+    view: RwLock<View>,
+    /// How many changes the view has had: what blocking waiters sleep on (with `changed`).
+    version: Mutex<u64>,
     changed: Condvar,
     /// Whether the state stream and the leader stream are up.
     streams: Mutex<(bool, bool)>,
@@ -30,17 +36,20 @@ pub struct LocalCopy {
 
 impl LocalCopy {
     fn changed(&self) {
+        *self.shared.version.lock().expect("version lock") += 1;
         self.shared.changed.notify_all();
         self.shared.notify.notify_waiters();
     }
 
     /// Applies one event of the state stream and wakes every waiter.
-    pub fn apply_state(&self, event: &StateEvent) {
-        let index = {
-            let mut view = self.view();
-            view.apply_state(event);
-            view.index
+    pub fn apply_state(&self, event: StateEvent) {
+        let (index, replaced) = {
+            let mut view = self.view_mut();
+            let replaced = view.apply_state(event);
+            (view.index, replaced)
         };
+        // A state a snapshot replaced is dropped with no lock held.
+        drop(replaced);
         self.changed();
         let reached = {
             let mut waiters = self.shared.index_waiters.lock().expect("waiters lock");
@@ -71,13 +80,13 @@ impl LocalCopy {
 
     /// Applies one event of the leader stream and wakes every waiter.
     pub fn apply_leader(&self, event: &LeaderEvent) {
-        self.view().apply_leader(event);
+        self.view_mut().apply_leader(event);
         self.changed();
     }
 
     /// The leader stream ended: no leader, no offers.
     pub fn leader_lost(&self, reason: &str) {
-        self.view().leader_lost(reason);
+        self.view_mut().leader_lost(reason);
         self.set_streams(None, Some(false));
     }
 
@@ -105,30 +114,41 @@ impl LocalCopy {
         self.shared.streams.lock().expect("streams lock").1
     }
 
-    /// The current view, locked; hold it briefly.
-    pub fn view(&self) -> MutexGuard<'_, View> {
-        self.shared.view.lock().expect("view lock")
+    /// The current view, for reading; hold it briefly (the streams wait for it to apply).
+    pub fn view(&self) -> RwLockReadGuard<'_, View> {
+        self.shared.view.read().expect("view lock")
+    }
+
+    /// The current view, for a change of the mount's own (a refusal it records); waiters are
+    /// not woken by it.
+    pub fn view_mut(&self) -> RwLockWriteGuard<'_, View> {
+        self.shared.view.write().expect("view lock")
     }
 
     /// Blocks the calling thread until `ready` holds for the view, or `timeout` passes;
     /// returns whether it holds. Wakes on every change.
     pub fn wait_until(&self, timeout: Duration, mut ready: impl FnMut(&View) -> bool) -> bool {
         let deadline = Instant::now() + timeout;
-        let mut view = self.view();
         loop {
-            if ready(&view) {
+            // Read before the check: a change after it moves the counter, and the wait below
+            // then returns at once instead of missing it.
+            let seen = *self.shared.version.lock().expect("version lock");
+            if ready(&self.view()) {
                 return true;
             }
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
+            let mut version = self.shared.version.lock().expect("version lock");
+            while *version == seen {
+                let now = Instant::now();
+                if now >= deadline {
+                    return false;
+                }
+                version = self
+                    .shared
+                    .changed
+                    .wait_timeout(version, deadline - now)
+                    .expect("version lock")
+                    .0;
             }
-            view = self
-                .shared
-                .changed
-                .wait_timeout(view, deadline - now)
-                .expect("view lock")
-                .0;
         }
     }
 
@@ -150,5 +170,46 @@ impl LocalCopy {
                 return ready(&self.view());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use super::*;
+    use crate::state::ClusterState;
+
+    fn snapshot(index: u64) -> StateEvent {
+        StateEvent::Snapshot {
+            index,
+            state: ClusterState::default(),
+        }
+    }
+
+    #[test]
+    fn a_reader_holding_the_view_keeps_no_other_reader_out() {
+        let copy = LocalCopy::default();
+        copy.apply_state(snapshot(3));
+        let held = copy.view();
+        let (tx, rx) = mpsc::channel();
+        let other = copy.clone();
+        std::thread::spawn(move || tx.send(other.view().index).unwrap());
+        let read = rx.recv_timeout(Duration::from_secs(10));
+        assert_eq!(read, Ok(3), "the second read waited for the first");
+        drop(held);
+    }
+
+    #[test]
+    fn a_blocking_wait_wakes_on_the_change_it_waits_for_and_times_out_without_it() {
+        let copy = LocalCopy::default();
+        let waiter = copy.clone();
+        let waiting = std::thread::spawn(move || {
+            waiter.wait_until(Duration::from_secs(30), |v| v.index >= 7)
+        });
+        copy.apply_state(snapshot(5));
+        copy.apply_state(snapshot(7));
+        assert!(waiting.join().unwrap());
+        assert!(!copy.wait_until(Duration::from_millis(50), |v| v.index >= 8));
     }
 }

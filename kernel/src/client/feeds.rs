@@ -120,7 +120,7 @@ async fn stream_state(client: &MasterClient, copy: &LocalCopy, addr: &str) -> En
                         copy.set_streams(Some(true), None);
                     }
                     client.answered();
-                    copy.apply_state(&event);
+                    copy.apply_state(event);
                 }
                 Err(e) => return ended(format!("bad state event: {e}")),
             },

@@ -75,7 +75,7 @@ fn mount(sim: Simulated) -> Result<Mounted> {
         .collect();
     let copy = LocalCopy::default();
     let index = sim.index;
-    copy.apply_state(&StateEvent::Snapshot {
+    copy.apply_state(StateEvent::Snapshot {
         index,
         state: sim.state,
     });
