@@ -314,8 +314,7 @@ pub fn agent_available(view: &View, agent_id: &str) -> Resources {
     };
     let offered = view
         .offers
-        .values()
-        .filter(|o| o.agent_id == agent_id)
+        .on_agent(agent_id)
         .fold(Resources::default(), |acc, o| acc.add(&o.resources));
     minus(
         &minus(&agent.resources, &view.state.allocated_on(agent_id)),

@@ -10,7 +10,7 @@
 //!   leader (offers, refused writes, the masters' roles). It is numbered within one leadership;
 //!   when the leadership ends, the stream ends and the copy drops the leader's offers.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -213,6 +213,90 @@ impl EventLog {
     }
 }
 
+/// Outstanding offers by id, with each framework's and each agent's kept as offers come and
+/// go, so that a framework's `offers/` or an agent's free resources cost no walk of every offer.
+#[derive(Clone, Debug, Default)]
+pub struct Offers {
+    by_id: BTreeMap<String, Offer>,
+    by_framework: HashMap<FrameworkId, BTreeSet<String>>,
+    by_agent: HashMap<String, BTreeSet<String>>,
+}
+
+impl Offers {
+    /// An offer by id.
+    pub fn get(&self, id: &str) -> Option<&Offer> {
+        self.by_id.get(id)
+    }
+
+    /// Every offer, by id.
+    pub fn values(&self) -> impl Iterator<Item = &Offer> {
+        self.by_id.values()
+    }
+
+    /// How many offers there are.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// Adds an offer, or replaces the one with its id.
+    pub fn insert(&mut self, offer: Offer) {
+        self.remove(&offer.id);
+        self.by_framework
+            .entry(offer.framework_id.clone())
+            .or_default()
+            .insert(offer.id.clone());
+        self.by_agent
+            .entry(offer.agent_id.clone())
+            .or_default()
+            .insert(offer.id.clone());
+        self.by_id.insert(offer.id.clone(), offer);
+    }
+
+    /// Removes an offer by id.
+    pub fn remove(&mut self, id: &str) -> Option<Offer> {
+        let offer = self.by_id.remove(id)?;
+        for (index, key) in [
+            (&mut self.by_framework, &offer.framework_id),
+            (&mut self.by_agent, &offer.agent_id),
+        ] {
+            if let Some(ids) = index.get_mut(key) {
+                ids.remove(id);
+                if ids.is_empty() {
+                    index.remove(key);
+                }
+            }
+        }
+        Some(offer)
+    }
+
+    /// The offers made to a framework, by id.
+    pub fn of_framework<'a>(&'a self, framework_id: &str) -> impl Iterator<Item = &'a Offer> {
+        self.of(&self.by_framework, framework_id)
+    }
+
+    /// The offers of an agent's resources, by id.
+    pub fn on_agent<'a>(&'a self, agent_id: &str) -> impl Iterator<Item = &'a Offer> {
+        self.of(&self.by_agent, agent_id)
+    }
+
+    fn of<'a>(
+        &'a self,
+        index: &'a HashMap<String, BTreeSet<String>>,
+        key: &str,
+    ) -> impl Iterator<Item = &'a Offer> {
+        index
+            .get(key)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.by_id.get(id))
+    }
+}
+
 /// A local copy of the cluster: the replicated state from the state stream, what the leader
 /// holds from the leader stream, and per-framework event lines and last errors derived from
 /// both.
@@ -228,8 +312,8 @@ pub struct View {
     pub leader: Option<LeaderInfo>,
     /// Position of the last leader event applied (within `leader`'s leadership).
     pub leader_seq: u64,
-    /// Outstanding offers by id (the leader's; none without a leader).
-    pub offers: BTreeMap<String, Offer>,
+    /// Outstanding offers (the leader's; none without a leader).
+    pub offers: Offers,
     /// The masters as the leader last reported them.
     pub masters: Vec<MasterStatus>,
     /// Event lines per framework id.
@@ -309,12 +393,12 @@ impl View {
                 self.masters = masters.clone();
                 self.why = why.clone();
                 for o in offers {
-                    self.offers.insert(o.id.clone(), o.clone());
+                    self.offers.insert(o.clone());
                     self.log(&o.framework_id, offer_line(o));
                 }
             }
             LeaderEvent::OfferCreated { offer, .. } => {
-                self.offers.insert(offer.id.clone(), offer.clone());
+                self.offers.insert(offer.clone());
                 self.log(&offer.framework_id, offer_line(offer));
             }
             LeaderEvent::OfferRemoved {
@@ -362,7 +446,7 @@ impl View {
 
     fn drop_offers(&mut self, reason: &str) {
         let offers = std::mem::take(&mut self.offers);
-        for o in offers.values() {
+        for o in offers.by_id.values() {
             self.log(&o.framework_id, format!("rescind {} {reason}\n", o.id));
         }
     }
@@ -386,9 +470,7 @@ impl View {
         &'a self,
         framework_id: &'a str,
     ) -> impl Iterator<Item = &'a Offer> {
-        self.offers
-            .values()
-            .filter(move |o| o.framework_id == framework_id)
+        self.offers.of_framework(framework_id)
     }
 
     /// A task of a registered framework, by framework name and task name.
@@ -434,6 +516,43 @@ mod tests {
                 time_ms: 3,
             },
         }
+    }
+
+    fn offer(id: &str, framework: &str, agent: &str) -> Offer {
+        Offer {
+            id: id.into(),
+            framework_id: framework.into(),
+            agent_id: agent.into(),
+            hostname: "h".into(),
+            resources: Resources::parse("cpus:1;mem:10").unwrap(),
+            role: "*".into(),
+            created_ms: 1,
+            optimistic: false,
+        }
+    }
+
+    #[test]
+    fn offers_are_found_by_framework_and_by_agent_as_they_come_and_go() {
+        let mut offers = Offers::default();
+        offers.insert(offer("1-1", "f1", "a1"));
+        offers.insert(offer("1-2", "f1", "a2"));
+        offers.insert(offer("1-3", "f2", "a1"));
+        let ids = |it: Vec<&Offer>| it.iter().map(|o| o.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(offers.of_framework("f1").collect()), ["1-1", "1-2"]);
+        assert_eq!(ids(offers.on_agent("a1").collect()), ["1-1", "1-3"]);
+        // A changed offer (a launch used part of it) replaces the one with its id.
+        let mut smaller = offer("1-1", "f1", "a1");
+        smaller.resources = Resources::parse("cpus:0.5;mem:5").unwrap();
+        offers.insert(smaller.clone());
+        assert_eq!(offers.len(), 3);
+        assert_eq!(offers.on_agent("a1").next(), Some(&smaller));
+        assert_eq!(offers.remove("1-1"), Some(smaller));
+        assert_eq!(ids(offers.of_framework("f1").collect()), ["1-2"]);
+        assert_eq!(ids(offers.on_agent("a1").collect()), ["1-3"]);
+        offers.remove("1-2");
+        offers.remove("1-3");
+        assert!(offers.is_empty() && offers.by_framework.is_empty() && offers.by_agent.is_empty());
+        assert_eq!(offers.of_framework("f1").count(), 0);
     }
 
     #[test]
