@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
 
 use crate::resources::Resources;
-use crate::watch::{LeaderEvent, LeaderInfo, MasterStatus, Offer};
+use crate::watch::{LeaderEvent, LeaderInfo, MasterStatus, Offer, Offers};
 
 /// How many events a slow follower of the leader stream may fall behind before its stream is
 /// ended (it reconnects and starts over).
@@ -32,7 +32,7 @@ fn encode(event: &LeaderEvent) -> Arc<EncodedLeaderEvent> {
 
 struct Inner {
     seq: u64,
-    offers: BTreeMap<String, Offer>,
+    offers: Offers,
     masters: Vec<MasterStatus>,
     why: BTreeMap<String, String>,
     tx: Option<broadcast::Sender<Arc<EncodedLeaderEvent>>>,
@@ -51,7 +51,7 @@ impl Board {
             leader,
             inner: Mutex::new(Inner {
                 seq: 0,
-                offers: BTreeMap::new(),
+                offers: Offers::default(),
                 masters: Vec::new(),
                 why: BTreeMap::new(),
                 tx: Some(broadcast::channel(BUFFER).0),
@@ -104,7 +104,7 @@ impl Board {
     }
 
     /// Reads the outstanding offers.
-    pub fn read<R>(&self, f: impl FnOnce(&BTreeMap<String, Offer>) -> R) -> R {
+    pub fn read<R>(&self, f: impl FnOnce(&Offers) -> R) -> R {
         f(&self.lock().offers)
     }
 
@@ -116,18 +116,18 @@ impl Board {
     /// Adds an offer.
     pub fn add_offer(&self, offer: Offer) -> u64 {
         let mut inner = self.lock();
-        inner.offers.insert(offer.id.clone(), offer.clone());
+        inner.offers.insert(offer.clone());
         Self::publish(&mut inner, |seq| LeaderEvent::OfferCreated { seq, offer })
     }
 
     /// Changes what an outstanding offer holds (after a launch used part of it).
     pub fn update_offer(&self, offer_id: &str, resources: Resources) {
         let mut inner = self.lock();
-        let Some(offer) = inner.offers.get_mut(offer_id) else {
+        let Some(mut offer) = inner.offers.get(offer_id).cloned() else {
             return;
         };
         offer.resources = resources;
-        let offer = offer.clone();
+        inner.offers.insert(offer.clone());
         Self::publish(&mut inner, |seq| LeaderEvent::OfferCreated { seq, offer });
     }
 

@@ -125,8 +125,8 @@ impl Leader {
         });
         let exclusive = self.board.read(|offers| {
             offers
-                .values()
-                .filter(|o| o.agent_id == agent_id && !o.optimistic)
+                .on_agent(agent_id)
+                .filter(|o| !o.optimistic)
                 .fold(Resources::new(), |acc, o| acc.add(&o.resources))
         });
         unheld
@@ -164,8 +164,8 @@ impl Leader {
         let free = self.free_for_optimistic(&alloc, agent_id);
         let stale: Vec<Offer> = self.board.read(|offers| {
             offers
-                .values()
-                .filter(|o| o.agent_id == agent_id && o.optimistic)
+                .on_agent(agent_id)
+                .filter(|o| o.optimistic)
                 .filter(|o| !free.contains(&o.resources))
                 .cloned()
                 .collect()
