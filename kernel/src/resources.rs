@@ -1071,16 +1071,28 @@ impl Resources {
     /// Self less other, or None unless self contains other.
     pub fn checked_sub(&self, other: &Resources) -> Option<Resources> {
         let mut out = self.clone();
+        out.checked_sub_assign(other).then_some(out)
+    }
+
+    /// Takes other out of self in place if self contains it (what [`Resources::checked_sub`]
+    /// returns), and says whether it did; self is unchanged if not.
+    pub fn checked_sub_assign(&mut self, other: &Resources) -> bool {
+        if !self.contains(other) {
+            return false;
+        }
         for (name, value) in &other.0 {
-            let mine = out.0.get_mut(name)?;
-            let rest = mine.checked_sub(value)?;
-            if rest.is_empty() {
-                out.0.remove(name);
-            } else {
-                *mine = rest;
+            let Some(mine) = self.0.get_mut(name) else {
+                continue;
+            };
+            // Contained, so the subtraction is defined.
+            match mine.checked_sub(value) {
+                Some(rest) if !rest.is_empty() => *mine = rest,
+                _ => {
+                    self.0.remove(name);
+                }
             }
         }
-        Some(out)
+        true
     }
 
     /// Self less other, entry by entry, as far as self holds it (scalars stop at zero).

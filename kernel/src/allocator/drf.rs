@@ -231,42 +231,56 @@ impl Sorter {
         };
         r.sorted
             .remove(&(Share(dominant(total, &held)), framework.to_string()));
-        r.total.sub(&held);
-        self.change_subtrees(role, &held, &Amounts::default());
+        self.less(role, &held);
     }
 
-    /// Moves the subtree sums of `role` and the roles above it from `old` to `new`.
-    fn change_subtrees(&mut self, role: &str, old: &Amounts, new: &Amounts) {
+    /// Adds `more` to what `role` holds, and to the subtree sums of it and the roles above it.
+    fn more(&mut self, role: &str, more: &Amounts) {
+        if let Some(r) = self.roles.get_mut(role) {
+            r.total.add(more);
+        }
         for node in std::iter::once(role).chain(ancestors(role)) {
             if let Some(r) = self.roles.get_mut(node) {
-                r.subtree.sub(old);
-                r.subtree.add(new);
+                r.subtree.add(more);
             }
         }
     }
 
-    /// Changes what a framework holds in a role, keeping the order.
+    /// Takes `less` from what `role` holds, and from the subtree sums of it and the roles
+    /// above it.
+    fn less(&mut self, role: &str, less: &Amounts) {
+        if let Some(r) = self.roles.get_mut(role) {
+            r.total.sub(less);
+        }
+        for node in std::iter::once(role).chain(ancestors(role)) {
+            if let Some(r) = self.roles.get_mut(node) {
+                r.subtree.sub(less);
+            }
+        }
+    }
+
+    /// Changes what a framework holds in a role with `f`, keeping the role's order.
     fn change(&mut self, role: &str, framework: &str, f: impl FnOnce(&mut Amounts)) {
         self.add_client(role, framework);
         let total = &self.total;
         let r = self.roles.get_mut(role).expect("role just added");
         let held = r.clients.get_mut(framework).expect("client just added");
-        let old = held.clone();
+        let before = Share(dominant(total, held));
         f(held);
-        let new = held.clone();
-        let name = framework.to_string();
-        r.sorted
-            .remove(&(Share(dominant(total, &old)), name.clone()));
-        r.sorted.insert((Share(dominant(total, &new)), name));
-        r.total.sub(&old);
-        r.total.add(&new);
-        self.change_subtrees(role, &old, &new);
+        let after = Share(dominant(total, held));
+        if before != after {
+            let mut key = (before, framework.to_string());
+            r.sorted.remove(&key);
+            key.0 = after;
+            r.sorted.insert(key);
+        }
     }
 
     /// Counts `resources` as held by a framework in a role (offered or allocated).
     pub fn allocate(&mut self, role: &str, framework: &str, resources: &Resources) {
         let more = self.amounts(resources);
         self.change(role, framework, |h| h.add(&more));
+        self.more(role, &more);
     }
 
     /// No longer counts `resources` as held by a framework in a role.
@@ -277,8 +291,20 @@ impl Sorter {
             .is_some_and(|r| r.clients.contains_key(framework));
         if known {
             let less = self.amounts(resources);
+            let mut gone = self.held_amounts(role, framework);
             self.change(role, framework, |h| h.sub(&less));
+            // What it held less what it holds now: no more than it had.
+            gone.sub(&self.held_amounts(role, framework));
+            self.less(role, &gone);
         }
+    }
+
+    fn held_amounts(&self, role: &str, framework: &str) -> Amounts {
+        self.roles
+            .get(role)
+            .and_then(|r| r.clients.get(framework))
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// What a role and every role under it hold.

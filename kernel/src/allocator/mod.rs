@@ -272,7 +272,9 @@ fn take(
     offer: Resources,
 ) {
     sorter.allocate(&role, &framework_id, &offer);
-    agent.resources = agent.resources.checked_sub(&offer).unwrap_or_default();
+    if !agent.resources.checked_sub_assign(&offer) {
+        agent.resources = Resources::default();
+    }
     out.push(Planned {
         agent_id: agent.agent_id.clone(),
         framework_id,

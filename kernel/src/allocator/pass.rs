@@ -158,7 +158,9 @@ pub fn run(input: &Input) -> Output {
             ];
             let mut left = a.resources.clone();
             for t in taken.into_iter().flatten() {
-                left = left.checked_sub(t)?;
+                if !left.checked_sub_assign(t) {
+                    return None;
+                }
             }
             Some(Free {
                 agent_id: a.id.clone(),
