@@ -156,12 +156,15 @@ pub fn render(view: &View, node: &Node, users: &Users) -> Option<String> {
                         .as_ref()
                         .map_or_else(String::new, |l| l.to_string()),
                 ),
+                // From the sums the state keeps by role and framework: no walk of the tasks.
                 RoleFile::Allocated => line(
                     view.state
-                        .tasks
-                        .values()
-                        .filter(|t| is_within(&t.role, role) && !t.state().is_terminal())
-                        .fold(Resources::default(), |acc, t| acc.add(&t.resources))
+                        .allocated_by_role()
+                        .filter(|(r, _, _)| is_within(r, role))
+                        .fold(Resources::default(), |mut acc, (_, _, held)| {
+                            acc.add_assign(held);
+                            acc
+                        })
                         .to_string(),
                 ),
                 RoleFile::Offered => line(
@@ -297,12 +300,13 @@ pub fn cluster_resources(view: &View) -> String {
         .offers
         .values()
         .fold(Resources::default(), |acc, o| acc.add(&o.resources));
-    let allocated = view
-        .state
-        .tasks
-        .values()
-        .filter(|t| !t.state().is_terminal())
-        .fold(Resources::default(), |acc, t| acc.add(&t.resources));
+    let allocated =
+        view.state
+            .allocated_by_agent()
+            .fold(Resources::default(), |mut acc, (_, held)| {
+                acc.add_assign(held);
+                acc
+            });
     let available = minus(&minus(&total, &allocated), &offered);
     format!("total {total}\noffered {offered}\nallocated {allocated}\navailable {available}\n")
 }
