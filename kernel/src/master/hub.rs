@@ -293,7 +293,10 @@ mod tests {
         assert_eq!(decoded, frozen);
         assert_eq!(decoded.applied_index, 3);
         assert_eq!(decoded.tasks.len(), 1);
-        assert_eq!(decoded.tasks[&task_id(&fw, "t")].state(), TaskState::Staging);
+        assert_eq!(
+            decoded.tasks[&task_id(&fw, "t")].state(),
+            TaskState::Staging
+        );
         assert!(decoded.framework_by_name("g").is_none());
         hub.read(|s| {
             assert_eq!(s.applied_index, 6);

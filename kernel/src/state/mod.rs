@@ -6,6 +6,7 @@
 //! carried in the command, never read from the clock during apply.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use imbl::{HashMap, OrdMap, OrdSet};
 
@@ -474,8 +475,9 @@ pub struct ClusterState {
     pub agents: OrdMap<AgentId, AgentInfo>,
     /// Frameworks by id, including torn-down ones.
     pub frameworks: OrdMap<FrameworkId, FrameworkInfo>,
-    /// Tasks by cluster-unique id.
-    pub tasks: OrdMap<String, TaskInfo>,
+    /// Tasks by cluster-unique id. Each behind its own `Arc`: a change to a task a snapshot's
+    /// copy still shares copies that task, not the 16 others of its tree node.
+    pub tasks: OrdMap<String, Arc<TaskInfo>>,
     /// How many frameworks ever registered; numbers framework ids.
     pub framework_seq: u64,
     /// The Raft log index of the last command applied.
@@ -553,7 +555,7 @@ impl Index {
 struct Stored {
     agents: OrdMap<AgentId, AgentInfo>,
     frameworks: OrdMap<FrameworkId, FrameworkInfo>,
-    tasks: OrdMap<String, TaskInfo>,
+    tasks: OrdMap<String, Arc<TaskInfo>>,
     framework_seq: u64,
     applied_index: u64,
     #[serde(default)]
@@ -641,7 +643,7 @@ impl ClusterState {
         self.tasks
             .range(prefix.clone()..)
             .take_while(move |(id, _)| id.starts_with(&prefix))
-            .map(|(_, t)| t)
+            .map(|(_, t)| &**t)
             .filter(move |t| t.framework_id == framework_id)
     }
 
@@ -652,7 +654,7 @@ impl ClusterState {
             .get(agent_id)
             .into_iter()
             .flatten()
-            .filter_map(|id| self.tasks.get(id))
+            .filter_map(|id| self.tasks.get(id).map(|t| &**t))
     }
 
     /// Removes a task from the state and its lookups.
@@ -1013,7 +1015,7 @@ impl ClusterState {
                     .collect();
                 for id in &to_kill {
                     if let Some(t) = self.tasks.get_mut(id) {
-                        t.kill_requested = true;
+                        Arc::make_mut(t).kill_requested = true;
                     }
                 }
                 self.prune_completed_frameworks();
@@ -1074,7 +1076,7 @@ impl ClusterState {
                         }],
                     };
                     self.index.task_live(&task);
-                    self.tasks.insert(id, task);
+                    self.tasks.insert(id, Arc::new(task));
                 }
                 Applied {
                     transitions,
@@ -1146,7 +1148,7 @@ impl ClusterState {
                     Applied::refused(StateError::TaskEnded(t.name.clone()))
                 }
                 Some(t) => {
-                    t.kill_requested = true;
+                    Arc::make_mut(t).kill_requested = true;
                     Applied {
                         to_kill: vec![task_id.clone()],
                         ..Applied::default()
@@ -1173,14 +1175,15 @@ impl ClusterState {
     /// (updates are retried, so duplicates and stale ones are normal). A task that ends may push
     /// old history out.
     fn push_transition(&mut self, id: &str, transition: Transition) -> Option<NewTransition> {
-        let t = self.tasks.get_mut(id)?;
-        let current = t.state();
+        let current = self.tasks.get(id)?.state();
         // A task's states only move forward (an update sent again after a failover, arriving
         // after a later one, must not take the task back).
         if current.is_terminal() || (!transition.state.is_terminal() && transition.state <= current)
         {
             return None;
         }
+        // Copied here only if a snapshot's copy still shares it (and only then).
+        let t = Arc::make_mut(self.tasks.get_mut(id).expect("looked up above"));
         let ended = transition.state.is_terminal();
         t.history.push(transition);
         let added = NewTransition {
@@ -1967,7 +1970,11 @@ mod tests {
         let std_maps = WithBTreeMaps {
             agents: s.agents.clone().into_iter().collect(),
             frameworks: s.frameworks.clone().into_iter().collect(),
-            tasks: s.tasks.clone().into_iter().collect(),
+            tasks: s
+                .tasks
+                .values()
+                .map(|t| (t.id.clone(), (**t).clone()))
+                .collect(),
             framework_seq: s.framework_seq,
             applied_index: s.applied_index,
             clients: s.clients.clone(),
@@ -2000,7 +2007,10 @@ mod tests {
         assert_eq!(frozen.tasks[&task_id(&fw, "u")].state(), TaskState::Staging);
         assert_eq!(frozen.framework_by_name("hello").unwrap().id, fw);
         assert_eq!(
-            frozen.agent_tasks("a1").map(|t| t.name.as_str()).collect::<Vec<_>>(),
+            frozen
+                .agent_tasks("a1")
+                .map(|t| t.name.as_str())
+                .collect::<Vec<_>>(),
             ["t", "u"]
         );
         assert_eq!(frozen.allocated_on("a1"), res("cpus:0.1;mem:32"));

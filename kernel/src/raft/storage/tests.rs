@@ -289,15 +289,19 @@ async fn snapshot_and_purge_survive_restart() -> Result<(), Err> {
 }
 
 #[tokio::test]
-async fn a_snapshot_holds_the_state_frozen_with_its_builder_not_commands_applied_after() -> Result<(), Err> {
+async fn a_snapshot_holds_the_state_frozen_with_its_builder_not_commands_applied_after(
+) -> Result<(), Err> {
     let dir = TempDir::new().unwrap();
     let (_log, mut sm, _) = open_at(dir.path()).await;
     sm.apply(vec![membership(1, 1), normal(1, 2, put("a", "1"))])
         .await?;
     // openraft builds the snapshot in a task of its own while apply goes on.
     let mut builder = sm.get_snapshot_builder().await;
-    sm.apply(vec![normal(1, 3, put("a", "2")), normal(1, 4, put("b", "3"))])
-        .await?;
+    sm.apply(vec![
+        normal(1, 3, put("a", "2")),
+        normal(1, 4, put("b", "3")),
+    ])
+    .await?;
     let snap = builder.build_snapshot().await?;
     assert_eq!(snap.meta.last_log_id, Some(log_id(1, 1, 2)));
     let kv: Kv = serde_json::from_slice(&snap.snapshot.into_inner()).unwrap();
