@@ -355,6 +355,7 @@ pub fn agent_link_task<'a>(view: &'a View, agent: &str, link: &str) -> Option<&'
         view.state
             .tasks
             .get(&task_id(&fw.id, &link[i + 1..]))
+            .map(|t| &**t)
             .filter(|t| t.agent_id == agent)
     })
 }
@@ -373,7 +374,10 @@ fn offer_of<'a>(
 /// The task a framework-relative node names, if the framework is registered.
 pub fn task_of<'a>(view: &'a View, framework_id: &str, name: &str) -> Option<&'a TaskInfo> {
     active_framework(view, framework_id)?;
-    view.state.tasks.get(&task_id(framework_id, name))
+    view.state
+        .tasks
+        .get(&task_id(framework_id, name))
+        .map(|t| &**t)
 }
 
 impl Node {

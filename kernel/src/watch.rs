@@ -476,7 +476,7 @@ impl View {
     /// A task of a registered framework, by framework name and task name.
     pub fn task(&self, framework: &str, name: &str) -> Option<&TaskInfo> {
         let fw = self.state.framework_by_name(framework)?;
-        self.state.tasks.get(&task_id(&fw.id, name))
+        self.state.tasks.get(&task_id(&fw.id, name)).map(|t| &**t)
     }
 }
 

@@ -2,7 +2,8 @@
 //! this master reads: from any log position its log still holds, then live.
 //!
 //! One lock orders apply and subscription, so a watcher that subscribes under it at index `i`
-//! gets exactly the commands after `i`.
+//! gets exactly the commands after `i`. Whole-state copies (a new watcher's snapshot, Raft's)
+//! are clones of the state's shared maps taken under it, encoded after it is released.
 
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -102,6 +103,7 @@ impl Hub {
             });
             (snapshot, applied, self.tx.subscribe())
         };
+        // Encoded outside the lock: the clone is the state as of `applied` whatever applies now.
         if let Some(s) = snapshot {
             return Subscription {
                 first: vec![Encoded::new(&s)],
@@ -167,6 +169,7 @@ impl Hub {
 impl ReplicatedState for Hub {
     type Command = Command;
     type Response = Response;
+    type Frozen = ClusterState;
 
     fn apply(&self, index: u64, cmd: &Command) -> Response {
         let mut state = self.lock();
@@ -181,19 +184,128 @@ impl ReplicatedState for Hub {
         Response { applied }
     }
 
-    fn snapshot(&self) -> Vec<u8> {
-        serde_json::to_vec(&*self.lock()).expect("cluster state serializes")
+    fn freeze(&self) -> ClusterState {
+        self.lock().clone()
+    }
+
+    fn encode(frozen: &ClusterState) -> Vec<u8> {
+        serde_json::to_vec(frozen).expect("cluster state serializes")
     }
 
     fn restore(&self, bytes: &[u8]) -> Result<(), String> {
         let restored: ClusterState =
             serde_json::from_slice(bytes).map_err(|e| format!("bad state snapshot: {e}"))?;
-        let mut state = self.lock();
-        *state = restored;
-        let _ = self.tx.send(Encoded::new(&StateEvent::Snapshot {
-            index: state.applied_index,
-            state: state.clone(),
-        }));
+        // Encoded for the watchers before the lock is taken; sent under it, so that a watcher
+        // subscribing meanwhile gets either this event or the restored state, not both or none.
+        let event = StateEvent::Snapshot {
+            index: restored.applied_index,
+            state: restored.clone(),
+        };
+        let encoded = Encoded::new(&event);
+        drop(event);
+        let previous = {
+            let mut state = self.lock();
+            let previous = std::mem::replace(&mut *state, restored);
+            let _ = self.tx.send(encoded);
+            previous
+        };
+        // Freed outside the lock: the replaced state can be large.
+        drop(previous);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::parse_spec_line;
+    use crate::state::{task_id, NewTask, TaskState, Transition};
+
+    fn register(name: &str) -> Command {
+        Command::RegisterFramework {
+            name: name.into(),
+            user: "root".into(),
+            principal: None,
+            uid: 0,
+            gid: 0,
+            time_ms: 1,
+        }
+    }
+
+    fn launch(framework_id: &str, name: &str) -> Command {
+        let spec = parse_spec_line(&format!("name={name} cpus=1 mem=64 -- sleep 9")).unwrap();
+        Command::LaunchTasks {
+            framework_id: framework_id.into(),
+            agent_id: "a1".into(),
+            role: "*".into(),
+            tasks: vec![NewTask {
+                resources: spec.resources(),
+                spec,
+                ports: vec![],
+            }],
+            time_ms: 2,
+        }
+    }
+
+    #[test]
+    fn a_frozen_snapshot_encodes_the_state_as_of_the_freeze_whatever_applies_after() {
+        let hub = Hub::new();
+        hub.apply(
+            1,
+            &Command::RegisterAgent {
+                agent: crate::state::AgentInfo {
+                    id: "a1".into(),
+                    hostname: "h".into(),
+                    address: "127.0.0.1:1".into(),
+                    resources: crate::resources::Resources::parse("cpus:4;mem:1024").unwrap(),
+                    state: crate::state::AgentState::Active,
+                    registered_ms: 1,
+                    registration: 0,
+                    attributes: Default::default(),
+                },
+                running: vec![],
+            },
+        );
+        let fw = hub.apply(2, &register("f")).applied.framework_id.unwrap();
+        hub.apply(3, &launch(&fw, "t"));
+        let frozen = hub.freeze();
+        let as_frozen = hub.read(|s| serde_json::to_vec(s).unwrap());
+
+        // Commands go on applying, to the same maps the frozen copy shares.
+        hub.apply(4, &launch(&fw, "u"));
+        hub.apply(
+            5,
+            &Command::UpdateTask {
+                task_id: task_id(&fw, "t"),
+                transition: Transition {
+                    state: TaskState::Running,
+                    reason: String::new(),
+                    message: String::new(),
+                    time_ms: 5,
+                },
+            },
+        );
+        hub.apply(6, &register("g"));
+
+        let bytes = Hub::encode(&frozen);
+        assert_eq!(bytes, as_frozen);
+        let decoded: ClusterState = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(decoded, frozen);
+        assert_eq!(decoded.applied_index, 3);
+        assert_eq!(decoded.tasks.len(), 1);
+        assert_eq!(
+            decoded.tasks[&task_id(&fw, "t")].state(),
+            TaskState::Staging
+        );
+        assert!(decoded.framework_by_name("g").is_none());
+        hub.read(|s| {
+            assert_eq!(s.applied_index, 6);
+            assert_eq!(s.tasks.len(), 2);
+            assert_eq!(s.tasks[&task_id(&fw, "t")].state(), TaskState::Running);
+        });
+
+        // Restoring it takes the hub back to the freeze.
+        hub.restore(&bytes).unwrap();
+        assert_eq!(hub.read(ClusterState::clone), frozen);
     }
 }

@@ -5,7 +5,10 @@
 //! commands in the same order and reach the same state. Times are stamped by the proposer and
 //! carried in the command, never read from the clock during apply.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use imbl::{HashMap, OrdMap, OrdSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -460,15 +463,21 @@ pub const MAX_COMPLETED_TASKS_PER_FRAMEWORK: usize = 1000;
 pub const MAX_COMPLETED_FRAMEWORKS: usize = 50;
 
 /// The whole replicated state.
+///
+/// Its large maps, and those of its lookups, are persistent (structurally shared) maps: a clone
+/// costs a few pointer copies whatever the state's size, and a change after it copies only the
+/// nodes on its path. A snapshot (Raft's, or a new watcher's) is such a clone taken under the
+/// state's lock, encoded outside it. They serialize exactly as the `BTreeMap`s they replaced.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "Stored")]
 pub struct ClusterState {
     /// Agents by id.
-    pub agents: BTreeMap<AgentId, AgentInfo>,
+    pub agents: OrdMap<AgentId, AgentInfo>,
     /// Frameworks by id, including torn-down ones.
-    pub frameworks: BTreeMap<FrameworkId, FrameworkInfo>,
-    /// Tasks by cluster-unique id.
-    pub tasks: BTreeMap<String, TaskInfo>,
+    pub frameworks: OrdMap<FrameworkId, FrameworkInfo>,
+    /// Tasks by cluster-unique id. Each behind its own `Arc`: a change to a task a snapshot's
+    /// copy still shares copies that task, not the 16 others of its tree node.
+    pub tasks: OrdMap<String, Arc<TaskInfo>>,
     /// How many frameworks ever registered; numbers framework ids.
     pub framework_seq: u64,
     /// The Raft log index of the last command applied.
@@ -495,9 +504,9 @@ struct Index {
     /// Registered (not torn-down) frameworks' ids, by name.
     by_name: HashMap<String, FrameworkId>,
     /// Task ids, by the agent they are placed on.
-    by_agent: HashMap<AgentId, BTreeSet<String>>,
+    by_agent: HashMap<AgentId, OrdSet<String>>,
     /// Ended tasks by framework, oldest first (the time of their end, their id).
-    ended: HashMap<FrameworkId, BTreeSet<(u64, String)>>,
+    ended: HashMap<FrameworkId, OrdSet<(u64, String)>>,
     /// What live tasks hold, by agent.
     allocated: HashMap<AgentId, Resources>,
     /// What live tasks hold, by (role, framework).
@@ -544,9 +553,9 @@ impl Index {
 /// The stored form of a [`ClusterState`]: everything but its lookups.
 #[derive(Deserialize)]
 struct Stored {
-    agents: BTreeMap<AgentId, AgentInfo>,
-    frameworks: BTreeMap<FrameworkId, FrameworkInfo>,
-    tasks: BTreeMap<String, TaskInfo>,
+    agents: OrdMap<AgentId, AgentInfo>,
+    frameworks: OrdMap<FrameworkId, FrameworkInfo>,
+    tasks: OrdMap<String, Arc<TaskInfo>>,
     framework_seq: u64,
     applied_index: u64,
     #[serde(default)]
@@ -634,7 +643,7 @@ impl ClusterState {
         self.tasks
             .range(prefix.clone()..)
             .take_while(move |(id, _)| id.starts_with(&prefix))
-            .map(|(_, t)| t)
+            .map(|(_, t)| &**t)
             .filter(move |t| t.framework_id == framework_id)
     }
 
@@ -645,7 +654,7 @@ impl ClusterState {
             .get(agent_id)
             .into_iter()
             .flatten()
-            .filter_map(|id| self.tasks.get(id))
+            .filter_map(|id| self.tasks.get(id).map(|t| &**t))
     }
 
     /// Removes a task from the state and its lookups.
@@ -999,11 +1008,14 @@ impl ClusterState {
                     }
                     _ => return Applied::refused(StateError::NoFramework(framework_id.clone())),
                 }
-                let mut to_kill = Vec::new();
-                for t in self.tasks.values_mut() {
-                    if t.framework_id == *framework_id && !t.state().is_terminal() {
-                        t.kill_requested = true;
-                        to_kill.push(t.id.clone());
+                let to_kill: Vec<String> = self
+                    .framework_tasks(framework_id)
+                    .filter(|t| !t.state().is_terminal())
+                    .map(|t| t.id.clone())
+                    .collect();
+                for id in &to_kill {
+                    if let Some(t) = self.tasks.get_mut(id) {
+                        Arc::make_mut(t).kill_requested = true;
                     }
                 }
                 self.prune_completed_frameworks();
@@ -1064,7 +1076,7 @@ impl ClusterState {
                         }],
                     };
                     self.index.task_live(&task);
-                    self.tasks.insert(id, task);
+                    self.tasks.insert(id, Arc::new(task));
                 }
                 Applied {
                     transitions,
@@ -1136,7 +1148,7 @@ impl ClusterState {
                     Applied::refused(StateError::TaskEnded(t.name.clone()))
                 }
                 Some(t) => {
-                    t.kill_requested = true;
+                    Arc::make_mut(t).kill_requested = true;
                     Applied {
                         to_kill: vec![task_id.clone()],
                         ..Applied::default()
@@ -1163,14 +1175,15 @@ impl ClusterState {
     /// (updates are retried, so duplicates and stale ones are normal). A task that ends may push
     /// old history out.
     fn push_transition(&mut self, id: &str, transition: Transition) -> Option<NewTransition> {
-        let t = self.tasks.get_mut(id)?;
-        let current = t.state();
+        let current = self.tasks.get(id)?.state();
         // A task's states only move forward (an update sent again after a failover, arriving
         // after a later one, must not take the task back).
         if current.is_terminal() || (!transition.state.is_terminal() && transition.state <= current)
         {
             return None;
         }
+        // Copied here only if a snapshot's copy still shares it (and only then).
+        let t = Arc::make_mut(self.tasks.get_mut(id).expect("looked up above"));
         let ended = transition.state.is_terminal();
         t.history.push(transition);
         let added = NewTransition {
@@ -1192,7 +1205,7 @@ impl ClusterState {
             if ended.len() <= MAX_COMPLETED_TASKS_PER_FRAMEWORK {
                 return;
             }
-            let Some((_, id)) = ended.pop_first() else {
+            let Some((_, id)) = ended.remove_min() else {
                 return;
             };
             self.remove_task(&id);
@@ -1902,5 +1915,107 @@ mod tests {
         assert!(s.allocated_on("a1").is_empty());
         assert_eq!(s.allocated_by_role().count(), 0);
         assert_eq!(s.allocated_by_agent().count(), 0);
+    }
+
+    /// A state with something in every stored field: agents, frameworks, live and ended tasks,
+    /// a client's write, a role and a dynamic reservation.
+    fn full_state() -> ClusterState {
+        let (mut s, fw) = cluster_with_framework();
+        s.apply(3, &launch(&fw, "a1", "name=t cpus=1 mem=100 -- sleep 9"));
+        s.apply(4, &launch(&fw, "a1", "name=u -- sleep 9"));
+        finish(&mut s, 5, &task_id(&fw, "t"));
+        s.apply(
+            6,
+            &Command::Write {
+                id: WriteId {
+                    client: "mount:m/1".into(),
+                    seq: 1,
+                    done_below: 1,
+                },
+                time_ms: 6,
+                command: Box::new(Command::ConfigureRole {
+                    role: "eng".into(),
+                    setting: RoleSetting::Weight(crate::resources::Scalar::from_units(2)),
+                }),
+            },
+        );
+        s.apply(
+            7,
+            &Command::Reserve {
+                agent_id: "a1".into(),
+                resources: res("mem(ops):100"),
+            },
+        );
+        assert!(!s.clients.clients.is_empty() && !s.roles.is_empty());
+        assert!(!s.reservations.is_empty());
+        s
+    }
+
+    #[test]
+    fn the_state_is_stored_exactly_as_it_was_with_btree_maps() {
+        // Snapshots on disk and watch events are read by other versions: the persistent maps
+        // must encode as the std maps they replaced did, and read back what those wrote.
+        #[derive(Serialize)]
+        struct WithBTreeMaps {
+            agents: BTreeMap<AgentId, AgentInfo>,
+            frameworks: BTreeMap<FrameworkId, FrameworkInfo>,
+            tasks: BTreeMap<String, TaskInfo>,
+            framework_seq: u64,
+            applied_index: u64,
+            clients: Clients,
+            roles: BTreeMap<String, RoleInfo>,
+            reservations: BTreeMap<AgentId, Resources>,
+        }
+        let s = full_state();
+        let std_maps = WithBTreeMaps {
+            agents: s.agents.clone().into_iter().collect(),
+            frameworks: s.frameworks.clone().into_iter().collect(),
+            tasks: s
+                .tasks
+                .values()
+                .map(|t| (t.id.clone(), (**t).clone()))
+                .collect(),
+            framework_seq: s.framework_seq,
+            applied_index: s.applied_index,
+            clients: s.clients.clone(),
+            roles: s.roles.clone(),
+            reservations: s.reservations.clone(),
+        };
+        let json = serde_json::to_string(&std_maps).unwrap();
+        assert_eq!(serde_json::to_string(&s).unwrap(), json);
+        let back: ClusterState = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, s, "the same state, lookups rebuilt");
+    }
+
+    #[test]
+    fn a_clone_keeps_the_state_as_of_the_clone_while_commands_change_the_original() {
+        let mut s = full_state();
+        let fw = s.framework_by_name("hello").unwrap().id.clone();
+        let frozen = s.clone();
+        let json = serde_json::to_string(&s).unwrap();
+        s.apply(8, &launch(&fw, "a1", "name=v -- sleep 9"));
+        finish(&mut s, 9, &task_id(&fw, "u"));
+        s.apply(
+            10,
+            &Command::TeardownFramework {
+                framework_id: fw.clone(),
+                time_ms: 10,
+            },
+        );
+        assert_eq!(serde_json::to_string(&frozen).unwrap(), json);
+        assert_eq!(frozen.tasks.len(), 2);
+        assert_eq!(frozen.tasks[&task_id(&fw, "u")].state(), TaskState::Staging);
+        assert_eq!(frozen.framework_by_name("hello").unwrap().id, fw);
+        assert_eq!(
+            frozen
+                .agent_tasks("a1")
+                .map(|t| t.name.as_str())
+                .collect::<Vec<_>>(),
+            ["t", "u"]
+        );
+        assert_eq!(frozen.allocated_on("a1"), res("cpus:0.1;mem:32"));
+        assert_ne!(frozen, s);
+        assert!(s.framework_by_name("hello").is_none());
+        assert_eq!(s.tasks.len(), 3);
     }
 }

@@ -2,7 +2,9 @@
 //! frameworks and T running tasks built by applying the real state machine's commands, and the
 //! real allocation pass over it. Prints the time per command in `apply`, the time of a full
 //! pass (every agent with free resources) and of a pass with nothing free, offers per second,
-//! and this process's resident memory; then, through a real mount of that state beside a
+//! and this process's resident memory; what a Raft snapshot or a new watcher's snapshot costs
+//! (the copy made under the state's lock, its encoding, and commands applied while a copy is
+//! held); then, through a real mount of that state beside a
 //! small cluster's, the latency of `cat` of a task's `state` and of `ls -l` of a framework's
 //! `tasks/` in both (`mount_reads`).
 
@@ -12,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use clap::Args;
 use mesofs_kernel::allocator::pass;
+use mesofs_kernel::state::{ClusterState, Command};
 
 use super::mount_reads::{self, Reads};
 use super::simulated::{Simulated, ROLES};
@@ -54,6 +57,60 @@ fn rss_mib() -> f64 {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         })
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Prints what a snapshot of the state costs: the copy a snapshot takes under the state's lock
+/// (commands wait for it), the encoding done outside it, and commands applied while the copy is
+/// held (with persistent maps, the first change to each part of the state copies that part).
+fn snapshot_figures(state: &ClusterState, rounds: usize) -> Result<()> {
+    let (mut clones, mut encodes) = (Vec::new(), Vec::new());
+    let mut bytes = 0;
+    for _ in 0..rounds {
+        let started = Instant::now();
+        let copy = state.clone();
+        clones.push(started.elapsed());
+        let started = Instant::now();
+        bytes = serde_json::to_vec(&copy)?.len();
+        encodes.push(started.elapsed());
+    }
+    let (clone_med, clone_min, clone_max) = spread(&clones);
+    let (encode_med, encode_min, encode_max) = spread(&encodes);
+    println!(
+        "snapshot, under the state's lock (a copy of the state; commands wait for it): median {clone_med:.3} ms (min {clone_min:.3}, max {clone_max:.3})"
+    );
+    println!(
+        "snapshot, encoding the copy (JSON, {:.0} MiB): median {encode_med:.3} ms (min {encode_min:.3}, max {encode_max:.3})",
+        bytes as f64 / (1024.0 * 1024.0)
+    );
+    // Kills of tasks spread over the whole map, each in a part of it no other touched: applied
+    // first while a snapshot's copy shares the state, then again once those parts are copied.
+    let mut live = state.clone();
+    let frozen = state.clone();
+    let step = (state.tasks.len() / 1000).max(1);
+    let sample: Vec<String> = state.tasks.keys().step_by(step).cloned().collect();
+    let mut index = state.applied_index;
+    let mut kills = |live: &mut ClusterState| {
+        let started = Instant::now();
+        for id in &sample {
+            index += 1;
+            live.apply(
+                index,
+                &Command::KillTask {
+                    task_id: id.clone(),
+                    time_ms: 4,
+                },
+            );
+        }
+        started.elapsed().as_secs_f64() * 1e6 / sample.len().max(1) as f64
+    };
+    let first = kills(&mut live);
+    let again = kills(&mut live);
+    drop(frozen);
+    println!(
+        "apply kill, {} tasks spread over the state, while a snapshot's copy is held: {first:.1} us per command the first time, {again:.1} us the second",
+        sample.len()
+    );
+    Ok(())
 }
 
 /// Runs the benchmark and prints its figures.
@@ -144,6 +201,7 @@ pub async fn run(args: AllocArgs) -> Result<()> {
         rss_mib(),
         rss_mib() - rss_before
     );
+    snapshot_figures(state, args.rounds)?;
     if args.no_mount {
         return Ok(());
     }

@@ -5,7 +5,9 @@
 //!   told they are durable.
 //! - [`StateMachineStore`]: applies committed entries to a [`ReplicatedState`] and persists its
 //!   snapshots in `<dir>/snapshots/` (temporary file, fsync, rename, fsync of the directory). On
-//!   open the newest snapshot is restored, and openraft re-applies the log after it.
+//!   open the newest snapshot is restored, and openraft re-applies the log after it. A snapshot
+//!   freezes the state between two applies (cheaply) and encodes and writes it while commands
+//!   go on applying.
 
 mod log_store;
 mod state_machine;
@@ -27,11 +29,17 @@ pub trait ReplicatedState: Send + Sync + 'static {
     type Command: openraft::AppData;
     /// What applying a command returns to its proposer.
     type Response: openraft::AppDataResponse + Default;
+    /// The whole state as of one moment, for a snapshot, unaffected by commands applied after.
+    type Frozen: Send + Sync + 'static;
     /// Apply one committed command at this log index (called in log order, never twice for the
     /// same index after a restore unless restore() was called in between).
     fn apply(&self, index: u64, cmd: &Self::Command) -> Self::Response;
-    /// Serialize the whole state (for a snapshot).
-    fn snapshot(&self) -> Vec<u8>;
+    /// A frozen copy of the state as it is now. Commands wait while it is taken, so it must be
+    /// cheap (a clone of structurally shared data, not a serialization).
+    fn freeze(&self) -> Self::Frozen;
+    /// Serialize a frozen copy of the whole state (for a snapshot). Called off the apply path,
+    /// while later commands apply.
+    fn encode(frozen: &Self::Frozen) -> Vec<u8>;
     /// Replace the whole state with a snapshot's bytes.
     fn restore(&self, bytes: &[u8]) -> Result<(), String>;
 }

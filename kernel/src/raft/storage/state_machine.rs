@@ -39,11 +39,11 @@ pub struct StateMachineStore<C: StorageTypeConfig, S> {
     _config: PhantomData<fn() -> C>,
 }
 
-/// Builds a snapshot from the state captured when it was created.
-pub struct SnapshotBuilder<C: StorageTypeConfig> {
+/// Builds a snapshot from the state frozen when it was created.
+pub struct SnapshotBuilder<C: StorageTypeConfig, S: ReplicatedState> {
     snapshots: Arc<SnapshotFiles>,
     meta: Meta<C::Node>,
-    data: Vec<u8>,
+    frozen: Arc<S::Frozen>,
     _config: PhantomData<fn() -> C>,
 }
 
@@ -124,7 +124,7 @@ where
     S: ReplicatedState,
     C: StorageTypeConfig<D = S::Command, R = S::Response>,
 {
-    type SnapshotBuilder = SnapshotBuilder<C>;
+    type SnapshotBuilder = SnapshotBuilder<C, S>;
 
     async fn applied_state(
         &mut self,
@@ -156,9 +156,10 @@ where
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        // openraft runs the builder concurrently with apply(), so capture the state now, while
-        // it matches last_applied.
-        let data = self.state.snapshot();
+        // openraft runs the builder concurrently with apply(), so freeze the state now, while
+        // it matches last_applied (no apply runs during this call); encoding it, the long part,
+        // is left to the builder.
+        let frozen = Arc::new(self.state.freeze());
         let meta = Meta {
             last_log_id: self.last_applied,
             last_membership: self.last_membership.clone(),
@@ -167,7 +168,7 @@ where
         SnapshotBuilder {
             snapshots: self.snapshots.clone(),
             meta,
-            data,
+            frozen,
             _config: PhantomData,
         }
     }
@@ -208,11 +209,20 @@ where
     }
 }
 
-impl<C: StorageTypeConfig> RaftSnapshotBuilder<C> for SnapshotBuilder<C> {
+impl<C, S> RaftSnapshotBuilder<C> for SnapshotBuilder<C, S>
+where
+    S: ReplicatedState,
+    C: StorageTypeConfig<D = S::Command, R = S::Response>,
+{
     async fn build_snapshot(&mut self) -> Result<Snapshot<C>, StoreError> {
+        let frozen = self.frozen.clone();
+        // Encoding a large state takes long: keep it off the async worker threads.
+        let data = blocking(move || Ok(S::encode(&frozen)))
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(Some(self.meta.signature()), &e))?;
         let data = self
             .snapshots
-            .persist(&self.meta, self.data.clone())
+            .persist(&self.meta, data)
             .await
             .map_err(|e| StorageIOError::write_snapshot(Some(self.meta.signature()), &e))?;
         Ok(Snapshot {

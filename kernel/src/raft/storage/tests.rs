@@ -77,6 +77,7 @@ impl KvState {
 impl ReplicatedState for KvState {
     type Command = Put;
     type Response = PutResponse;
+    type Frozen = Kv;
 
     fn apply(&self, index: u64, cmd: &Put) -> PutResponse {
         let mut kv = self.inner.lock().unwrap();
@@ -91,8 +92,12 @@ impl ReplicatedState for KvState {
         }
     }
 
-    fn snapshot(&self) -> Vec<u8> {
-        serde_json::to_vec(&*self.inner.lock().unwrap()).unwrap()
+    fn freeze(&self) -> Kv {
+        self.inner.lock().unwrap().clone()
+    }
+
+    fn encode(frozen: &Kv) -> Vec<u8> {
+        serde_json::to_vec(frozen).unwrap()
     }
 
     fn restore(&self, bytes: &[u8]) -> Result<(), String> {
@@ -280,6 +285,28 @@ async fn snapshot_and_purge_survive_restart() -> Result<(), Err> {
     assert_eq!(initial.committed, Some(log_id(1, 1, 10)));
     assert_eq!(initial.snapshot_meta, snap_meta);
     assert_eq!(state.last_index(), Some(10));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_snapshot_holds_the_state_frozen_with_its_builder_not_commands_applied_after(
+) -> Result<(), Err> {
+    let dir = TempDir::new().unwrap();
+    let (_log, mut sm, _) = open_at(dir.path()).await;
+    sm.apply(vec![membership(1, 1), normal(1, 2, put("a", "1"))])
+        .await?;
+    // openraft builds the snapshot in a task of its own while apply goes on.
+    let mut builder = sm.get_snapshot_builder().await;
+    sm.apply(vec![
+        normal(1, 3, put("a", "2")),
+        normal(1, 4, put("b", "3")),
+    ])
+    .await?;
+    let snap = builder.build_snapshot().await?;
+    assert_eq!(snap.meta.last_log_id, Some(log_id(1, 1, 2)));
+    let kv: Kv = serde_json::from_slice(&snap.snapshot.into_inner()).unwrap();
+    assert_eq!(kv.map, BTreeMap::from([("a".into(), "1".into())]));
+    assert_eq!(kv.last_index, Some(2));
     Ok(())
 }
 
