@@ -10,7 +10,9 @@
 //!   leader (offers, refused writes, the masters' roles). It is numbered within one leadership;
 //!   when the leadership ends, the stream ends and the copy drops the leader's offers.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+
+use imbl::{HashMap as ImHashMap, OrdMap, OrdSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -215,11 +217,12 @@ impl EventLog {
 
 /// Outstanding offers by id, with each framework's and each agent's kept as offers come and
 /// go, so that a framework's `offers/` or an agent's free resources cost no walk of every offer.
+/// Persistent maps: the leader's allocation pass takes a copy of them all at no cost.
 #[derive(Clone, Debug, Default)]
 pub struct Offers {
-    by_id: BTreeMap<String, Offer>,
-    by_framework: HashMap<FrameworkId, BTreeSet<String>>,
-    by_agent: HashMap<String, BTreeSet<String>>,
+    by_id: OrdMap<String, Offer>,
+    by_framework: ImHashMap<FrameworkId, OrdSet<String>>,
+    by_agent: ImHashMap<String, OrdSet<String>>,
 }
 
 impl Offers {
@@ -286,7 +289,7 @@ impl Offers {
 
     fn of<'a>(
         &'a self,
-        index: &'a HashMap<String, BTreeSet<String>>,
+        index: &'a ImHashMap<String, OrdSet<String>>,
         key: &str,
     ) -> impl Iterator<Item = &'a Offer> {
         index

@@ -15,51 +15,32 @@ use super::drf::Sorter;
 use super::{allocatable, plan, room, Free, Planned, Quota};
 use crate::allocator::roles::RoleInfo;
 use crate::resources::Resources;
-use crate::state::{AgentInfo, AgentState, ClusterState, FrameworkInfo};
-use crate::watch::Offer;
+use crate::state::{AgentInfo, AgentState, Allocations, ClusterState, FrameworkInfo};
+use crate::watch::Offers;
 
-/// What a pass needs of the replicated state, copied out of it.
+/// What a pass needs of the replicated state, copied out of it: persistent maps, so the copy
+/// costs the same (almost nothing) however large the cluster.
 #[derive(Clone, Debug, Default)]
 pub struct Cluster {
-    /// The active agents connected to the leader: only their resources are offered.
-    agents: Vec<AgentInfo>,
-    /// The registered frameworks.
-    frameworks: Vec<FrameworkInfo>,
+    /// Every agent: only the active ones connected to the leader are offered.
+    agents: imbl::OrdMap<String, AgentInfo>,
+    /// Every framework: only the registered ones are offered.
+    frameworks: imbl::OrdMap<String, FrameworkInfo>,
     /// What is set on roles.
     roles: BTreeMap<String, RoleInfo>,
-    /// What live tasks hold, by agent.
-    allocated: HashMap<String, Resources>,
-    /// What live tasks of registered frameworks hold, by (role, framework).
-    held: Vec<(String, String, Resources)>,
+    /// What live tasks hold, by agent and by (role, framework).
+    allocations: Allocations,
 }
 
 impl Cluster {
-    /// Copies what a pass needs out of the state: its cost grows with agents and frameworks,
-    /// not with tasks.
-    pub fn gather(state: &ClusterState, connected: &HashSet<String>) -> Cluster {
+    /// Copies what a pass needs out of the state, in time that does not grow with the cluster
+    /// (the roles' settings aside, which are few).
+    pub fn gather(state: &ClusterState) -> Cluster {
         Cluster {
-            agents: state
-                .agents
-                .values()
-                .filter(|a| a.state == AgentState::Active && connected.contains(&a.id))
-                .cloned()
-                .collect(),
-            frameworks: state.active_frameworks().cloned().collect(),
+            agents: state.agents.clone(),
+            frameworks: state.frameworks.clone(),
             roles: state.roles.clone(),
-            allocated: state
-                .allocated_by_agent()
-                .map(|(a, r)| (a.to_string(), r.clone()))
-                .collect(),
-            held: state
-                .allocated_by_role()
-                .filter(|(_, fw, _)| {
-                    state
-                        .frameworks
-                        .get(*fw)
-                        .is_some_and(|f| f.removed_ms.is_none())
-                })
-                .map(|(role, fw, r)| (role.to_string(), fw.to_string(), r.clone()))
-                .collect(),
+            allocations: state.allocations(),
         }
     }
 }
@@ -68,8 +49,10 @@ impl Cluster {
 pub struct Input<'a> {
     /// What it needs of the replicated state.
     pub cluster: &'a Cluster,
+    /// Whether an agent is connected to the leader.
+    pub connected: &'a dyn Fn(&str) -> bool,
     /// The outstanding offers.
-    pub offers: &'a [Offer],
+    pub offers: &'a Offers,
     /// Resources of launches being committed, per agent.
     pub pending: &'a HashMap<String, Resources>,
     /// The same, per (role, framework).
@@ -96,16 +79,25 @@ pub struct Output {
 pub fn run(input: &Input) -> Output {
     let state = input.cluster;
     let mut sorter = Sorter::new();
-    let active = &state.agents;
+    let active: Vec<&AgentInfo> = state
+        .agents
+        .values()
+        .filter(|a| a.state == AgentState::Active && (input.connected)(&a.id))
+        .collect();
+    let frameworks: Vec<&FrameworkInfo> = state
+        .frameworks
+        .values()
+        .filter(|f| f.removed_ms.is_none())
+        .collect();
     let mut total = Resources::default();
-    for a in active {
+    for a in &active {
         total.add_assign(&a.resources);
     }
     sorter.set_total(total);
     // A framework's tasks in a role it has left still count there, but it is offered only for
     // the roles it has now.
     let mut subscribed = HashSet::new();
-    for fw in &state.frameworks {
+    for fw in &frameworks {
         for role in fw.roles() {
             sorter.add_client(role, &fw.id);
             if !fw.suppressed {
@@ -124,14 +116,20 @@ pub fn run(input: &Input) -> Output {
     }
     // What live tasks hold comes from the sums the state keeps up to date: no walk of every
     // task, and no copy of them.
-    for (role, fw, r) in &state.held {
-        sorter.allocate(role, fw, r);
+    for ((role, fw), r) in &state.allocations.held {
+        let registered = state
+            .frameworks
+            .get(fw)
+            .is_some_and(|f| f.removed_ms.is_none());
+        if registered {
+            sorter.allocate(role, fw, r);
+        }
     }
     // Exclusive offers add up; optimistic ones may overlap: together they can take at most
     // their join.
     let mut offered: HashMap<&str, Resources> = HashMap::new();
     let mut optimistic_offered: HashMap<&str, Resources> = HashMap::new();
-    for o in input.offers {
+    for o in input.offers.values() {
         if o.optimistic {
             let h = optimistic_offered.entry(o.agent_id.as_str()).or_default();
             *h = h.join(&o.resources);
@@ -152,7 +150,7 @@ pub fn run(input: &Input) -> Output {
         .iter()
         .filter_map(|a| {
             let taken = [
-                state.allocated.get(&a.id),
+                state.allocations.by_agent.get(&a.id),
                 offered.get(a.id.as_str()),
                 input.pending.get(&a.id),
             ];
@@ -168,10 +166,10 @@ pub fn run(input: &Input) -> Output {
             })
         })
         .collect();
-    let optimistic: Vec<&FrameworkInfo> = state
-        .frameworks
+    let optimistic: Vec<&FrameworkInfo> = frameworks
         .iter()
         .filter(|f| f.optimistic && !f.suppressed)
+        .copied()
         .collect();
     // Offered exclusively only when no optimistic offer holds it either. `unheld` is kept
     // for the optimistic stage only when some framework takes optimistic offers.
@@ -224,7 +222,7 @@ pub fn run(input: &Input) -> Output {
     }
     let mut holding: HashSet<&str> = input
         .offers
-        .iter()
+        .values()
         .map(|o| o.framework_id.as_str())
         .collect();
     holding.extend(planned.iter().map(|p| p.framework_id.as_str()));
@@ -236,8 +234,7 @@ pub fn run(input: &Input) -> Output {
         others_offered: !planned.is_empty(),
         now: input.now,
     };
-    let why = state
-        .frameworks
+    let why = frameworks
         .iter()
         .map(|f| {
             let text = if holding.contains(f.id.as_str()) {
@@ -250,13 +247,12 @@ pub fn run(input: &Input) -> Output {
         })
         .collect();
     let offered: HashSet<&str> = planned.iter().map(|p| p.agent_id.as_str()).collect();
-    let hostnames = state
-        .agents
+    let hostnames = offered
         .iter()
-        .filter(|a| offered.contains(a.id.as_str()))
+        .filter_map(|a| state.agents.get(*a))
         .map(|a| (a.id.clone(), a.hostname.clone()))
         .collect();
-    let frameworks = state.frameworks.iter().map(|f| f.id.clone()).collect();
+    let frameworks = frameworks.iter().map(|f| f.id.clone()).collect();
     Output {
         planned,
         why,
@@ -272,14 +268,14 @@ fn offer_optimistically(
     sorter: &mut Sorter,
     quotas: &BTreeMap<String, Quota>,
     unheld: &mut [Free],
-    offers: &[Offer],
+    offers: &Offers,
     planned: &[Planned],
     optimistic: &[&FrameworkInfo],
     may_offer: impl Fn(&str, &str, &str) -> bool,
 ) -> Vec<Planned> {
     let mut mine: HashMap<(String, String), Resources> = HashMap::new();
     let optimistic_offers = offers
-        .iter()
+        .values()
         .filter(|o| o.optimistic)
         .map(|o| (&o.framework_id, &o.agent_id, &o.resources));
     let planned_offers = planned
@@ -397,6 +393,7 @@ impl WhyContext<'_> {
 mod tests {
     use super::*;
     use crate::state::{AgentInfo, Command};
+    use crate::watch::Offer;
 
     fn r(text: &str) -> Resources {
         Resources::parse(text).unwrap()
@@ -450,10 +447,14 @@ mod tests {
     }
 
     fn pass(state: &ClusterState, offers: &[Offer]) -> Vec<Planned> {
-        let connected = HashSet::from(["a1".to_string()]);
+        let mut outstanding = Offers::default();
+        for o in offers {
+            outstanding.insert(o.clone());
+        }
         run(&Input {
-            cluster: &Cluster::gather(state, &connected),
-            offers,
+            cluster: &Cluster::gather(state),
+            connected: &|agent| agent == "a1",
+            offers: &outstanding,
             pending: &HashMap::new(),
             pending_held: &HashMap::new(),
             filters: &HashMap::new(),

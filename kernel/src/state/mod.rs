@@ -507,20 +507,30 @@ struct Index {
     by_agent: HashMap<AgentId, OrdSet<String>>,
     /// Ended tasks by framework, oldest first (the time of their end, their id).
     ended: HashMap<FrameworkId, OrdSet<(u64, String)>>,
-    /// What live tasks hold, by agent.
-    allocated: HashMap<AgentId, Resources>,
-    /// What live tasks hold, by (role, framework).
-    held: HashMap<(String, FrameworkId), Resources>,
+    /// What live tasks hold.
+    allocations: Allocations,
+}
+
+/// What live tasks hold, kept as tasks start and end. Persistent maps: a copy (an allocation
+/// pass takes one) costs nothing however many agents and frameworks hold resources.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Allocations {
+    /// By agent (agents whose tasks hold nothing left out).
+    pub by_agent: HashMap<AgentId, Resources>,
+    /// By (role, framework), torn-down frameworks' included.
+    pub held: HashMap<(String, FrameworkId), Resources>,
 }
 
 impl Index {
     /// Counts a live task's resources.
     fn task_live(&mut self, t: &TaskInfo) {
-        let a = self.allocated.entry(t.agent_id.clone()).or_default();
-        *a = a.add(&t.resources);
+        let sums = &mut self.allocations;
+        sums.by_agent
+            .entry(t.agent_id.clone())
+            .or_default()
+            .add_assign(&t.resources);
         let key = (t.role.clone(), t.framework_id.clone());
-        let h = self.held.entry(key).or_default();
-        *h = h.add(&t.resources);
+        sums.held.entry(key).or_default().add_assign(&t.resources);
     }
 
     /// No longer counts an ended task's resources, and keeps it among its framework's ended.
@@ -534,17 +544,18 @@ impl Index {
 
     /// No longer counts a task's resources.
     fn release(&mut self, t: &TaskInfo) {
-        if let Some(a) = self.allocated.get_mut(&t.agent_id) {
+        let sums = &mut self.allocations;
+        if let Some(a) = sums.by_agent.get_mut(&t.agent_id) {
             *a = a.saturating_sub(&t.resources);
             if a.is_empty() {
-                self.allocated.remove(&t.agent_id);
+                sums.by_agent.remove(&t.agent_id);
             }
         }
         let key = (t.role.clone(), t.framework_id.clone());
-        if let Some(h) = self.held.get_mut(&key) {
+        if let Some(h) = sums.held.get_mut(&key) {
             *h = h.saturating_sub(&t.resources);
             if h.is_empty() {
-                self.held.remove(&key);
+                sums.held.remove(&key);
             }
         }
     }
@@ -682,7 +693,8 @@ impl ClusterState {
     /// Resources held by an agent's non-terminal tasks.
     pub fn allocated_on(&self, agent_id: &str) -> Resources {
         self.index
-            .allocated
+            .allocations
+            .by_agent
             .get(agent_id)
             .cloned()
             .unwrap_or_default()
@@ -690,15 +702,25 @@ impl ClusterState {
 
     /// What live tasks hold, by agent (agents whose tasks hold nothing left out).
     pub fn allocated_by_agent(&self) -> impl Iterator<Item = (&str, &Resources)> {
-        self.index.allocated.iter().map(|(a, r)| (a.as_str(), r))
+        self.index
+            .allocations
+            .by_agent
+            .iter()
+            .map(|(a, r)| (a.as_str(), r))
     }
 
     /// What live tasks hold, by role and framework (torn-down frameworks' included).
     pub fn allocated_by_role(&self) -> impl Iterator<Item = (&str, &str, &Resources)> {
         self.index
+            .allocations
             .held
             .iter()
             .map(|((role, fw), r)| (role.as_str(), fw.as_str(), r))
+    }
+
+    /// A copy of what live tasks hold, by agent and by (role, framework): it costs nothing.
+    pub fn allocations(&self) -> Allocations {
+        self.index.allocations.clone()
     }
 
     /// An agent's free resources: neither held by live tasks nor (for the caller to subtract)

@@ -15,6 +15,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use mesofs_kernel::allocator::pass;
 use mesofs_kernel::state::{ClusterState, Command};
+use mesofs_kernel::watch::Offers;
 
 use super::mount_reads::{self, Reads};
 use super::simulated::{Simulated, ROLES};
@@ -129,12 +130,13 @@ pub async fn run(args: AllocArgs) -> Result<()> {
     // The pass as the leader runs it: a copy of what it needs made under the state's lock, the
     // rest outside it. The copy's time is what commands wait for.
     let mut gathers = Vec::new();
-    let mut input = |offers: &[mesofs_kernel::watch::Offer]| {
+    let mut input = |offers: &Offers| {
         let started = Instant::now();
-        let cluster = pass::Cluster::gather(state, &connected);
+        let cluster = pass::Cluster::gather(state);
         gathers.push(started.elapsed());
         pass::run(&pass::Input {
             cluster: &cluster,
+            connected: &|agent| connected.contains(agent),
             offers,
             pending: &pending,
             pending_held: &pending_held,
@@ -147,16 +149,15 @@ pub async fn run(args: AllocArgs) -> Result<()> {
     let mut planned_offers = Vec::new();
     for _ in 0..args.rounds {
         let started = Instant::now();
-        let out = input(&[]);
+        let out = input(&Offers::default());
         full.push(started.elapsed());
         offered = out.planned.len();
         planned_offers = out.planned;
     }
     // Every free resource held by an offer: a pass finds nothing to offer.
-    let offers: Vec<mesofs_kernel::watch::Offer> = planned_offers
-        .into_iter()
-        .enumerate()
-        .map(|(i, p)| mesofs_kernel::watch::Offer {
+    let mut offers = Offers::default();
+    for (i, p) in planned_offers.into_iter().enumerate() {
+        offers.insert(mesofs_kernel::watch::Offer {
             id: format!("1-{i}"),
             framework_id: p.framework_id,
             agent_id: p.agent_id,
@@ -165,8 +166,8 @@ pub async fn run(args: AllocArgs) -> Result<()> {
             role: p.role,
             created_ms: 0,
             optimistic: p.optimistic,
-        })
-        .collect();
+        });
+    }
     let mut idle = Vec::new();
     for _ in 0..args.rounds {
         let started = Instant::now();

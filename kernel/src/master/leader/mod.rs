@@ -101,6 +101,7 @@ fn leadership_lost() -> Refusal {
     )
 }
 
+#[derive(Clone)]
 struct Session {
     generation: u64,
     tx: mpsc::UnboundedSender<MasterMessage>,
@@ -163,7 +164,8 @@ pub struct Leader {
     config: LeaderConfig,
     leader: LeaderInfo,
     epoch: u64,
-    sessions: Mutex<HashMap<String, Session>>,
+    /// A persistent map: an allocation pass copies it in no time to know who is connected.
+    sessions: Mutex<imbl::HashMap<String, Session>>,
     session_seq: AtomicU64,
     alloc: Mutex<Allocation>,
     /// Set when an allocation pass is wanted.
@@ -193,7 +195,7 @@ impl Leader {
             config,
             leader,
             epoch,
-            sessions: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(imbl::HashMap::new()),
             session_seq: AtomicU64::new(0),
             alloc: Mutex::new(Allocation {
                 offer_seq,

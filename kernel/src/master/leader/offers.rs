@@ -4,7 +4,6 @@
 //! at most once per allocation interval, each over every connected agent, so a burst of task
 //! ends is offered in one pass rather than one pass each.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -53,20 +52,14 @@ impl Leader {
         let mut alloc = self.alloc.lock().expect("alloc lock");
         let now = Instant::now();
         alloc.filters.retain(|_, until| *until > now);
-        let connected: HashSet<String> = self
-            .sessions
-            .lock()
-            .expect("sessions lock")
-            .keys()
-            .cloned()
-            .collect();
-        let offers: Vec<Offer> = self.board.read(|o| o.values().cloned().collect());
-        // Only the copy is made under the state's lock: commands apply while the pass runs.
-        let cluster = self
-            .hub
-            .read(|state| allocator::pass::Cluster::gather(state, &connected));
+        let sessions = self.sessions.lock().expect("sessions lock").clone();
+        // Copies of persistent maps, made in no time under the board's and the state's locks:
+        // commands apply and offers change while the pass runs.
+        let offers = self.board.read(|o| o.clone());
+        let cluster = self.hub.read(allocator::pass::Cluster::gather);
         let pass = allocator::pass::run(&allocator::pass::Input {
             cluster: &cluster,
+            connected: &|agent| sessions.contains_key(agent),
             offers: &offers,
             pending: &alloc.pending,
             pending_held: &alloc.pending_held,
