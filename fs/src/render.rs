@@ -174,26 +174,8 @@ pub fn render(view: &View, node: &Node, users: &Users) -> Option<String> {
                         .fold(Resources::default(), |acc, o| acc.add(&o.resources))
                         .to_string(),
                 ),
-                RoleFile::Reserved => line(
-                    view.state
-                        .agents
-                        .values()
-                        .filter(|a| a.state != AgentState::Lost)
-                        .fold(Resources::default(), |acc, a| {
-                            acc.add(&a.resources.reserved_within(role))
-                        })
-                        .to_string(),
-                ),
-                RoleFile::Frameworks => {
-                    let mut names: Vec<&str> = view
-                        .state
-                        .active_frameworks()
-                        .filter(|f| f.roles().contains(&role.as_str()))
-                        .map(|f| f.name.as_str())
-                        .collect();
-                    names.sort_unstable();
-                    names.into_iter().map(line).collect()
-                }
+                RoleFile::Reserved => line(view.state.reserved_within(role).to_string()),
+                RoleFile::Frameworks => view.state.role_framework_names(role).map(line).collect(),
             }
         }
         _ => return None,

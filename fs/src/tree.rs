@@ -9,7 +9,6 @@ use std::collections::BTreeSet;
 
 use mesofs_kernel::allocator::drf::ancestors;
 use mesofs_kernel::allocator::roles::DEFAULT_ROLE;
-use mesofs_kernel::resources::split_key;
 use mesofs_kernel::state::{task_id, FrameworkInfo, TaskInfo};
 use mesofs_kernel::watch::View;
 
@@ -294,18 +293,9 @@ pub enum Content {
 pub fn known_roles(view: &View) -> BTreeSet<String> {
     let mut roles: BTreeSet<String> = BTreeSet::from([DEFAULT_ROLE.to_string()]);
     roles.extend(view.state.roles.keys().cloned());
-    for fw in view.state.active_frameworks() {
-        roles.extend(fw.roles().into_iter().map(String::from));
-    }
-    // Roles that hold reservations, with no framework yet.
-    for agent in view.state.agents.values() {
-        roles.extend(
-            agent
-                .resources
-                .iter()
-                .filter_map(|(key, _)| split_key(key).1.map(String::from)),
-        );
-    }
+    // Frameworks' roles, and roles that hold reservations with no framework yet: kept by the
+    // state as commands apply, so no walk of every framework and agent.
+    roles.extend(view.state.roles_in_use().map(String::from));
     let above: Vec<String> = roles
         .iter()
         .flat_map(|r| ancestors(r).map(String::from).collect::<Vec<_>>())

@@ -13,7 +13,7 @@ use imbl::{HashMap, OrdMap, OrdSet};
 use serde::{Deserialize, Serialize};
 
 use crate::allocator::roles::{RoleInfo, RoleSetting, DEFAULT_ROLE};
-use crate::resources::Resources;
+use crate::resources::{split_key, Resources};
 use crate::spec::TaskSpec;
 
 pub mod clients;
@@ -509,6 +509,12 @@ struct Index {
     ended: HashMap<FrameworkId, OrdSet<(u64, String)>>,
     /// What live tasks hold.
     allocations: Allocations,
+    /// Registered frameworks' names, by each role they take.
+    role_frameworks: HashMap<String, OrdSet<String>>,
+    /// How many agents (of any state) hold reservations for each role.
+    reserving: HashMap<String, usize>,
+    /// What agents not lost have reserved, by the role each reservation is for.
+    reserved: HashMap<String, Resources>,
 }
 
 /// What live tasks hold, kept as tasks start and end. Persistent maps: a copy (an allocation
@@ -542,6 +548,65 @@ impl Index {
             .insert((t.last().time_ms, t.id.clone()));
     }
 
+    /// Counts a registered framework among its roles'.
+    fn framework_in(&mut self, f: &FrameworkInfo) {
+        if f.removed_ms.is_some() {
+            return;
+        }
+        for role in f.roles() {
+            self.role_frameworks
+                .entry(role.to_string())
+                .or_default()
+                .insert(f.name.clone());
+        }
+    }
+
+    /// No longer counts a framework among its roles' (before it changes or is torn down).
+    fn framework_out(&mut self, f: &FrameworkInfo) {
+        if f.removed_ms.is_some() {
+            return;
+        }
+        for role in f.roles() {
+            if let Some(names) = self.role_frameworks.get_mut(role) {
+                names.remove(&f.name);
+                if names.is_empty() {
+                    self.role_frameworks.remove(role);
+                }
+            }
+        }
+    }
+
+    /// Counts an agent's reservations, by role.
+    fn agent_in(&mut self, a: &AgentInfo) {
+        for (role, r) in reservations_by_role(&a.resources) {
+            *self.reserving.entry(role.clone()).or_default() += 1;
+            if a.state != AgentState::Lost {
+                self.reserved.entry(role).or_default().add_assign(&r);
+            }
+        }
+    }
+
+    /// No longer counts an agent's reservations (before it changes).
+    fn agent_out(&mut self, a: &AgentInfo) {
+        for (role, r) in reservations_by_role(&a.resources) {
+            if let Some(n) = self.reserving.get_mut(&role) {
+                *n -= 1;
+                if *n == 0 {
+                    self.reserving.remove(&role);
+                }
+            }
+            if a.state == AgentState::Lost {
+                continue;
+            }
+            if let Some(held) = self.reserved.get_mut(&role) {
+                *held = held.saturating_sub(&r);
+                if held.is_empty() {
+                    self.reserved.remove(&role);
+                }
+            }
+        }
+    }
+
     /// No longer counts a task's resources.
     fn release(&mut self, t: &TaskInfo) {
         let sums = &mut self.allocations;
@@ -559,6 +624,18 @@ impl Index {
             }
         }
     }
+}
+
+/// An agent's reservations, by the role each is for.
+fn reservations_by_role(r: &Resources) -> BTreeMap<String, Resources> {
+    let mut out: BTreeMap<String, Resources> = BTreeMap::new();
+    for (key, v) in r.iter() {
+        if let Some(role) = split_key(key).1 {
+            let one = Resources::new().with_value(key, v.clone());
+            out.entry(role.to_string()).or_default().add_assign(&one);
+        }
+    }
+    out
 }
 
 /// The stored form of a [`ClusterState`]: everything but its lookups.
@@ -582,6 +659,10 @@ impl From<Stored> for ClusterState {
         let mut index = Index::default();
         for f in s.frameworks.values().filter(|f| f.removed_ms.is_none()) {
             index.by_name.insert(f.name.clone(), f.id.clone());
+            index.framework_in(f);
+        }
+        for a in s.agents.values() {
+            index.agent_in(a);
         }
         for t in s.tasks.values() {
             index
@@ -718,6 +799,39 @@ impl ClusterState {
             .map(|((role, fw), r)| (role.as_str(), fw.as_str(), r))
     }
 
+    /// The roles that registered frameworks take or agents hold reservations for, each once
+    /// (roles with settings only are in [`ClusterState::roles`]).
+    pub fn roles_in_use(&self) -> impl Iterator<Item = &str> {
+        let taken = self.index.role_frameworks.keys();
+        let reserved = self
+            .index
+            .reserving
+            .keys()
+            .filter(|r| !self.index.role_frameworks.contains_key(*r));
+        taken.chain(reserved).map(String::as_str)
+    }
+
+    /// The names of the registered frameworks that take `role`, in order.
+    pub fn role_framework_names(&self, role: &str) -> impl Iterator<Item = &str> {
+        self.index
+            .role_frameworks
+            .get(role)
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+    }
+
+    /// What agents not lost have reserved for `role` and the roles under it.
+    pub fn reserved_within(&self, role: &str) -> Resources {
+        let mut out = Resources::new();
+        for (r, held) in &self.index.reserved {
+            if crate::allocator::drf::is_within(r, role) {
+                out.add_assign(held);
+            }
+        }
+        out
+    }
+
     /// A copy of what live tasks hold, by agent and by (role, framework): it costs nothing.
     pub fn allocations(&self) -> Allocations {
         self.index.allocations.clone()
@@ -787,11 +901,13 @@ impl ClusterState {
     fn reserve(&mut self, agent_id: &str, resources: &Resources) -> Result<(), StateError> {
         self.check_reserve(agent_id, resources)?;
         let agent = self.agents.get_mut(agent_id).expect("checked");
+        self.index.agent_out(agent);
         agent.resources = agent
             .resources
             .checked_sub(&resources.flatten())
             .expect("checked: held")
             .add(resources);
+        self.index.agent_in(agent);
         let r = self.reservations.entry(agent_id.to_string()).or_default();
         *r = r.add(resources);
         Ok(())
@@ -801,11 +917,13 @@ impl ClusterState {
     fn unreserve(&mut self, agent_id: &str, resources: &Resources) -> Result<(), StateError> {
         self.check_unreserve(agent_id, resources)?;
         let agent = self.agents.get_mut(agent_id).expect("checked");
+        self.index.agent_out(agent);
         agent.resources = agent
             .resources
             .checked_sub(resources)
             .expect("checked: held")
             .add(&resources.flatten());
+        self.index.agent_in(agent);
         let rest = self.reservations[agent_id]
             .checked_sub(resources)
             .expect("checked: reserved");
@@ -876,10 +994,12 @@ impl ClusterState {
                 let mut info = agent.clone();
                 if let Some(old) = self.agents.get(&agent.id) {
                     info.registered_ms = old.registered_ms;
+                    self.index.agent_out(old);
                 }
                 info.state = AgentState::Active;
                 info.registration = index;
                 info.resources = self.reapply_reservations(&agent.id, &agent.resources);
+                self.index.agent_in(&info);
                 self.agents.insert(agent.id.clone(), info);
                 let running_now: std::collections::HashSet<&str> =
                     running.iter().map(String::as_str).collect();
@@ -958,7 +1078,11 @@ impl ClusterState {
                     Some(a) if a.registration != *registration || a.state == AgentState::Active => {
                         return Applied::refused(StateError::StaleRegistration(agent_id.clone()))
                     }
-                    Some(a) => a.state = AgentState::Lost,
+                    Some(a) => {
+                        self.index.agent_out(a);
+                        a.state = AgentState::Lost;
+                        self.index.agent_in(a);
+                    }
                 }
                 let live: Vec<String> = self
                     .agent_tasks(agent_id)
@@ -997,23 +1121,22 @@ impl ClusterState {
                 self.framework_seq += 1;
                 let id = format!("{name}-{}", self.framework_seq);
                 self.index.by_name.insert(name.clone(), id.clone());
-                self.frameworks.insert(
-                    id.clone(),
-                    FrameworkInfo {
-                        id: id.clone(),
-                        name: name.clone(),
-                        user: user.clone(),
-                        principal: principal.clone(),
-                        uid: *uid,
-                        gid: *gid,
-                        role: DEFAULT_ROLE.into(),
-                        roles: Vec::new(),
-                        suppressed: false,
-                        optimistic: false,
-                        registered_ms: *time_ms,
-                        removed_ms: None,
-                    },
-                );
+                let info = FrameworkInfo {
+                    id: id.clone(),
+                    name: name.clone(),
+                    user: user.clone(),
+                    principal: principal.clone(),
+                    uid: *uid,
+                    gid: *gid,
+                    role: DEFAULT_ROLE.into(),
+                    roles: Vec::new(),
+                    suppressed: false,
+                    optimistic: false,
+                    registered_ms: *time_ms,
+                    removed_ms: None,
+                };
+                self.index.framework_in(&info);
+                self.frameworks.insert(id.clone(), info);
                 Applied {
                     framework_id: Some(id),
                     ..Applied::default()
@@ -1025,6 +1148,7 @@ impl ClusterState {
             } => {
                 match self.frameworks.get_mut(framework_id) {
                     Some(f) if f.removed_ms.is_none() => {
+                        self.index.framework_out(f);
                         f.removed_ms = Some(*time_ms);
                         self.index.by_name.remove(&f.name);
                     }
@@ -1110,8 +1234,10 @@ impl ClusterState {
                 roles,
             } => match self.frameworks.get_mut(framework_id) {
                 Some(f) if f.removed_ms.is_none() && !roles.is_empty() => {
+                    self.index.framework_out(f);
                     f.role = roles[0].clone();
                     f.roles = roles.clone();
+                    self.index.framework_in(f);
                     Applied::default()
                 }
                 _ => Applied::refused(StateError::NoFramework(framework_id.clone())),
@@ -1903,6 +2029,69 @@ mod tests {
         assert_eq!(back, s);
         assert!(back.framework_by_name("hello").is_none());
         assert_eq!(on_a1(&back), ["t", "u"]);
+    }
+
+    #[test]
+    fn roles_in_use_their_frameworks_and_reservations_follow_commands() {
+        let (mut s, fw) = cluster_with_framework();
+        let in_use = |s: &ClusterState| {
+            let mut r: Vec<String> = s.roles_in_use().map(String::from).collect();
+            r.sort();
+            r
+        };
+        assert_eq!(in_use(&s), ["*"]);
+        s.apply(
+            3,
+            &Command::SetFrameworkRoles {
+                framework_id: fw.clone(),
+                roles: vec!["eng/web".into(), "ops".into()],
+            },
+        );
+        s.apply(
+            4,
+            &Command::Reserve {
+                agent_id: "a1".into(),
+                resources: res("mem(ops):100;cpus(db):1"),
+            },
+        );
+        assert_eq!(in_use(&s), ["db", "eng/web", "ops"]);
+        assert_eq!(s.role_framework_names("ops").collect::<Vec<_>>(), ["hello"]);
+        assert_eq!(s.role_framework_names("*").count(), 0);
+        assert_eq!(s.reserved_within("ops"), res("mem(ops):100"));
+        assert!(s.reserved_within("eng").is_empty());
+        let back: ClusterState = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back, s, "the same lookups, rebuilt");
+        // A lost agent's reservations count no more, but their roles are still known.
+        s.apply(
+            5,
+            &Command::DisconnectAgent {
+                agent_id: "a1".into(),
+                registration: None,
+                time_ms: 5,
+            },
+        );
+        let registration = s.agents["a1"].registration;
+        s.apply(
+            6,
+            &Command::RemoveAgent {
+                agent_id: "a1".into(),
+                registration,
+                message: "gone".into(),
+                time_ms: 6,
+            },
+        );
+        assert!(s.reserved_within("ops").is_empty());
+        s.apply(
+            7,
+            &Command::TeardownFramework {
+                framework_id: fw.clone(),
+                time_ms: 7,
+            },
+        );
+        assert_eq!(in_use(&s), ["db", "ops"], "reserved for, on the lost agent");
+        assert_eq!(s.role_framework_names("ops").count(), 0);
+        let back: ClusterState = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
     }
 
     #[test]
