@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use mesofs_kernel::allocator::drf::is_within;
 use mesofs_kernel::resources::{Ranges, Resources, Value};
-use mesofs_kernel::state::{AgentState, TaskInfo};
+use mesofs_kernel::state::TaskInfo;
 use mesofs_kernel::watch::{Offer, View};
 use serde_json::json;
 
@@ -162,18 +162,12 @@ pub fn render(view: &View, node: &Node, users: &Users) -> Option<String> {
                         .allocated_by_role()
                         .filter(|(r, _, _)| is_within(r, role))
                         .fold(Resources::default(), |mut acc, (_, _, held)| {
-                            acc.add_assign(held);
+                            acc.add_assign(&held);
                             acc
                         })
                         .to_string(),
                 ),
-                RoleFile::Offered => line(
-                    view.offers
-                        .values()
-                        .filter(|o| is_within(&o.role, role))
-                        .fold(Resources::default(), |acc, o| acc.add(&o.resources))
-                        .to_string(),
-                ),
+                RoleFile::Offered => line(view.offers.offered_within(role).to_string()),
                 RoleFile::Reserved => line(view.state.reserved_within(role).to_string()),
                 RoleFile::Frameworks => view.state.role_framework_names(role).map(line).collect(),
             }
@@ -272,23 +266,10 @@ pub fn status_json(view: &View, task: &TaskInfo) -> String {
 
 /// `cluster/resources`: total (active agents), offered, allocated (live tasks) and available.
 pub fn cluster_resources(view: &View) -> String {
-    let total = view
-        .state
-        .agents
-        .values()
-        .filter(|a| a.state == AgentState::Active)
-        .fold(Resources::default(), |acc, a| acc.add(&a.resources));
-    let offered = view
-        .offers
-        .values()
-        .fold(Resources::default(), |acc, o| acc.add(&o.resources));
-    let allocated =
-        view.state
-            .allocated_by_agent()
-            .fold(Resources::default(), |mut acc, (_, held)| {
-                acc.add_assign(held);
-                acc
-            });
+    // Sums the state and the offers keep as they change: no walk of every agent, task or offer.
+    let total = view.state.active_total();
+    let offered = view.offers.total();
+    let allocated = view.state.allocated_total();
     let available = minus(&minus(&total, &allocated), &offered);
     format!("total {total}\noffered {offered}\nallocated {allocated}\navailable {available}\n")
 }

@@ -1224,6 +1224,110 @@ impl<'de> Deserialize<'de> for Resources {
     }
 }
 
+/// A running sum of resource bundles from which each bundle added can be taken back exactly.
+/// Scalars add up; ranges and sets unite, so a value several bundles hold (the same ports on
+/// two agents) is counted, and stays in the sum until the last of them is taken back, which a
+/// plain [`Resources::saturating_sub`] of a union cannot know.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    scalars: BTreeMap<String, Scalar>,
+    /// Each name's ranges, by the exact range a bundle held, with how many held it.
+    ranges: BTreeMap<String, BTreeMap<(u64, u64), usize>>,
+    /// Each name's items, with how many bundles held each.
+    sets: BTreeMap<String, BTreeMap<String, usize>>,
+}
+
+impl Tally {
+    /// Whether nothing is in it.
+    pub fn is_empty(&self) -> bool {
+        self.scalars.is_empty() && self.ranges.is_empty() && self.sets.is_empty()
+    }
+
+    /// Adds a bundle.
+    pub fn add(&mut self, r: &Resources) {
+        for (name, v) in r.iter() {
+            match v {
+                Value::Scalar(s) => {
+                    let sum = self.scalars.entry(name.to_string()).or_default();
+                    *sum = sum.saturating_add(*s);
+                }
+                Value::Ranges(ranges) => {
+                    let counts = self.ranges.entry(name.to_string()).or_default();
+                    for &pair in ranges.ranges() {
+                        *counts.entry(pair).or_default() += 1;
+                    }
+                }
+                Value::Set(items) => {
+                    let counts = self.sets.entry(name.to_string()).or_default();
+                    for item in items {
+                        *counts.entry(item.clone()).or_default() += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes back a bundle added before (what was never added is ignored).
+    pub fn remove(&mut self, r: &Resources) {
+        fn uncount<K: Ord>(counts: &mut BTreeMap<K, usize>, key: &K) {
+            if let Some(n) = counts.get_mut(key) {
+                *n -= 1;
+                if *n == 0 {
+                    counts.remove(key);
+                }
+            }
+        }
+        for (name, v) in r.iter() {
+            match v {
+                Value::Scalar(s) => {
+                    if let Some(sum) = self.scalars.get_mut(name) {
+                        *sum = sum.checked_sub(*s).unwrap_or_default();
+                        if sum.is_zero() {
+                            self.scalars.remove(name);
+                        }
+                    }
+                }
+                Value::Ranges(ranges) => {
+                    if let Some(counts) = self.ranges.get_mut(name) {
+                        for pair in ranges.ranges() {
+                            uncount(counts, pair);
+                        }
+                        if counts.is_empty() {
+                            self.ranges.remove(name);
+                        }
+                    }
+                }
+                Value::Set(items) => {
+                    if let Some(counts) = self.sets.get_mut(name) {
+                        for item in items {
+                            uncount(counts, item);
+                        }
+                        if counts.is_empty() {
+                            self.sets.remove(name);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The sum: what [`Resources::add`] of every bundle still in it gives.
+    pub fn sum(&self) -> Resources {
+        let mut out = Resources::new();
+        for (name, s) in &self.scalars {
+            out = out.with_value(name, Value::Scalar(*s));
+        }
+        for (name, counts) in &self.ranges {
+            let ranges: Ranges = counts.keys().map(|&(lo, hi)| lo..=hi).collect();
+            out = out.with_value(name, Value::Ranges(ranges));
+        }
+        for (name, counts) in &self.sets {
+            out = out.with_value(name, Value::Set(counts.keys().cloned().collect()));
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1647,6 +1751,21 @@ mod tests {
         let r = res("cpus:1;cpus(ops):1;ports:[10-11]");
         assert_eq!(r.reserved_for("eng"), res("cpus(eng):2;ports(eng):[10-11]"));
         assert_eq!(r.reserved_for("*"), res("cpus:2;ports:[10-11]"));
+    }
+
+    #[test]
+    fn a_tally_takes_back_exactly_what_was_added_keeping_values_others_still_hold() {
+        let a = res("cpus:2;mem:100;ports:[31000-31009];zones:{a}");
+        let b = res("cpus:1;ports:[31000-31004,32000-32000];zones:{a,b}");
+        let mut t = Tally::default();
+        t.add(&a);
+        t.add(&b);
+        assert_eq!(t.sum(), a.add(&b));
+        t.remove(&a);
+        assert_eq!(t.sum(), b, "the ports and zone b also held stay");
+        t.remove(&b);
+        assert_eq!(t.sum(), Resources::new());
+        assert_eq!(t, Tally::default(), "nothing left behind");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use imbl::{HashMap as ImHashMap, OrdMap, OrdSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::resources::Resources;
+use crate::resources::{Resources, Tally};
 use crate::state::{task_id, ClusterState, Command, FrameworkId, TaskInfo, Transition};
 
 /// An offer: one agent's unused resources, offered to one framework until used, declined,
@@ -223,6 +223,8 @@ pub struct Offers {
     by_id: OrdMap<String, Offer>,
     by_framework: ImHashMap<FrameworkId, OrdSet<String>>,
     by_agent: ImHashMap<String, OrdSet<String>>,
+    /// What the offers hold, by the role they are for.
+    by_role: ImHashMap<String, Tally>,
 }
 
 impl Offers {
@@ -257,12 +259,22 @@ impl Offers {
             .entry(offer.agent_id.clone())
             .or_default()
             .insert(offer.id.clone());
+        self.by_role
+            .entry(offer.role.clone())
+            .or_default()
+            .add(&offer.resources);
         self.by_id.insert(offer.id.clone(), offer);
     }
 
     /// Removes an offer by id.
     pub fn remove(&mut self, id: &str) -> Option<Offer> {
         let offer = self.by_id.remove(id)?;
+        if let Some(tally) = self.by_role.get_mut(&offer.role) {
+            tally.remove(&offer.resources);
+            if tally.is_empty() {
+                self.by_role.remove(&offer.role);
+            }
+        }
         for (index, key) in [
             (&mut self.by_framework, &offer.framework_id),
             (&mut self.by_agent, &offer.agent_id),
@@ -275,6 +287,22 @@ impl Offers {
             }
         }
         Some(offer)
+    }
+
+    /// What every offer holds together.
+    pub fn total(&self) -> Resources {
+        self.offered_within("")
+    }
+
+    /// What the offers for `role` and the roles under it hold together (`""`: every role).
+    pub fn offered_within(&self, role: &str) -> Resources {
+        let mut out = Resources::default();
+        for (r, tally) in &self.by_role {
+            if role.is_empty() || crate::allocator::drf::is_within(r, role) {
+                out.add_assign(&tally.sum());
+            }
+        }
+        out
     }
 
     /// The offers made to a framework, by id.

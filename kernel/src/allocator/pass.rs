@@ -122,7 +122,7 @@ pub fn run(input: &Input) -> Output {
             .get(fw)
             .is_some_and(|f| f.removed_ms.is_none());
         if registered {
-            sorter.allocate(role, fw, r);
+            sorter.allocate(role, fw, &r.sum());
         }
     }
     // Exclusive offers add up; optimistic ones may overlap: together they can take at most

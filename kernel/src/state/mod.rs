@@ -13,7 +13,7 @@ use imbl::{HashMap, OrdMap, OrdSet};
 use serde::{Deserialize, Serialize};
 
 use crate::allocator::roles::{RoleInfo, RoleSetting, DEFAULT_ROLE};
-use crate::resources::{split_key, Resources};
+use crate::resources::{split_key, Resources, Tally};
 use crate::spec::TaskSpec;
 
 pub mod clients;
@@ -514,7 +514,11 @@ struct Index {
     /// How many agents (of any state) hold reservations for each role.
     reserving: HashMap<String, usize>,
     /// What agents not lost have reserved, by the role each reservation is for.
-    reserved: HashMap<String, Resources>,
+    reserved: HashMap<String, Tally>,
+    /// What the active agents have together.
+    active_total: Tally,
+    /// What live tasks hold together.
+    allocated_total: Tally,
 }
 
 /// What live tasks hold, kept as tasks start and end. Persistent maps: a copy (an allocation
@@ -523,8 +527,9 @@ struct Index {
 pub struct Allocations {
     /// By agent (agents whose tasks hold nothing left out).
     pub by_agent: HashMap<AgentId, Resources>,
-    /// By (role, framework), torn-down frameworks' included.
-    pub held: HashMap<(String, FrameworkId), Resources>,
+    /// By (role, framework), torn-down frameworks' included: tallies, since a framework's
+    /// tasks on different agents may hold the same ports.
+    pub held: HashMap<(String, FrameworkId), Tally>,
 }
 
 impl Index {
@@ -536,7 +541,8 @@ impl Index {
             .or_default()
             .add_assign(&t.resources);
         let key = (t.role.clone(), t.framework_id.clone());
-        sums.held.entry(key).or_default().add_assign(&t.resources);
+        sums.held.entry(key).or_default().add(&t.resources);
+        self.allocated_total.add(&t.resources);
     }
 
     /// No longer counts an ended task's resources, and keeps it among its framework's ended.
@@ -576,18 +582,24 @@ impl Index {
         }
     }
 
-    /// Counts an agent's reservations, by role.
+    /// Counts an agent's resources: among the active agents', and its reservations by role.
     fn agent_in(&mut self, a: &AgentInfo) {
+        if a.state == AgentState::Active {
+            self.active_total.add(&a.resources);
+        }
         for (role, r) in reservations_by_role(&a.resources) {
             *self.reserving.entry(role.clone()).or_default() += 1;
             if a.state != AgentState::Lost {
-                self.reserved.entry(role).or_default().add_assign(&r);
+                self.reserved.entry(role).or_default().add(&r);
             }
         }
     }
 
-    /// No longer counts an agent's reservations (before it changes).
+    /// No longer counts an agent's resources (before it changes).
     fn agent_out(&mut self, a: &AgentInfo) {
+        if a.state == AgentState::Active {
+            self.active_total.remove(&a.resources);
+        }
         for (role, r) in reservations_by_role(&a.resources) {
             if let Some(n) = self.reserving.get_mut(&role) {
                 *n -= 1;
@@ -599,7 +611,7 @@ impl Index {
                 continue;
             }
             if let Some(held) = self.reserved.get_mut(&role) {
-                *held = held.saturating_sub(&r);
+                held.remove(&r);
                 if held.is_empty() {
                     self.reserved.remove(&role);
                 }
@@ -618,11 +630,12 @@ impl Index {
         }
         let key = (t.role.clone(), t.framework_id.clone());
         if let Some(h) = sums.held.get_mut(&key) {
-            *h = h.saturating_sub(&t.resources);
+            h.remove(&t.resources);
             if h.is_empty() {
                 sums.held.remove(&key);
             }
         }
+        self.allocated_total.remove(&t.resources);
     }
 }
 
@@ -791,12 +804,12 @@ impl ClusterState {
     }
 
     /// What live tasks hold, by role and framework (torn-down frameworks' included).
-    pub fn allocated_by_role(&self) -> impl Iterator<Item = (&str, &str, &Resources)> {
+    pub fn allocated_by_role(&self) -> impl Iterator<Item = (&str, &str, Resources)> {
         self.index
             .allocations
             .held
             .iter()
-            .map(|((role, fw), r)| (role.as_str(), fw.as_str(), r))
+            .map(|((role, fw), r)| (role.as_str(), fw.as_str(), r.sum()))
     }
 
     /// The roles that registered frameworks take or agents hold reservations for, each once
@@ -826,10 +839,20 @@ impl ClusterState {
         let mut out = Resources::new();
         for (r, held) in &self.index.reserved {
             if crate::allocator::drf::is_within(r, role) {
-                out.add_assign(held);
+                out.add_assign(&held.sum());
             }
         }
         out
+    }
+
+    /// What the active agents have together.
+    pub fn active_total(&self) -> Resources {
+        self.index.active_total.sum()
+    }
+
+    /// What live tasks hold together.
+    pub fn allocated_total(&self) -> Resources {
+        self.index.allocated_total.sum()
     }
 
     /// A copy of what live tasks hold, by agent and by (role, framework): it costs nothing.
@@ -1061,7 +1084,9 @@ impl ClusterState {
                 }
                 Some(a) => {
                     if a.state == AgentState::Active {
+                        self.index.agent_out(a);
                         a.state = AgentState::Disconnected;
+                        self.index.agent_in(a);
                     }
                     Applied::default()
                 }
@@ -2100,8 +2125,8 @@ mod tests {
         s.apply(3, &launch(&fw, "a1", "name=t cpus=1 mem=100 -- sleep 9"));
         s.apply(4, &launch(&fw, "a1", "name=u cpus=0.5 mem=50 -- sleep 9"));
         assert_eq!(s.allocated_on("a1"), res("cpus:1.5;mem:150"));
-        let by_role: Vec<(&str, &str, &Resources)> = s.allocated_by_role().collect();
-        assert_eq!(by_role, [("*", fw.as_str(), &res("cpus:1.5;mem:150"))]);
+        let by_role: Vec<(&str, &str, Resources)> = s.allocated_by_role().collect();
+        assert_eq!(by_role, [("*", fw.as_str(), res("cpus:1.5;mem:150"))]);
         finish(&mut s, 5, &task_id(&fw, "t"));
         assert_eq!(s.allocated_on("a1"), res("cpus:0.5;mem:50"));
         // The agent goes away for good: its live task is lost and holds nothing.
