@@ -2057,6 +2057,36 @@ mod tests {
     }
 
     #[test]
+    fn a_port_two_tasks_hold_on_two_agents_stays_counted_until_both_end() {
+        let (mut s, fw) = cluster_with_framework();
+        s.apply(
+            3,
+            &Command::RegisterAgent {
+                agent: agent("a2"),
+                running: vec![],
+            },
+        );
+        for (i, (agent_id, name)) in [("a1", "t"), ("a2", "u")].into_iter().enumerate() {
+            let mut cmd = launch(&fw, agent_id, &format!("name={name} cpus=1 mem=10 -- true"));
+            if let Command::LaunchTasks { tasks, .. } = &mut cmd {
+                tasks[0].resources = res("cpus:1;mem:10;ports:[31000-31000]");
+            }
+            s.apply(4 + i as u64, &cmd);
+        }
+        let by_role =
+            |s: &ClusterState| s.allocated_by_role().map(|(_, _, r)| r).collect::<Vec<_>>();
+        assert_eq!(by_role(&s), [res("cpus:2;mem:20;ports:[31000-31000]")]);
+        finish(&mut s, 6, &task_id(&fw, "t"));
+        assert_eq!(by_role(&s), [res("cpus:1;mem:10;ports:[31000-31000]")]);
+        assert_eq!(
+            s.allocated_total(),
+            res("cpus:1;mem:10;ports:[31000-31000]")
+        );
+        let back: ClusterState = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back, s, "the tallies, rebuilt");
+    }
+
+    #[test]
     fn roles_in_use_their_frameworks_and_reservations_follow_commands() {
         let (mut s, fw) = cluster_with_framework();
         let in_use = |s: &ClusterState| {
