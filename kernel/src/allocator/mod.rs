@@ -133,6 +133,9 @@ impl Cap {
     /// `r` with each scalar this names cut to its bound, reservations counted first (they can
     /// serve no one else); everything else kept.
     pub fn apply(&self, r: &Resources) -> Resources {
+        if self.0.is_empty() {
+            return r.clone();
+        }
         let mut budget = self.0.clone();
         let (reserved, unreserved): (Vec<_>, Vec<_>) =
             r.iter().partition(|(key, _)| split_key(key).1.is_some());

@@ -14,7 +14,7 @@ use std::time::Instant;
 use super::drf::Sorter;
 use super::{allocatable, plan, room, Free, Planned, Quota};
 use crate::allocator::roles::RoleInfo;
-use crate::resources::Resources;
+use crate::resources::{Resources, Scalar};
 use crate::state::{AgentInfo, AgentState, Allocations, ClusterState, FrameworkInfo};
 use crate::watch::Offers;
 
@@ -96,12 +96,12 @@ pub fn run(input: &Input) -> Output {
     sorter.set_total(total);
     // A framework's tasks in a role it has left still count there, but it is offered only for
     // the roles it has now.
-    let mut subscribed = HashSet::new();
+    let mut subscribed: HashSet<(&str, &str)> = HashSet::new();
     for fw in &frameworks {
         for role in fw.roles() {
             sorter.add_client(role, &fw.id);
             if !fw.suppressed {
-                subscribed.insert((role.to_string(), fw.id.clone()));
+                subscribed.insert((role, fw.id.as_str()));
             }
         }
     }
@@ -144,6 +144,14 @@ pub fn run(input: &Input) -> Output {
     for ((role, fw), r) in input.pending_held {
         sorter.allocate(role, fw, r);
     }
+    let optimistic: Vec<&FrameworkInfo> = frameworks
+        .iter()
+        .filter(|f| f.optimistic && !f.suppressed)
+        .copied()
+        .collect();
+    // Whether every agent's unheld resources are needed (for optimistic offers), or only those
+    // of agents with something to offer.
+    let all_unheld = !(optimistic.is_empty() && optimistic_offered.is_empty());
     // What no task, launch in flight or exclusive offer holds, per agent (none of an agent
     // that has less than they hold).
     let mut unheld: Vec<Free> = active
@@ -154,6 +162,20 @@ pub fn run(input: &Input) -> Output {
                 offered.get(a.id.as_str()),
                 input.pending.get(&a.id),
             ];
+            if !all_unheld {
+                // An agent with no cpus or no memory left is offered nothing: told by two
+                // scalars, without a copy of its resources (in a busy cluster, most agents).
+                let left = |of: fn(&Resources) -> Scalar| {
+                    taken
+                        .iter()
+                        .flatten()
+                        .try_fold(of(&a.resources), |left, t| left.checked_sub(of(t)))
+                        .is_some_and(|s| !s.is_zero())
+                };
+                if !left(Resources::cpus) || !left(Resources::mem) {
+                    return None;
+                }
+            }
             let mut left = a.resources.clone();
             for t in taken.into_iter().flatten() {
                 if !left.checked_sub_assign(t) {
@@ -166,11 +188,6 @@ pub fn run(input: &Input) -> Output {
             })
         })
         .collect();
-    let optimistic: Vec<&FrameworkInfo> = frameworks
-        .iter()
-        .filter(|f| f.optimistic && !f.suppressed)
-        .copied()
-        .collect();
     // Offered exclusively only when no optimistic offer holds it either. `unheld` is kept
     // for the optimistic stage only when some framework takes optimistic offers.
     let exclusive = |f: &Free| Free {
@@ -180,7 +197,7 @@ pub fn run(input: &Input) -> Output {
             None => f.resources.clone(),
         },
     };
-    let free: Vec<Free> = if optimistic.is_empty() && optimistic_offered.is_empty() {
+    let free: Vec<Free> = if !all_unheld {
         std::mem::take(&mut unheld)
             .into_iter()
             .filter(|f| allocatable(&f.resources))
@@ -193,11 +210,13 @@ pub fn run(input: &Input) -> Output {
             .collect()
     };
     let had_free = !free.is_empty();
+    // Asked once or more per offer: no key is built unless a filter may match.
     let may_offer = |fw: &str, role: &str, agent: &str| {
-        subscribed.contains(&(role.to_string(), fw.to_string()))
-            && !input
-                .filters
-                .contains_key(&(fw.to_string(), agent.to_string()))
+        subscribed.contains(&(role, fw))
+            && (input.filters.is_empty()
+                || !input
+                    .filters
+                    .contains_key(&(fw.to_string(), agent.to_string())))
     };
     let mut planned = if had_free {
         plan(&mut sorter, &quotas, free, may_offer)
