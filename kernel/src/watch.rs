@@ -250,6 +250,22 @@ impl Offers {
 
     /// Adds an offer, or replaces the one with its id.
     pub fn insert(&mut self, offer: Offer) {
+        // A changed offer (a launch used part of it) keeps its framework, agent and role:
+        // only its role's sum moves (once per launch, on the leader and in every mount).
+        if let Some(old) = self.by_id.get(&offer.id) {
+            if (&old.framework_id, &old.agent_id, &old.role)
+                == (&offer.framework_id, &offer.agent_id, &offer.role)
+            {
+                let tally = self.by_role.entry(offer.role.clone()).or_default();
+                tally.remove(&old.resources);
+                tally.add(&offer.resources);
+                if tally.is_empty() {
+                    self.by_role.remove(&offer.role);
+                }
+                self.by_id.insert(offer.id.clone(), offer);
+                return;
+            }
+        }
         self.remove(&offer.id);
         self.by_framework
             .entry(offer.framework_id.clone())
@@ -577,12 +593,18 @@ mod tests {
         offers.insert(smaller.clone());
         assert_eq!(offers.len(), 3);
         assert_eq!(offers.on_agent("a1").next(), Some(&smaller));
+        assert_eq!(
+            offers.total(),
+            Resources::parse("cpus:2.5;mem:25").unwrap(),
+            "the role's sum moved with it"
+        );
         assert_eq!(offers.remove("1-1"), Some(smaller));
         assert_eq!(ids(offers.of_framework("f1").collect()), ["1-2"]);
         assert_eq!(ids(offers.on_agent("a1").collect()), ["1-3"]);
         offers.remove("1-2");
         offers.remove("1-3");
         assert!(offers.is_empty() && offers.by_framework.is_empty() && offers.by_agent.is_empty());
+        assert!(offers.by_role.is_empty());
         assert_eq!(offers.of_framework("f1").count(), 0);
     }
 

@@ -3,10 +3,10 @@
 //! optimistic offers, what it is not offered yet of the free resources no other framework
 //! holds exclusively (offers to optimistic frameworks may overlap); and, for every framework
 //! left without an offer, why. Pure: the leader gives it what it needs of the state, gathered
-//! while it holds the state's lock ([`Cluster::gather`], a copy of the agents, frameworks, roles
-//! and allocation sums, so that the pass itself does not keep commands from applying), and what
-//! only it holds (offers, launches being committed, decline filters), and makes the offers it
-//! plans.
+//! while it holds the state's lock ([`Cluster::gather`], copies of persistent maps of the
+//! agents, frameworks and allocation sums, made in microseconds, so that the pass itself does
+//! not keep commands from applying), and what only it holds (offers, launches being
+//! committed, decline filters, who is connected), and makes the offers it plans.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Instant;
