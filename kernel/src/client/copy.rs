@@ -48,8 +48,6 @@ impl LocalCopy {
             let replaced = view.apply_state(event);
             (view.index, replaced)
         };
-        // A state a snapshot replaced is dropped with no lock held.
-        drop(replaced);
         self.changed();
         let reached = {
             let mut waiters = self.shared.index_waiters.lock().expect("waiters lock");
@@ -59,6 +57,9 @@ impl LocalCopy {
         for tx in reached.into_values().flatten() {
             let _ = tx.send(());
         }
+        // A state a snapshot replaced is dropped last, with no lock held and every waiter
+        // already woken.
+        drop(replaced);
     }
 
     /// Waits until the view has applied log index `index`, or `timeout` passes; returns
