@@ -3,7 +3,6 @@
 
 use std::collections::BTreeSet;
 
-use mesofs_kernel::allocator::drf::is_within;
 use mesofs_kernel::resources::{Ranges, Resources, Value};
 use mesofs_kernel::state::TaskInfo;
 use mesofs_kernel::watch::{Offer, View};
@@ -157,16 +156,7 @@ pub fn render(view: &View, node: &Node, users: &Users) -> Option<String> {
                         .map_or_else(String::new, |l| l.to_string()),
                 ),
                 // From the sums the state keeps by role and framework: no walk of the tasks.
-                RoleFile::Allocated => line(
-                    view.state
-                        .allocated_by_role()
-                        .filter(|(r, _, _)| is_within(r, role))
-                        .fold(Resources::default(), |mut acc, (_, _, held)| {
-                            acc.add_assign(&held);
-                            acc
-                        })
-                        .to_string(),
-                ),
+                RoleFile::Allocated => line(view.state.allocated_within(role).to_string()),
                 RoleFile::Offered => line(view.offers.offered_within(role).to_string()),
                 RoleFile::Reserved => line(view.state.reserved_within(role).to_string()),
                 RoleFile::Frameworks => view.state.role_framework_names(role).map(line).collect(),

@@ -312,13 +312,7 @@ impl Offers {
 
     /// What the offers for `role` and the roles under it hold together (`""`: every role).
     pub fn offered_within(&self, role: &str) -> Resources {
-        let mut out = Resources::default();
-        for (r, tally) in &self.by_role {
-            if role.is_empty() || crate::allocator::drf::is_within(r, role) {
-                out.add_assign(&tally.sum());
-            }
-        }
-        out
+        crate::state::sum_within(self.by_role.iter().map(|(r, t)| (r.as_str(), t)), role)
     }
 
     /// The offers made to a framework, by id.

@@ -231,30 +231,17 @@ impl Sorter {
         };
         r.sorted
             .remove(&(Share(dominant(total, &held)), framework.to_string()));
-        self.less(role, &held);
+        self.change_sums(role, |sum| sum.sub(&held));
     }
 
-    /// Adds `more` to what `role` holds, and to the subtree sums of it and the roles above it.
-    fn more(&mut self, role: &str, more: &Amounts) {
+    /// Changes what `role` holds, and the subtree sums of it and the roles above it, with `f`.
+    fn change_sums(&mut self, role: &str, f: impl Fn(&mut Amounts)) {
         if let Some(r) = self.roles.get_mut(role) {
-            r.total.add(more);
+            f(&mut r.total);
         }
         for node in std::iter::once(role).chain(ancestors(role)) {
             if let Some(r) = self.roles.get_mut(node) {
-                r.subtree.add(more);
-            }
-        }
-    }
-
-    /// Takes `less` from what `role` holds, and from the subtree sums of it and the roles
-    /// above it.
-    fn less(&mut self, role: &str, less: &Amounts) {
-        if let Some(r) = self.roles.get_mut(role) {
-            r.total.sub(less);
-        }
-        for node in std::iter::once(role).chain(ancestors(role)) {
-            if let Some(r) = self.roles.get_mut(node) {
-                r.subtree.sub(less);
+                f(&mut r.subtree);
             }
         }
     }
@@ -280,7 +267,7 @@ impl Sorter {
     pub fn allocate(&mut self, role: &str, framework: &str, resources: &Resources) {
         let more = self.amounts(resources);
         self.change(role, framework, |h| h.add(&more));
-        self.more(role, &more);
+        self.change_sums(role, |sum| sum.add(&more));
     }
 
     /// No longer counts `resources` as held by a framework in a role.
@@ -295,7 +282,7 @@ impl Sorter {
             self.change(role, framework, |h| h.sub(&less));
             // What it held less what it holds now: no more than it had.
             gone.sub(&self.held_amounts(role, framework));
-            self.less(role, &gone);
+            self.change_sums(role, |sum| sum.sub(&gone));
         }
     }
 

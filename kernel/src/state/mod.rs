@@ -639,6 +639,20 @@ impl Index {
     }
 }
 
+/// The sum of the tallies of `role` and the roles under it (`""`: of every role).
+pub fn sum_within<'a>(
+    tallies: impl Iterator<Item = (&'a str, &'a Tally)>,
+    role: &str,
+) -> Resources {
+    let mut out = Resources::new();
+    for (r, tally) in tallies {
+        if role.is_empty() || crate::allocator::drf::is_within(r, role) {
+            out.add_assign(&tally.sum());
+        }
+    }
+    out
+}
+
 /// An agent's reservations, by the role each is for.
 fn reservations_by_role(r: &Resources) -> BTreeMap<String, Resources> {
     let mut out: BTreeMap<String, Resources> = BTreeMap::new();
@@ -834,15 +848,16 @@ impl ClusterState {
             .map(String::as_str)
     }
 
+    /// What live tasks of `role` and the roles under it hold.
+    pub fn allocated_within(&self, role: &str) -> Resources {
+        let held = self.index.allocations.held.iter();
+        sum_within(held.map(|((r, _), t)| (r.as_str(), t)), role)
+    }
+
     /// What agents not lost have reserved for `role` and the roles under it.
     pub fn reserved_within(&self, role: &str) -> Resources {
-        let mut out = Resources::new();
-        for (r, held) in &self.index.reserved {
-            if crate::allocator::drf::is_within(r, role) {
-                out.add_assign(&held.sum());
-            }
-        }
-        out
+        let reserved = self.index.reserved.iter();
+        sum_within(reserved.map(|(r, t)| (r.as_str(), t)), role)
     }
 
     /// What the active agents have together.
@@ -2117,24 +2132,9 @@ mod tests {
         let back: ClusterState = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
         assert_eq!(back, s, "the same lookups, rebuilt");
         // A lost agent's reservations count no more, but their roles are still known.
-        s.apply(
-            5,
-            &Command::DisconnectAgent {
-                agent_id: "a1".into(),
-                registration: None,
-                time_ms: 5,
-            },
-        );
         let registration = s.agents["a1"].registration;
-        s.apply(
-            6,
-            &Command::RemoveAgent {
-                agent_id: "a1".into(),
-                registration,
-                message: "gone".into(),
-                time_ms: 6,
-            },
-        );
+        s.apply(5, &disconnect(registration));
+        s.apply(6, &remove(registration));
         assert!(s.reserved_within("ops").is_empty());
         s.apply(
             7,
@@ -2160,24 +2160,9 @@ mod tests {
         finish(&mut s, 5, &task_id(&fw, "t"));
         assert_eq!(s.allocated_on("a1"), res("cpus:0.5;mem:50"));
         // The agent goes away for good: its live task is lost and holds nothing.
-        s.apply(
-            6,
-            &Command::DisconnectAgent {
-                agent_id: "a1".into(),
-                registration: None,
-                time_ms: 6,
-            },
-        );
         let registration = s.agents["a1"].registration;
-        s.apply(
-            7,
-            &Command::RemoveAgent {
-                agent_id: "a1".into(),
-                registration,
-                message: "gone".into(),
-                time_ms: 7,
-            },
-        );
+        s.apply(6, &disconnect(registration));
+        s.apply(7, &remove(registration));
         assert!(s.allocated_on("a1").is_empty());
         assert_eq!(s.allocated_by_role().count(), 0);
         assert_eq!(s.allocated_by_agent().count(), 0);
