@@ -727,16 +727,6 @@ fn is_valid_key(key: &str) -> bool {
     }
 }
 
-/// The keys at which resource `name` can be held: `name` itself and `name(...)`. Keys of
-/// other names cannot fall between: `(` sorts before every character a name may hold.
-fn keys_of(name: &str) -> (std::ops::Bound<String>, std::ops::Bound<String>) {
-    use std::ops::Bound;
-    (
-        Bound::Included(name.to_string()),
-        Bound::Excluded(format!("{name})")),
-    )
-}
-
 impl Resources {
     /// No resources.
     pub fn new() -> Resources {
@@ -868,10 +858,22 @@ impl Resources {
         }
     }
 
+    /// The entries of resource `name`, at every key it can be held at: `name` itself and
+    /// `name(...)`. They come together and first from `name` on: `(` sorts before every
+    /// character a name may hold. No key is built (this is asked once or more per offer).
+    fn entries_of<'a>(&'a self, name: &'a str) -> impl Iterator<Item = (&'a String, &'a Value)> {
+        use std::ops::Bound;
+        self.0
+            .range::<str, _>((Bound::Included(name), Bound::Unbounded))
+            .take_while(move |(k, _)| {
+                k.strip_prefix(name)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('('))
+            })
+    }
+
     /// The scalar `name` however it is reserved: `cpus:1;cpus(eng):2` has 3 cpus.
     pub fn scalar_all(&self, name: &str) -> Scalar {
-        self.0
-            .range::<String, _>(keys_of(name))
+        self.entries_of(name)
             .filter_map(|(_, v)| match v {
                 Value::Scalar(s) => Some(*s),
                 _ => None,
@@ -963,8 +965,7 @@ impl Resources {
         for (name, wanted) in &want.flatten().0 {
             let mut left = wanted.clone();
             let mut keys: Vec<&String> = self
-                .0
-                .range::<String, _>(keys_of(name))
+                .entries_of(name)
                 .map(|(k, _)| k)
                 .filter(|k| *k != name)
                 .collect();
@@ -1134,8 +1135,7 @@ impl Resources {
     /// fewer are free.
     pub fn take_ports(&self, count: usize) -> Option<Vec<u64>> {
         let all = self
-            .0
-            .range::<String, _>(keys_of(PORTS))
+            .entries_of(PORTS)
             .filter_map(|(_, v)| match v {
                 Value::Ranges(r) => Some(r),
                 _ => None,

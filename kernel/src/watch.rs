@@ -305,6 +305,23 @@ impl Offers {
         Some(offer)
     }
 
+    /// The offers that differ between `before` and these, as (before, now): `None` where an
+    /// offer is in only one of them. Between two copies of one board this walks only what
+    /// changed in between, not every offer.
+    pub fn changes_since<'a>(
+        &'a self,
+        before: &'a Offers,
+    ) -> impl Iterator<Item = (Option<&'a Offer>, Option<&'a Offer>)> {
+        before.by_id.diff(&self.by_id).map(|d| match d {
+            imbl::ordmap::DiffItem::Add(_, o) => (None, Some(o)),
+            imbl::ordmap::DiffItem::Remove(_, o) => (Some(o), None),
+            imbl::ordmap::DiffItem::Update {
+                old: (_, a),
+                new: (_, b),
+            } => (Some(a), Some(b)),
+        })
+    }
+
     /// What every offer holds together.
     pub fn total(&self) -> Resources {
         self.offered_within("")

@@ -129,7 +129,21 @@ fn the_alloc_benchmark_offers_every_agent_and_prints_a_rate_from_its_own_figures
         (rate - computed).abs() <= computed * (0.0005 / ms) + 1.0,
         "offers/s {rate} is {offers} offers over {ms} ms ({computed})"
     );
-    assert!(figure(&stdout, "pass with nothing free", "ms (min") >= 0.0);
+    assert_eq!(
+        figure(&stdout, "full pass of a new leader", "offers,"),
+        20.0
+    );
+    assert!(figure(&stdout, "pass after a full pass", "ms (min") >= 0.0);
+    assert!(figure(&stdout, "pass with nothing changed", "ms (min") >= 0.0);
+    // The kept allocator looks again at every agent once every offer is withdrawn, at none
+    // once the offers it planned are made as planned, and at none when nothing changed.
+    let looked_at = stdout
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("agents looked at again by those three passes of the kept allocator: ")
+        })
+        .unwrap_or_else(|| panic!("no count of agents looked at in:\n{stdout}"));
+    assert_eq!(looked_at, "20, 0, 0");
     assert!(figure(&stdout, "memory:", "MiB resident") > 0.0);
 }
 

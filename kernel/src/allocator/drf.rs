@@ -342,14 +342,16 @@ impl Sorter {
     /// Walks the order under `node` ("" is the root).
     fn walk<T>(&self, node: &str, f: &mut impl FnMut(&str, &str) -> Option<T>) -> Option<T> {
         // The entries at this node: child roles, and the role's own frameworks as one (`.`).
-        let mut entries: Vec<(Share, &str, bool)> = self
-            .children
-            .get(node)
-            .into_iter()
-            .flatten()
-            .filter(|c| !c.is_empty() && c.as_str() != node)
-            .map(|c| (Share(self.share(c)), c.as_str(), false))
-            .collect();
+        let children = self.children.get(node);
+        let mut entries: Vec<(Share, &str, bool)> =
+            Vec::with_capacity(children.map_or(0, BTreeSet::len) + 1);
+        entries.extend(
+            children
+                .into_iter()
+                .flatten()
+                .filter(|c| !c.is_empty() && c.as_str() != node)
+                .map(|c| (Share(self.share(c)), c.as_str(), false)),
+        );
         if let Some(own) = self.roles.get(node).filter(|r| !r.clients.is_empty()) {
             let share = dominant(&self.total, &own.total) / self.weight(node);
             entries.push((Share(share), ".", true));

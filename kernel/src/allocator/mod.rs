@@ -34,6 +34,8 @@ pub struct Quota {
 pub struct Free {
     /// The agent.
     pub agent_id: String,
+    /// Its host name.
+    pub hostname: String,
     /// What it has free: not held by tasks, pending launches or outstanding offers.
     pub resources: Resources,
 }
@@ -43,6 +45,8 @@ pub struct Free {
 pub struct Planned {
     /// The agent whose resources it offers.
     pub agent_id: String,
+    /// The agent's host name.
+    pub hostname: String,
     /// The framework it goes to.
     pub framework_id: String,
     /// The role it is for.
@@ -132,9 +136,9 @@ impl Cap {
 
     /// `r` with each scalar this names cut to its bound, reservations counted first (they can
     /// serve no one else); everything else kept.
-    pub fn apply(&self, r: &Resources) -> Resources {
+    pub fn apply(&self, r: Resources) -> Resources {
         if self.0.is_empty() {
-            return r.clone();
+            return r;
         }
         let mut budget = self.0.clone();
         let (reserved, unreserved): (Vec<_>, Vec<_>) =
@@ -187,9 +191,9 @@ fn pick(
             return None;
         }
         // Resources reserved for other roles are not this role's to take.
-        let mut offer = lack.apply(&free.resources.usable_by(role));
+        let mut offer = lack.apply(free.resources.usable_by(role));
         if let Some(room) = room(sorter, quotas, role) {
-            offer = room.apply(&offer);
+            offer = room.apply(offer);
         }
         allocatable(&offer).then(|| (role.to_string(), fw.to_string(), offer))
     })
@@ -237,7 +241,7 @@ pub fn plan(
     for agent in &mut agents {
         if !keep_back.is_zero() {
             // Reserved resources serve only their roles: the keep-back comes from the rest.
-            let kept = keep_back.apply(&agent.resources.unreserved());
+            let kept = keep_back.apply(agent.resources.unreserved());
             keep_back = keep_back.less(&kept);
             agent.resources = agent
                 .resources
@@ -257,7 +261,7 @@ pub fn plan(
 }
 
 /// Only the scalars of `r`.
-fn only_scalars(r: &Resources) -> Resources {
+pub(crate) fn only_scalars(r: &Resources) -> Resources {
     r.iter()
         .filter(|(_, v)| matches!(v, Value::Scalar(_)))
         .fold(Resources::default(), |acc, (name, v)| {
@@ -275,11 +279,13 @@ fn take(
     offer: Resources,
 ) {
     sorter.allocate(&role, &framework_id, &offer);
-    if !agent.resources.checked_sub_assign(&offer) {
+    // Most offers are all the agent has free: told by a comparison, without a subtraction.
+    if offer == agent.resources || !agent.resources.checked_sub_assign(&offer) {
         agent.resources = Resources::default();
     }
     out.push(Planned {
         agent_id: agent.agent_id.clone(),
+        hostname: agent.hostname.clone(),
         framework_id,
         role,
         resources: offer,
@@ -299,6 +305,7 @@ mod tests {
         (0..n)
             .map(|i| Free {
                 agent_id: format!("a{i}"),
+                hostname: format!("h{i}"),
                 resources: r(each),
             })
             .collect()

@@ -8,15 +8,17 @@
 //! not keep commands from applying), and what only it holds (offers, launches being
 //! committed, decline filters, who is connected), and makes the offers it plans.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Instant;
 
+use imbl::OrdSet;
+
 use super::drf::Sorter;
-use super::{allocatable, plan, room, Free, Planned, Quota};
+use super::{allocatable, only_scalars, plan, room, Free, Planned, Quota};
 use crate::allocator::roles::RoleInfo;
-use crate::resources::{Resources, Scalar};
+use crate::resources::Resources;
 use crate::state::{AgentInfo, AgentState, Allocations, ClusterState, FrameworkInfo};
-use crate::watch::Offers;
+use crate::watch::{Offer, Offers};
 
 /// What a pass needs of the replicated state, copied out of it: persistent maps, so the copy
 /// costs the same (almost nothing) however large the cluster.
@@ -49,8 +51,8 @@ impl Cluster {
 pub struct Input<'a> {
     /// What it needs of the replicated state.
     pub cluster: &'a Cluster,
-    /// Whether an agent is connected to the leader.
-    pub connected: &'a dyn Fn(&str) -> bool,
+    /// The agents connected to the leader (only they are offered).
+    pub connected: &'a OrdSet<String>,
     /// The outstanding offers.
     pub offers: &'a Offers,
     /// Resources of launches being committed, per agent.
@@ -69,215 +71,431 @@ pub struct Output {
     pub planned: Vec<Planned>,
     /// For every registered framework, why it holds no offer (empty: it holds one).
     pub why: Vec<(String, String)>,
-    /// Host names of the agents offered.
-    pub hostnames: HashMap<String, String>,
     /// The registered frameworks.
     pub frameworks: HashSet<String>,
+    /// How many agents the pass looked at again, their inputs having changed since the last.
+    pub agents_changed: usize,
 }
 
-/// Runs one pass.
-pub fn run(input: &Input) -> Output {
-    let state = input.cluster;
-    let mut sorter = Sorter::new();
-    let active: Vec<&AgentInfo> = state
-        .agents
-        .values()
-        .filter(|a| a.state == AgentState::Active && (input.connected)(&a.id))
-        .collect();
-    let frameworks: Vec<&FrameworkInfo> = state
-        .frameworks
-        .values()
-        .filter(|f| f.removed_ms.is_none())
-        .collect();
-    let mut total = Resources::default();
-    for a in &active {
-        total.add_assign(&a.resources);
+/// The inputs of the last pass that decide what each agent has free: copies of persistent
+/// maps, which share their unchanged parts with the next pass's, so that comparing the two
+/// walks only what changed.
+struct Seen {
+    agents: imbl::OrdMap<String, AgentInfo>,
+    by_agent: imbl::OrdMap<String, Resources>,
+    offers: Offers,
+    connected: OrdSet<String>,
+    pending: HashMap<String, Resources>,
+}
+
+impl Seen {
+    /// The copies of what `input` holds.
+    fn of(input: &Input) -> Seen {
+        Seen {
+            agents: input.cluster.agents.clone(),
+            by_agent: input.cluster.allocations.by_agent.clone(),
+            offers: input.offers.clone(),
+            connected: input.connected.clone(),
+            pending: input.pending.clone(),
+        }
     }
-    sorter.set_total(total);
-    // A framework's tasks in a role it has left still count there, but it is offered only for
-    // the roles it has now.
-    let mut subscribed: HashSet<(&str, &str)> = HashSet::new();
-    for fw in &frameworks {
-        for role in fw.roles() {
-            sorter.add_client(role, &fw.id);
-            if !fw.suppressed {
-                subscribed.insert((role, fw.id.as_str()));
+}
+
+/// What one connected, active agent has free.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Pool {
+    /// The agent's host name.
+    hostname: String,
+    /// What no task, launch in flight or exclusive offer holds.
+    unheld: Resources,
+    /// Of that, what no optimistic offer holds either, when an optimistic offer holds some of
+    /// it (`None`: all of it): what may be offered exclusively.
+    exclusive: Option<Resources>,
+}
+
+impl Pool {
+    /// What may be offered exclusively.
+    fn exclusive(&self) -> &Resources {
+        self.exclusive.as_ref().unwrap_or(&self.unheld)
+    }
+}
+
+/// An allocator: plans offers pass after pass, keeping from one pass to the next what each
+/// agent has free and what each (role, framework)'s offers hold. A pass finds the agents whose
+/// inputs changed since the last one (their record, their tasks, their offers, their
+/// connection, launches in flight) by comparing persistent maps, and works out only theirs
+/// again: a pass over a cluster where little changed costs little however many agents it has.
+/// The leader keeps one per leadership; a new one starts from nothing and looks at every agent.
+#[derive(Default)]
+pub struct Allocator {
+    seen: Option<Seen>,
+    /// The agents whose unheld resources are worth offering, by id (the order they are offered in).
+    pools: BTreeMap<String, Pool>,
+    /// The scalars of every active, connected agent together: the cluster that shares are of.
+    total: Resources,
+    /// What the outstanding offers hold, per (role, framework): scalars, and how many offers.
+    offered: HashMap<(String, String), (Resources, usize)>,
+    /// Exclusive offers the last pass planned and counted as made, by agent: (framework, role,
+    /// resources).
+    assumed: HashMap<String, Vec<(String, String, Resources)>>,
+    /// Agents to look at again in the next pass whatever changes.
+    dirty: BTreeSet<String>,
+}
+
+impl Allocator {
+    /// Runs one pass.
+    pub fn pass(&mut self, input: &Input) -> Output {
+        let agents_changed = self.catch_up(input);
+        let mut out = self.plan(input);
+        self.assume(&out.planned);
+        out.agents_changed = agents_changed;
+        out
+    }
+
+    /// Counts the offers a pass planned as made (the leader makes them before the next pass):
+    /// their agents' free resources shrink by them now, and the next pass, finding them among
+    /// the outstanding offers as planned, need not look at those agents again. An agent
+    /// whose planned offers do not all turn up as planned is looked at again.
+    fn assume(&mut self, planned: &[Planned]) {
+        for p in planned {
+            let pool = self.pools.get_mut(&p.agent_id);
+            let exact = !p.optimistic
+                && pool.is_some_and(|pool| {
+                    pool.unheld.checked_sub_assign(&p.resources)
+                        && (pool.exclusive.as_mut())
+                            .is_none_or(|e| e.checked_sub_assign(&p.resources))
+                });
+            if !exact {
+                self.dirty.insert(p.agent_id.clone());
+                continue;
+            }
+            self.assumed.entry(p.agent_id.clone()).or_default().push((
+                p.framework_id.clone(),
+                p.role.clone(),
+                p.resources.clone(),
+            ));
+            if !self
+                .pools
+                .get(&p.agent_id)
+                .is_some_and(|pool| allocatable(&pool.unheld))
+            {
+                self.pools.remove(&p.agent_id);
             }
         }
     }
-    let mut quotas = BTreeMap::new();
-    for (role, info) in &state.roles {
-        if let Some(w) = info.weight {
-            sorter.set_weight(role, Some(w.milli() as f64 / 1000.0));
+
+    /// Brings what is kept up to date with `input`; returns how many agents were looked at.
+    fn catch_up(&mut self, input: &Input) -> usize {
+        let cluster = input.cluster;
+        let seen = self.seen.take();
+        let mut assumed = std::mem::take(&mut self.assumed);
+        let dirty = std::mem::take(&mut self.dirty);
+        // Agents whose record or connection changed (their share of the total may have), and
+        // those whose free resources may have.
+        let mut records: HashSet<&str> = HashSet::new();
+        let mut changed: BTreeSet<&str> = BTreeSet::new();
+        match &seen {
+            None => {
+                // Nothing kept: every agent is looked at, in order, with no lookups.
+                self.pools.clear();
+                self.total = Resources::default();
+                self.offered.clear();
+                for o in input.offers.values() {
+                    count_offer(&mut self.offered, o, true);
+                }
+                for (id, a) in &cluster.agents {
+                    if a.state != AgentState::Active || !input.connected.contains(id) {
+                        continue;
+                    }
+                    self.total.add_assign(&only_scalars(&a.resources));
+                    if let Some(p) = pool(a, cluster, input) {
+                        self.pools.insert(id.clone(), p);
+                    }
+                }
+                self.seen = Some(Seen::of(input));
+                return cluster.agents.len();
+            }
+            Some(seen) => {
+                use imbl::ordmap::DiffItem;
+                for d in seen.agents.diff(&cluster.agents) {
+                    match d {
+                        DiffItem::Add(k, _) | DiffItem::Remove(k, _) => records.insert(k),
+                        DiffItem::Update { new: (k, _), .. } => records.insert(k),
+                    };
+                }
+                for d in seen.by_agent.diff(&cluster.allocations.by_agent) {
+                    match d {
+                        DiffItem::Add(k, _) | DiffItem::Remove(k, _) => changed.insert(k),
+                        DiffItem::Update { new: (k, _), .. } => changed.insert(k),
+                    };
+                }
+                for d in seen.connected.diff(input.connected) {
+                    match d {
+                        imbl::ordset::DiffItem::Add(k) | imbl::ordset::DiffItem::Remove(k) => {
+                            records.insert(k)
+                        }
+                    };
+                }
+                changed.extend(records.iter().copied());
+                for (before, now) in input.offers.changes_since(&seen.offers) {
+                    if let Some(o) = before {
+                        changed.insert(&o.agent_id);
+                        count_offer(&mut self.offered, o, false);
+                    }
+                    if let Some(o) = now {
+                        count_offer(&mut self.offered, o, true);
+                        // An offer the last pass planned, made as planned, is counted already.
+                        let planned = before.is_none()
+                            && !o.optimistic
+                            && assumed.get_mut(&o.agent_id).is_some_and(|list| {
+                                let at = list.iter().position(|(fw, role, r)| {
+                                    (fw, role, r) == (&o.framework_id, &o.role, &o.resources)
+                                });
+                                at.map(|i| list.swap_remove(i)).is_some()
+                            });
+                        if !planned {
+                            changed.insert(&o.agent_id);
+                        }
+                    }
+                }
+                for (agent, left) in &assumed {
+                    if !left.is_empty() {
+                        changed.insert(agent);
+                    }
+                }
+                changed.extend(dirty.iter().map(String::as_str));
+                let pending = seen.pending.keys().chain(input.pending.keys());
+                for agent in pending {
+                    if seen.pending.get(agent) != input.pending.get(agent) {
+                        changed.insert(agent);
+                    }
+                }
+            }
         }
-        if info.quota != Quota::default() {
-            quotas.insert(role.clone(), info.quota.clone());
+        for &id in &changed {
+            let agent = cluster
+                .agents
+                .get(id)
+                .filter(|a| a.state == AgentState::Active && input.connected.contains(id));
+            if records.contains(id) {
+                let before = seen.as_ref().and_then(|s| {
+                    s.agents
+                        .get(id)
+                        .filter(|a| a.state == AgentState::Active && s.connected.contains(id))
+                });
+                if let Some(before) = before {
+                    self.total = self.total.saturating_sub(&only_scalars(&before.resources));
+                }
+                if let Some(a) = agent {
+                    self.total.add_assign(&only_scalars(&a.resources));
+                }
+            }
+            match (
+                agent.and_then(|a| pool(a, cluster, input)),
+                self.pools.get_mut(id),
+            ) {
+                (Some(p), Some(kept)) => *kept = p,
+                (Some(p), None) => {
+                    self.pools.insert(id.to_string(), p);
+                }
+                (None, _) => {
+                    self.pools.remove(id);
+                }
+            }
+        }
+        let looked_at = changed.len();
+        self.seen = Some(Seen::of(input));
+        looked_at
+    }
+
+    /// Plans the pass's offers from what is kept.
+    fn plan(&self, input: &Input) -> Output {
+        let state = input.cluster;
+        let mut sorter = Sorter::new();
+        let frameworks: Vec<&FrameworkInfo> = state
+            .frameworks
+            .values()
+            .filter(|f| f.removed_ms.is_none())
+            .collect();
+        sorter.set_total(self.total.clone());
+        // A framework's tasks in a role it has left still count there, but it is offered only
+        // for the roles it has now.
+        let mut subscribed: HashSet<(&str, &str)> = HashSet::new();
+        for fw in &frameworks {
+            for role in fw.roles() {
+                sorter.add_client(role, &fw.id);
+                if !fw.suppressed {
+                    subscribed.insert((role, fw.id.as_str()));
+                }
+            }
+        }
+        let mut quotas = BTreeMap::new();
+        for (role, info) in &state.roles {
+            if let Some(w) = info.weight {
+                sorter.set_weight(role, Some(w.milli() as f64 / 1000.0));
+            }
+            if info.quota != Quota::default() {
+                quotas.insert(role.clone(), info.quota.clone());
+            }
+        }
+        // What live tasks hold comes from the sums the state keeps up to date, what offers
+        // hold from the sums kept here: no walk of every task or offer.
+        let registered = |fw: &str| {
+            state
+                .frameworks
+                .get(fw)
+                .is_some_and(|f| f.removed_ms.is_none())
+        };
+        for ((role, fw), r) in &state.allocations.held {
+            if registered(fw) {
+                sorter.allocate(role, fw, &r.sum());
+            }
+        }
+        for ((role, fw), (r, _)) in &self.offered {
+            sorter.allocate(role, fw, r);
+        }
+        for ((role, fw), r) in input.pending_held {
+            sorter.allocate(role, fw, r);
+        }
+        let optimistic: Vec<&FrameworkInfo> = frameworks
+            .iter()
+            .filter(|f| f.optimistic && !f.suppressed)
+            .copied()
+            .collect();
+        let free: Vec<Free> = self
+            .pools
+            .iter()
+            .filter(|(_, p)| allocatable(p.exclusive()))
+            .map(|(id, p)| Free {
+                agent_id: id.clone(),
+                hostname: p.hostname.clone(),
+                resources: p.exclusive().clone(),
+            })
+            .collect();
+        let had_free = !free.is_empty();
+        // Asked once or more per offer: no key is built unless a filter may match.
+        let may_offer = |fw: &str, role: &str, agent: &str| {
+            subscribed.contains(&(role, fw))
+                && (input.filters.is_empty()
+                    || !input
+                        .filters
+                        .contains_key(&(fw.to_string(), agent.to_string())))
+        };
+        let mut planned = if had_free && !subscribed.is_empty() {
+            plan(&mut sorter, &quotas, free, may_offer)
+        } else {
+            Vec::new()
+        };
+        if !optimistic.is_empty() {
+            let ids: HashSet<&str> = optimistic.iter().map(|f| f.id.as_str()).collect();
+            for p in &mut planned {
+                p.optimistic = ids.contains(p.framework_id.as_str());
+            }
+            let mut unheld: Vec<Free> = self
+                .pools
+                .iter()
+                .map(|(id, p)| Free {
+                    agent_id: id.clone(),
+                    hostname: p.hostname.clone(),
+                    resources: p.unheld.clone(),
+                })
+                .collect();
+            let shared = offer_optimistically(
+                &mut sorter,
+                &quotas,
+                &mut unheld,
+                input.offers,
+                &planned,
+                &optimistic,
+                may_offer,
+            );
+            planned.extend(shared);
+        }
+        let mut holding: HashSet<&str> = self.offered.keys().map(|(_, fw)| fw.as_str()).collect();
+        holding.extend(planned.iter().map(|p| p.framework_id.as_str()));
+        let context = WhyContext {
+            sorter: &sorter,
+            quotas: &quotas,
+            filters: input.filters,
+            had_free,
+            others_offered: !planned.is_empty(),
+            now: input.now,
+        };
+        let why = frameworks
+            .iter()
+            .map(|f| {
+                let text = if holding.contains(f.id.as_str()) {
+                    String::new()
+                } else {
+                    let roles: Vec<String> = f.roles().into_iter().map(String::from).collect();
+                    context.why(&f.id, f.suppressed, &roles)
+                };
+                (f.id.clone(), text)
+            })
+            .collect();
+        let frameworks = frameworks.iter().map(|f| f.id.clone()).collect();
+        Output {
+            planned,
+            why,
+            frameworks,
+            agents_changed: 0,
         }
     }
-    // What live tasks hold comes from the sums the state keeps up to date: no walk of every
-    // task, and no copy of them.
-    for ((role, fw), r) in &state.allocations.held {
-        let registered = state
-            .frameworks
-            .get(fw)
-            .is_some_and(|f| f.removed_ms.is_none());
-        if registered {
-            sorter.allocate(role, fw, &r.sum());
+}
+
+/// Counts an offer among what its (role, framework) is offered (`add`), or no longer.
+fn count_offer(offered: &mut HashMap<(String, String), (Resources, usize)>, o: &Offer, add: bool) {
+    let key = (o.role.clone(), o.framework_id.clone());
+    let scalars = only_scalars(&o.resources);
+    if add {
+        let e = offered.entry(key).or_default();
+        e.0.add_assign(&scalars);
+        e.1 += 1;
+    } else if let Some(e) = offered.get_mut(&key) {
+        e.0 = e.0.saturating_sub(&scalars);
+        e.1 -= 1;
+        if e.1 == 0 {
+            offered.remove(&key);
+        }
+    }
+}
+
+/// What an active, connected agent has free (`None`: nothing worth offering), from its
+/// record, what its tasks hold, its launches in flight and its outstanding offers.
+fn pool(agent: &AgentInfo, cluster: &Cluster, input: &Input) -> Option<Pool> {
+    let mut unheld = agent.resources.clone();
+    if let Some(tasks) = cluster.allocations.by_agent.get(&agent.id) {
+        if !unheld.checked_sub_assign(tasks) {
+            return None;
+        }
+    }
+    if let Some(launching) = input.pending.get(&agent.id) {
+        if !unheld.checked_sub_assign(launching) {
+            return None;
         }
     }
     // Exclusive offers add up; optimistic ones may overlap: together they can take at most
     // their join.
-    let mut offered: HashMap<&str, Resources> = HashMap::new();
-    let mut optimistic_offered: HashMap<&str, Resources> = HashMap::new();
-    for o in input.offers.values() {
+    let mut optimistic: Option<Resources> = None;
+    for o in input.offers.on_agent(&agent.id) {
         if o.optimistic {
-            let h = optimistic_offered.entry(o.agent_id.as_str()).or_default();
-            *h = h.join(&o.resources);
-        } else {
-            offered
-                .entry(o.agent_id.as_str())
-                .or_default()
-                .add_assign(&o.resources);
+            optimistic = Some(match optimistic {
+                Some(j) => j.join(&o.resources),
+                None => o.resources.clone(),
+            });
+        } else if !unheld.checked_sub_assign(&o.resources) {
+            return None;
         }
-        sorter.allocate(&o.role, &o.framework_id, &o.resources);
     }
-    for ((role, fw), r) in input.pending_held {
-        sorter.allocate(role, fw, r);
+    if !allocatable(&unheld) {
+        return None;
     }
-    let optimistic: Vec<&FrameworkInfo> = frameworks
-        .iter()
-        .filter(|f| f.optimistic && !f.suppressed)
-        .copied()
-        .collect();
-    // Whether every agent's unheld resources are needed (for optimistic offers), or only those
-    // of agents with something to offer.
-    let all_unheld = !(optimistic.is_empty() && optimistic_offered.is_empty());
-    // What no task, launch in flight or exclusive offer holds, per agent (none of an agent
-    // that has less than they hold).
-    let mut unheld: Vec<Free> = active
-        .iter()
-        .filter_map(|a| {
-            let taken = [
-                state.allocations.by_agent.get(&a.id),
-                offered.get(a.id.as_str()),
-                input.pending.get(&a.id),
-            ];
-            if !all_unheld {
-                // An agent with no cpus or no memory left is offered nothing: told by two
-                // scalars, without a copy of its resources (in a busy cluster, most agents).
-                let left = |of: fn(&Resources) -> Scalar| {
-                    taken
-                        .iter()
-                        .flatten()
-                        .try_fold(of(&a.resources), |left, t| left.checked_sub(of(t)))
-                        .is_some_and(|s| !s.is_zero())
-                };
-                if !left(Resources::cpus) || !left(Resources::mem) {
-                    return None;
-                }
-            }
-            let mut left = a.resources.clone();
-            for t in taken.into_iter().flatten() {
-                if !left.checked_sub_assign(t) {
-                    return None;
-                }
-            }
-            Some(Free {
-                agent_id: a.id.clone(),
-                resources: left,
-            })
-        })
-        .collect();
-    // Offered exclusively only when no optimistic offer holds it either. `unheld` is kept
-    // for the optimistic stage only when some framework takes optimistic offers.
-    let exclusive = |f: &Free| Free {
-        agent_id: f.agent_id.clone(),
-        resources: match optimistic_offered.get(f.agent_id.as_str()) {
-            Some(o) => f.resources.saturating_sub(o),
-            None => f.resources.clone(),
-        },
-    };
-    let free: Vec<Free> = if !all_unheld {
-        std::mem::take(&mut unheld)
-            .into_iter()
-            .filter(|f| allocatable(&f.resources))
-            .collect()
-    } else {
-        unheld
-            .iter()
-            .map(exclusive)
-            .filter(|f| allocatable(&f.resources))
-            .collect()
-    };
-    let had_free = !free.is_empty();
-    // Asked once or more per offer: no key is built unless a filter may match.
-    let may_offer = |fw: &str, role: &str, agent: &str| {
-        subscribed.contains(&(role, fw))
-            && (input.filters.is_empty()
-                || !input
-                    .filters
-                    .contains_key(&(fw.to_string(), agent.to_string())))
-    };
-    let mut planned = if had_free {
-        plan(&mut sorter, &quotas, free, may_offer)
-    } else {
-        Vec::new()
-    };
-    if !optimistic.is_empty() {
-        let ids: HashSet<&str> = optimistic.iter().map(|f| f.id.as_str()).collect();
-        for p in &mut planned {
-            p.optimistic = ids.contains(p.framework_id.as_str());
-        }
-        let shared = offer_optimistically(
-            &mut sorter,
-            &quotas,
-            &mut unheld,
-            input.offers,
-            &planned,
-            &optimistic,
-            may_offer,
-        );
-        planned.extend(shared);
-    }
-    let mut holding: HashSet<&str> = input
-        .offers
-        .values()
-        .map(|o| o.framework_id.as_str())
-        .collect();
-    holding.extend(planned.iter().map(|p| p.framework_id.as_str()));
-    let context = WhyContext {
-        sorter: &sorter,
-        quotas: &quotas,
-        filters: input.filters,
-        had_free,
-        others_offered: !planned.is_empty(),
-        now: input.now,
-    };
-    let why = frameworks
-        .iter()
-        .map(|f| {
-            let text = if holding.contains(f.id.as_str()) {
-                String::new()
-            } else {
-                let roles: Vec<String> = f.roles().into_iter().map(String::from).collect();
-                context.why(&f.id, f.suppressed, &roles)
-            };
-            (f.id.clone(), text)
-        })
-        .collect();
-    let offered: HashSet<&str> = planned.iter().map(|p| p.agent_id.as_str()).collect();
-    let hostnames = offered
-        .iter()
-        .filter_map(|a| state.agents.get(*a))
-        .map(|a| (a.id.clone(), a.hostname.clone()))
-        .collect();
-    let frameworks = frameworks.iter().map(|f| f.id.clone()).collect();
-    Output {
-        planned,
-        why,
-        hostnames,
-        frameworks,
-    }
+    let exclusive = optimistic.map(|o| unheld.saturating_sub(&o));
+    Some(Pool {
+        hostname: agent.hostname.clone(),
+        unheld,
+        exclusive,
+    })
 }
 
 /// Plans offers to the optimistic frameworks: each is offered, on each agent, what it is not
@@ -325,7 +543,7 @@ fn offer_optimistically(
                 let held = mine.get(&key).cloned().unwrap_or_default();
                 let mut offer = pool.resources.usable_by(role).saturating_sub(&held);
                 if let Some(room) = room(sorter, quotas, role) {
-                    offer = room.apply(&offer);
+                    offer = room.apply(offer);
                 }
                 if !allocatable(&offer) {
                     continue;
@@ -334,6 +552,7 @@ fn offer_optimistically(
                 mine.insert(key, held.add(&offer));
                 out.push(Planned {
                     agent_id: pool.agent_id.clone(),
+                    hostname: pool.hostname.clone(),
                     framework_id: fw.id.clone(),
                     role: role.to_string(),
                     resources: offer,
@@ -470,16 +689,17 @@ mod tests {
         for o in offers {
             outstanding.insert(o.clone());
         }
-        run(&Input {
-            cluster: &Cluster::gather(state),
-            connected: &|agent| agent == "a1",
-            offers: &outstanding,
-            pending: &HashMap::new(),
-            pending_held: &HashMap::new(),
-            filters: &HashMap::new(),
-            now: Instant::now(),
-        })
-        .planned
+        Allocator::default()
+            .pass(&Input {
+                cluster: &Cluster::gather(state),
+                connected: &OrdSet::unit("a1".to_string()),
+                offers: &outstanding,
+                pending: &HashMap::new(),
+                pending_held: &HashMap::new(),
+                filters: &HashMap::new(),
+                now: Instant::now(),
+            })
+            .planned
     }
 
     fn offer(p: &Planned) -> Offer {
@@ -528,5 +748,169 @@ mod tests {
         assert!(!planned[0].optimistic);
         let out: Vec<Offer> = planned.iter().map(offer).collect();
         assert!(pass(&state, &out).is_empty(), "g gets nothing a holds");
+    }
+
+    /// One change between two passes, as the leader sees them.
+    #[derive(Clone, Debug)]
+    enum Change {
+        Launch { fw: usize, agent: usize, cpus: u64 },
+        Finish { task: usize },
+        Connect { agent: usize, up: bool },
+        Decline { offer: usize },
+        UsePart { offer: usize },
+        Pending { agent: usize, cpus: u64 },
+        Optimistic { fw: usize, on: bool },
+        Suppress { fw: usize, on: bool },
+        Disconnect { agent: usize },
+    }
+
+    fn change() -> impl proptest::strategy::Strategy<Value = Change> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0..3usize, 0..4usize, 1..3u64).prop_map(|(fw, agent, cpus)| Change::Launch {
+                fw,
+                agent,
+                cpus
+            }),
+            (0..8usize).prop_map(|task| Change::Finish { task }),
+            (0..4usize, any::<bool>()).prop_map(|(agent, up)| Change::Connect { agent, up }),
+            (0..6usize).prop_map(|offer| Change::Decline { offer }),
+            (0..6usize).prop_map(|offer| Change::UsePart { offer }),
+            (0..4usize, 0..3u64).prop_map(|(agent, cpus)| Change::Pending { agent, cpus }),
+            (0..3usize, any::<bool>()).prop_map(|(fw, on)| Change::Optimistic { fw, on }),
+            (0..3usize, any::<bool>()).prop_map(|(fw, on)| Change::Suppress { fw, on }),
+            (0..4usize).prop_map(|agent| Change::Disconnect { agent }),
+        ]
+    }
+
+    proptest::proptest! {
+        /// The allocator kept from pass to pass plans, after any changes, exactly what a new
+        /// one (which looks at every agent) plans from the same inputs.
+        #[test]
+        fn a_kept_allocator_plans_what_a_new_one_plans(
+            changes in proptest::collection::vec(change(), 1..40)
+        ) {
+            let (mut state, fws) = cluster(&[("f", false), ("g", false), ("h", false)]);
+            let agents: Vec<String> = (0..4).map(|i| format!("a{i}")).collect();
+            for (i, id) in agents.iter().enumerate().skip(1) {
+                let mut a = state.agents.get("a1").unwrap().clone();
+                a.id = id.clone();
+                a.hostname = format!("h{i}");
+                a.resources = r("cpus:4;mem:400;ports:[31000-31009]");
+                state.apply(10 + i as u64, &Command::RegisterAgent { agent: a, running: vec![] });
+            }
+            let mut index = 100;
+            let mut connected: OrdSet<String> = agents.iter().cloned().collect();
+            let mut offers = Offers::default();
+            let mut pending: HashMap<String, Resources> = HashMap::new();
+            let mut kept = Allocator::default();
+            let mut tasks: Vec<String> = Vec::new();
+            let mut offer_seq = 0;
+            for c in changes {
+                index += 1;
+                let ids: Vec<String> = offers.values().map(|o| o.id.clone()).collect();
+                match c {
+                    Change::Launch { fw, agent, cpus } => {
+                        let spec = crate::spec::parse_spec_line(&format!(
+                            "name=t{index} cpus={cpus} mem=10 -- true"
+                        ))
+                        .unwrap();
+                        let applied = state.apply(index, &Command::LaunchTasks {
+                            framework_id: fws[fw].clone(),
+                            agent_id: agents[agent].clone(),
+                            role: "*".into(),
+                            tasks: vec![crate::state::NewTask {
+                                resources: spec.resources(),
+                                spec,
+                                ports: vec![],
+                            }],
+                            time_ms: 5,
+                        });
+                        if applied.error.is_none() {
+                            tasks.push(format!("{}.t{index}", fws[fw]));
+                        }
+                    }
+                    Change::Finish { task } => {
+                        if let Some(id) = tasks.get(task) {
+                            state.apply(index, &Command::UpdateTask {
+                                task_id: id.clone(),
+                                transition: crate::state::Transition {
+                                    state: crate::state::TaskState::Finished,
+                                    reason: String::new(),
+                                    message: String::new(),
+                                    time_ms: 9,
+                                },
+                            });
+                        }
+                    }
+                    Change::Connect { agent, up } => {
+                        if up {
+                            connected.insert(agents[agent].clone());
+                        } else {
+                            connected.remove(&agents[agent]);
+                        }
+                    }
+                    Change::Decline { offer } => {
+                        if let Some(id) = ids.get(offer) {
+                            offers.remove(id);
+                        }
+                    }
+                    Change::UsePart { offer } => {
+                        if let Some(mut o) = ids.get(offer).and_then(|id| offers.get(id)).cloned() {
+                            o.resources = o.resources.saturating_sub(&r("cpus:1;mem:10"));
+                            offers.insert(o);
+                        }
+                    }
+                    Change::Pending { agent, cpus } => {
+                        if cpus == 0 {
+                            pending.remove(&agents[agent]);
+                        } else {
+                            pending.insert(agents[agent].clone(), r(&format!("cpus:{cpus};mem:5")));
+                        }
+                    }
+                    Change::Optimistic { fw, on } => {
+                        state.apply(index, &Command::SetOptimistic {
+                            framework_id: fws[fw].clone(),
+                            optimistic: on,
+                        });
+                    }
+                    Change::Suppress { fw, on } => {
+                        state.apply(index, &Command::SuppressFramework {
+                            framework_id: fws[fw].clone(),
+                            suppressed: on,
+                        });
+                    }
+                    Change::Disconnect { agent } => {
+                        state.apply(index, &Command::DisconnectAgent {
+                            agent_id: agents[agent].clone(),
+                            registration: None,
+                            time_ms: 7,
+                        });
+                    }
+                }
+                let cluster = Cluster::gather(&state);
+                let now = Instant::now();
+                let input = Input {
+                    cluster: &cluster,
+                    connected: &connected,
+                    offers: &offers,
+                    pending: &pending,
+                    pending_held: &HashMap::new(),
+                    filters: &HashMap::new(),
+                    now,
+                };
+                let got = kept.pass(&input);
+                let want = Allocator::default().pass(&input);
+                proptest::prop_assert_eq!(&got.planned, &want.planned);
+                proptest::prop_assert_eq!(&got.why, &want.why);
+                // The leader makes the offers planned.
+                for p in got.planned {
+                    offer_seq += 1;
+                    let mut o = offer(&p);
+                    o.id = format!("o{offer_seq}");
+                    offers.insert(o);
+                }
+            }
+        }
     }
 }

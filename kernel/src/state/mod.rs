@@ -525,8 +525,9 @@ struct Index {
 /// pass takes one) costs nothing however many agents and frameworks hold resources.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Allocations {
-    /// By agent (agents whose tasks hold nothing left out).
-    pub by_agent: HashMap<AgentId, Resources>,
+    /// By agent (agents whose tasks hold nothing left out); ordered, so that the allocator
+    /// finds what changed between two copies without a walk of every agent.
+    pub by_agent: OrdMap<AgentId, Resources>,
     /// By (role, framework), torn-down frameworks' included: tallies, since a framework's
     /// tasks on different agents may hold the same ports.
     pub held: HashMap<(String, FrameworkId), Tally>,

@@ -8,7 +8,7 @@
 //! small cluster's, the latency of `cat` of a task's `state` and of `ls -l` of a framework's
 //! `tasks/` in both (`mount_reads`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
@@ -125,38 +125,31 @@ pub async fn run(args: AllocArgs) -> Result<()> {
     let rss_before = rss_mib();
     let sim = Simulated::build(args.agents, args.frameworks, args.tasks)?;
     let state = &sim.state;
-    let connected: HashSet<String> = state.agents.keys().cloned().collect();
+    let connected: imbl::OrdSet<String> = state.agents.keys().cloned().collect();
     let (pending, pending_held, filters) = (HashMap::new(), HashMap::new(), HashMap::new());
     // The pass as the leader runs it: a copy of what it needs made under the state's lock, the
     // rest outside it. The copy's time is what commands wait for.
     let mut gathers = Vec::new();
-    let mut input = |offers: &Offers| {
+    let mut pass = |allocator: &mut pass::Allocator, offers: &Offers| {
         let started = Instant::now();
         let cluster = pass::Cluster::gather(state);
         gathers.push(started.elapsed());
-        pass::run(&pass::Input {
+        let out = allocator.pass(&pass::Input {
             cluster: &cluster,
-            connected: &|agent| connected.contains(agent),
+            connected: &connected,
             offers,
             pending: &pending,
             pending_held: &pending_held,
             filters: &filters,
             now: Instant::now(),
-        })
+        });
+        (started.elapsed(), out)
     };
-    let mut full = Vec::new();
-    let mut offered = 0;
-    let mut planned_offers = Vec::new();
-    for _ in 0..args.rounds {
-        let started = Instant::now();
-        let out = input(&Offers::default());
-        full.push(started.elapsed());
-        offered = out.planned.len();
-        planned_offers = out.planned;
-    }
-    // Every free resource held by an offer: a pass finds nothing to offer.
+    // A new leader's first pass: nothing kept, every agent looked at and offered.
+    let (_, first) = pass(&mut pass::Allocator::default(), &Offers::default());
+    let offered = first.planned.len();
     let mut offers = Offers::default();
-    for (i, p) in planned_offers.into_iter().enumerate() {
+    for (i, p) in first.planned.into_iter().enumerate() {
         offers.insert(mesofs_kernel::watch::Offer {
             id: format!("1-{i}"),
             framework_id: p.framework_id,
@@ -168,15 +161,28 @@ pub async fn run(args: AllocArgs) -> Result<()> {
             optimistic: p.optimistic,
         });
     }
-    let mut idle = Vec::new();
+    // The leader's allocator, kept from pass to pass; it starts with every free resource
+    // offered.
+    let mut kept = pass::Allocator::default();
+    pass(&mut kept, &offers);
+    let (mut cold, mut full, mut after, mut idle) = (vec![], vec![], vec![], vec![]);
+    let mut looked_at = [0; 3];
     for _ in 0..args.rounds {
-        let started = Instant::now();
-        input(&offers);
-        idle.push(started.elapsed());
+        cold.push(pass(&mut pass::Allocator::default(), &Offers::default()).0);
+        // Every offer withdrawn (declined, expired): every agent free again, and looked at.
+        let (took, out) = pass(&mut kept, &Offers::default());
+        full.push(took);
+        looked_at[0] = out.agents_changed;
+        // The offers that pass planned made: every agent looked at again, nothing free.
+        let (took, out) = pass(&mut kept, &offers);
+        after.push(took);
+        looked_at[1] = out.agents_changed;
+        // Nothing changed since.
+        let (took, out) = pass(&mut kept, &offers);
+        idle.push(took);
+        looked_at[2] = out.agents_changed;
     }
     let (gather_med, gather_min, gather_max) = spread(&gathers);
-    let (full_med, full_min, full_max) = spread(&full);
-    let (idle_med, idle_min, idle_max) = spread(&idle);
     println!(
         "cluster: {} agents, {} frameworks in {ROLES} weighted roles, {} running tasks",
         args.agents, args.frameworks, args.tasks
@@ -187,12 +193,35 @@ pub async fn run(args: AllocArgs) -> Result<()> {
             total.as_secs_f64() * 1e6 / *n as f64
         );
     }
-    println!(
-        "full pass (every agent with free resources): median {full_med:.3} ms (min {full_min:.3}, max {full_max:.3}), {offered} offers, {:.0} offers/s",
-        offered as f64 / (full_med / 1000.0).max(1e-9)
+    let line = |what: &str, samples: &[Duration], offers: Option<usize>| {
+        let (med, min, max) = spread(samples);
+        let rate = offers.map_or(String::new(), |n| {
+            format!(
+                ", {n} offers, {:.0} offers/s",
+                n as f64 / (med / 1000.0).max(1e-9)
+            )
+        });
+        println!("{what}: median {med:.3} ms (min {min:.3}, max {max:.3}){rate}");
+    };
+    line(
+        "full pass (every agent free, every offer just withdrawn; the leader's allocator, kept from the pass before)",
+        &full,
+        Some(offered),
     );
+    line(
+        "full pass of a new leader (nothing kept from a pass before)",
+        &cold,
+        Some(offered),
+    );
+    line(
+        "pass after a full pass (its offers made: every agent changed, nothing free)",
+        &after,
+        None,
+    );
+    line("pass with nothing changed and nothing free", &idle, None);
     println!(
-        "pass with nothing free: median {idle_med:.3} ms (min {idle_min:.3}, max {idle_max:.3})"
+        "agents looked at again by those three passes of the kept allocator: {}, {}, {}",
+        looked_at[0], looked_at[1], looked_at[2]
     );
     println!(
         "of a pass, under the state's lock (the copy of what it needs; commands wait for it): median {gather_med:.3} ms (min {gather_min:.3}, max {gather_max:.3})"

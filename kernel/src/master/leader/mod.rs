@@ -101,10 +101,43 @@ fn leadership_lost() -> Refusal {
     )
 }
 
-#[derive(Clone)]
 struct Session {
     generation: u64,
     tx: mpsc::UnboundedSender<MasterMessage>,
+}
+
+/// The connected agents' sessions, with their ids also in a persistent set: an allocation pass
+/// copies the set in no time and finds who connected or left since the last pass without a walk
+/// of every agent.
+#[derive(Default)]
+struct Sessions {
+    open: HashMap<String, Session>,
+    connected: imbl::OrdSet<String>,
+}
+
+impl Sessions {
+    fn get(&self, agent_id: &str) -> Option<&Session> {
+        self.open.get(agent_id)
+    }
+
+    fn contains_key(&self, agent_id: &str) -> bool {
+        self.open.contains_key(agent_id)
+    }
+
+    fn insert(&mut self, agent_id: String, session: Session) {
+        self.connected.insert(agent_id.clone());
+        self.open.insert(agent_id, session);
+    }
+
+    fn remove(&mut self, agent_id: &str) {
+        self.open.remove(agent_id);
+        self.connected.remove(agent_id);
+    }
+
+    fn clear(&mut self) {
+        self.open.clear();
+        self.connected = imbl::OrdSet::new();
+    }
 }
 
 #[derive(Default)]
@@ -118,6 +151,8 @@ struct Allocation {
     offer_seq: u64,
     /// Recent launches and stale offers, for optimistic offers.
     optimistic: optimistic::Book,
+    /// What the allocator keeps from one pass to the next.
+    allocator: crate::allocator::pass::Allocator,
 }
 
 impl Allocation {
@@ -164,8 +199,7 @@ pub struct Leader {
     config: LeaderConfig,
     leader: LeaderInfo,
     epoch: u64,
-    /// A persistent map: an allocation pass copies it in no time to know who is connected.
-    sessions: Mutex<imbl::HashMap<String, Session>>,
+    sessions: Mutex<Sessions>,
     session_seq: AtomicU64,
     alloc: Mutex<Allocation>,
     /// Set when an allocation pass is wanted.
@@ -195,7 +229,7 @@ impl Leader {
             config,
             leader,
             epoch,
-            sessions: Mutex::new(imbl::HashMap::new()),
+            sessions: Mutex::new(Sessions::default()),
             session_seq: AtomicU64::new(0),
             alloc: Mutex::new(Allocation {
                 offer_seq,

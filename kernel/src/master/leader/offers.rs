@@ -49,17 +49,25 @@ impl Leader {
     /// One pass: every connected agent's free resources (less what tasks hold, launches being
     /// committed take and outstanding offers hold) offered as the allocator plans.
     fn allocation_pass(&self) {
-        let mut alloc = self.alloc.lock().expect("alloc lock");
+        let mut guard = self.alloc.lock().expect("alloc lock");
+        // One borrow of the guard, so that the allocator and the inputs it reads beside it
+        // are borrowed apart.
+        let alloc = &mut *guard;
         let now = Instant::now();
         alloc.filters.retain(|_, until| *until > now);
-        let sessions = self.sessions.lock().expect("sessions lock").clone();
+        let connected = self
+            .sessions
+            .lock()
+            .expect("sessions lock")
+            .connected
+            .clone();
         // Copies of persistent maps, made in no time under the board's and the state's locks:
         // commands apply and offers change while the pass runs.
         let offers = self.board.read(|o| o.clone());
         let cluster = self.hub.read(allocator::pass::Cluster::gather);
-        let pass = allocator::pass::run(&allocator::pass::Input {
+        let pass = alloc.allocator.pass(&allocator::pass::Input {
             cluster: &cluster,
-            connected: &|agent| sessions.contains_key(agent),
+            connected: &connected,
             offers: &offers,
             pending: &alloc.pending,
             pending_held: &alloc.pending_held,
@@ -81,7 +89,7 @@ impl Leader {
             let offer = Offer {
                 id: format!("{}-{}", self.epoch, alloc.offer_seq),
                 framework_id: p.framework_id,
-                hostname: pass.hostnames.get(&p.agent_id).cloned().unwrap_or_default(),
+                hostname: p.hostname,
                 agent_id: p.agent_id,
                 resources: p.resources,
                 role: p.role,
@@ -92,7 +100,7 @@ impl Leader {
             made.push(offer.id.clone());
             self.board.add_offer(offer);
         }
-        drop(alloc);
+        drop(guard);
         for id in made {
             self.expire_offer_later(id);
         }
