@@ -1,12 +1,14 @@
-//! One allocation pass over a cluster's state: what every connected agent has free, offered in
+//! Allocation passes over a cluster's state: what every connected agent has free, offered in
 //! DRF order within the roles' quotas ([`super::plan`]); then, to every framework that takes
 //! optimistic offers, what it is not offered yet of the free resources no other framework
 //! holds exclusively (offers to optimistic frameworks may overlap); and, for every framework
-//! left without an offer, why. Pure: the leader gives it what it needs of the state, gathered
+//! left without an offer, why. The leader gives a pass what it needs of the state, gathered
 //! while it holds the state's lock ([`Cluster::gather`], copies of persistent maps of the
 //! agents, frameworks and allocation sums, made in microseconds, so that the pass itself does
 //! not keep commands from applying), and what only it holds (offers, launches being
-//! committed, decline filters, who is connected), and makes the offers it plans.
+//! committed, decline filters, who is connected), and makes the offers it plans. Its
+//! [`Allocator`] keeps what each agent has free from one pass to the next, and works out again
+//! only what changed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Instant;
