@@ -16,6 +16,8 @@ use std::ops::{Add, AddAssign, RangeInclusive, Sub, SubAssign};
 use std::str::FromStr;
 
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
+use smallvec::SmallVec;
+use smol_str::SmolStr;
 
 /// The name of the cpus resource (a scalar).
 pub const CPUS: &str = "cpus";
@@ -264,7 +266,7 @@ impl<'de> Deserialize<'de> for Scalar {
 
 /// Inclusive u64 ranges, kept sorted, disjoint and coalesced (`[1-3,4-6]` is `[1-6]`).
 #[derive(Clone, PartialEq, Eq, Hash, Debug, Default)]
-pub struct Ranges(Vec<(u64, u64)>);
+pub struct Ranges(SmallVec<[(u64, u64); 2]>);
 
 /// Why a text is not valid ranges.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -304,7 +306,7 @@ impl Ranges {
 
     /// No values.
     pub const fn empty() -> Ranges {
-        Ranges(Vec::new())
+        Ranges(SmallVec::new_const())
     }
 
     /// The single range `start..=end`; empty if `start > end`.
@@ -378,7 +380,7 @@ impl Ranges {
 
     /// The values of self not in other.
     pub fn difference(&self, other: &Ranges) -> Ranges {
-        let mut out = Vec::new();
+        let mut out = SmallVec::new();
         let mut cut = other.0.iter().peekable();
         for &(lo, hi) in &self.0 {
             let mut lo = lo;
@@ -444,7 +446,7 @@ impl FromIterator<RangeInclusive<u64>> for Ranges {
             .map(|r| (*r.start(), *r.end()))
             .collect();
         pairs.sort_unstable();
-        let mut out: Vec<(u64, u64)> = Vec::with_capacity(pairs.len());
+        let mut out: SmallVec<[(u64, u64); 2]> = SmallVec::with_capacity(pairs.len());
         for (lo, hi) in pairs {
             match out.last_mut() {
                 // saturating_add: a range ending at u64::MAX swallows everything after it.
@@ -687,7 +689,7 @@ pub enum ResourceError {
 /// Values that hold nothing (zero scalars, empty ranges and sets) are never stored, so two
 /// bundles that hold the same are equal.
 #[derive(Clone, PartialEq, Eq, Hash, Debug, Default)]
-pub struct Resources(BTreeMap<String, Value>);
+pub struct Resources(BTreeMap<SmolStr, Value>);
 
 /// Whether `name` is a valid resource name (`[A-Za-z0-9_.-]+`).
 pub fn is_valid_name(name: &str) -> bool {
@@ -789,10 +791,10 @@ impl Resources {
                             second: value.kind(),
                         })?,
                     };
-                    out.0.insert(name.to_string(), sum);
+                    out.0.insert(SmolStr::new(name), sum);
                 }
                 None => {
-                    out.0.insert(name.to_string(), value);
+                    out.0.insert(SmolStr::new(name), value);
                 }
             }
         }
@@ -861,7 +863,7 @@ impl Resources {
     /// The entries of resource `name`, at every key it can be held at: `name` itself and
     /// `name(...)`. They come together and first from `name` on: `(` sorts before every
     /// character a name may hold. No key is built (this is asked once or more per offer).
-    fn entries_of<'a>(&'a self, name: &'a str) -> impl Iterator<Item = (&'a String, &'a Value)> {
+    fn entries_of<'a>(&'a self, name: &'a str) -> impl Iterator<Item = (&'a SmolStr, &'a Value)> {
         use std::ops::Bound;
         self.0
             .range::<str, _>((Bound::Included(name), Bound::Unbounded))
@@ -964,7 +966,7 @@ impl Resources {
         let mut out = Resources::new();
         for (name, wanted) in &want.flatten().0 {
             let mut left = wanted.clone();
-            let mut keys: Vec<&String> = self
+            let mut keys: Vec<&SmolStr> = self
                 .entries_of(name)
                 .map(|(k, _)| k)
                 .filter(|k| *k != name)
@@ -976,7 +978,7 @@ impl Resources {
                 if left.is_empty() {
                     break;
                 }
-                let Some(taken) = self.0[k].common(&left) else {
+                let Some(taken) = self.0[k.as_str()].common(&left) else {
                     continue;
                 };
                 if taken.is_empty() {
@@ -1002,7 +1004,7 @@ impl Resources {
         if value.is_empty() {
             self.0.remove(name);
         } else {
-            self.0.insert(name.to_string(), value);
+            self.0.insert(SmolStr::new(name), value);
         }
         self
     }
@@ -1023,7 +1025,7 @@ impl Resources {
         for (name, value) in &other.0 {
             let sum = match self.0.get(name) {
                 Some(old) => old.add(value).ok_or_else(|| ResourceError::KindMismatch {
-                    name: name.clone(),
+                    name: name.to_string(),
                     first: old.kind(),
                     second: value.kind(),
                 })?,
