@@ -1063,6 +1063,37 @@ impl Resources {
         }
     }
 
+    /// Adds the scalars of `other` (at every key, reserved or not) in place, leaving out its
+    /// ranges and sets: sums that only shares and quotas read (the allocator's) are kept so.
+    pub fn add_scalars(&mut self, other: &Resources) {
+        for (name, value) in &other.0 {
+            let Value::Scalar(s) = value else { continue };
+            match self.0.get_mut(name) {
+                Some(Value::Scalar(old)) => *old = old.saturating_add(*s),
+                Some(_) => {}
+                None => {
+                    self.0.insert(name.clone(), Value::Scalar(*s));
+                }
+            }
+        }
+    }
+
+    /// Takes the scalars of `other` away in place, each down to nothing at least: the reverse
+    /// of [`Resources::add_scalars`].
+    pub fn sub_scalars(&mut self, other: &Resources) {
+        for (name, value) in &other.0 {
+            let Value::Scalar(s) = value else { continue };
+            if let Some(Value::Scalar(old)) = self.0.get_mut(name) {
+                match old.checked_sub(*s) {
+                    Some(left) if !left.is_zero() => *old = left,
+                    _ => {
+                        self.0.remove(name);
+                    }
+                }
+            }
+        }
+    }
+
     /// Whether self holds all of other.
     pub fn contains(&self, other: &Resources) -> bool {
         other
@@ -1768,6 +1799,16 @@ mod tests {
         t.remove(&b);
         assert_eq!(t.sum(), Resources::new());
         assert_eq!(t, Tally::default(), "nothing left behind");
+    }
+
+    #[test]
+    fn scalar_sums_add_and_take_back_scalars_only_and_keep_no_zero() {
+        let mut sum = res("cpus:1");
+        sum.add_scalars(&res("cpus:2;mem:100;cpus(eng):1;ports:[1-5];zones:{a}"));
+        assert_eq!(sum, res("cpus:3;mem:100;cpus(eng):1"));
+        sum.sub_scalars(&res("cpus:1;mem:100;cpus(eng):4;ports:[1-5]"));
+        assert_eq!(sum, res("cpus:2"), "mem and cpus(eng) are gone, not zero");
+        assert_eq!(sum.to_string(), "cpus:2");
     }
 
     #[test]

@@ -261,7 +261,7 @@ pub fn plan(
 }
 
 /// Only the scalars of `r`.
-pub(crate) fn only_scalars(r: &Resources) -> Resources {
+fn only_scalars(r: &Resources) -> Resources {
     r.iter()
         .filter(|(_, v)| matches!(v, Value::Scalar(_)))
         .fold(Resources::default(), |acc, (name, v)| {

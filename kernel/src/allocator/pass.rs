@@ -16,7 +16,7 @@ use std::time::Instant;
 use imbl::OrdSet;
 
 use super::drf::Sorter;
-use super::{allocatable, only_scalars, plan, room, Free, Planned, Quota};
+use super::{allocatable, plan, room, Free, Planned, Quota};
 use crate::allocator::roles::RoleInfo;
 use crate::resources::Resources;
 use crate::state::{AgentInfo, AgentState, Allocations, ClusterState, FrameworkInfo};
@@ -136,7 +136,7 @@ pub struct Allocator {
     /// The scalars of every active, connected agent together: the cluster that shares are of.
     total: Resources,
     /// What the outstanding offers hold, per (role, framework): scalars, and how many offers.
-    offered: HashMap<(String, String), (Resources, usize)>,
+    offered: Offered,
     /// Exclusive offers the last pass planned and counted as made, by agent: (framework, role,
     /// resources).
     assumed: HashMap<String, Vec<(String, String, Resources)>>,
@@ -209,7 +209,7 @@ impl Allocator {
                     if a.state != AgentState::Active || !input.connected.contains(id) {
                         continue;
                     }
-                    self.total.add_assign(&only_scalars(&a.resources));
+                    self.total.add_scalars(&a.resources);
                     if let Some(p) = pool(a, cluster, input) {
                         self.pools.insert(id.clone(), p);
                     }
@@ -286,10 +286,10 @@ impl Allocator {
                         .filter(|a| a.state == AgentState::Active && s.connected.contains(id))
                 });
                 if let Some(before) = before {
-                    self.total = self.total.saturating_sub(&only_scalars(&before.resources));
+                    self.total.sub_scalars(&before.resources);
                 }
                 if let Some(a) = agent {
-                    self.total.add_assign(&only_scalars(&a.resources));
+                    self.total.add_scalars(&a.resources);
                 }
             }
             match (
@@ -353,8 +353,10 @@ impl Allocator {
                 sorter.allocate(role, fw, &r.sum());
             }
         }
-        for ((role, fw), (r, _)) in &self.offered {
-            sorter.allocate(role, fw, r);
+        for (role, of_role) in &self.offered {
+            for (fw, (r, _)) in of_role {
+                sorter.allocate(role, fw, r);
+            }
         }
         for ((role, fw), r) in input.pending_held {
             sorter.allocate(role, fw, r);
@@ -413,7 +415,11 @@ impl Allocator {
             );
             planned.extend(shared);
         }
-        let mut holding: HashSet<&str> = self.offered.keys().map(|(_, fw)| fw.as_str()).collect();
+        let mut holding: HashSet<&str> = self
+            .offered
+            .values()
+            .flat_map(|of_role| of_role.keys().map(String::as_str))
+            .collect();
         holding.extend(planned.iter().map(|p| p.framework_id.as_str()));
         let context = WhyContext {
             sorter: &sorter,
@@ -445,20 +451,38 @@ impl Allocator {
     }
 }
 
+/// What the outstanding offers hold, by role then framework: their scalars and how many there
+/// are. Looked up by name, so counting an offer builds no key once its role and framework are
+/// known.
+type Offered = HashMap<String, HashMap<String, (Resources, usize)>>;
+
 /// Counts an offer among what its (role, framework) is offered (`add`), or no longer.
-fn count_offer(offered: &mut HashMap<(String, String), (Resources, usize)>, o: &Offer, add: bool) {
-    let key = (o.role.clone(), o.framework_id.clone());
-    let scalars = only_scalars(&o.resources);
+fn count_offer(offered: &mut Offered, o: &Offer, add: bool) {
     if add {
-        let e = offered.entry(key).or_default();
-        e.0.add_assign(&scalars);
+        if !offered.contains_key(&o.role) {
+            offered.insert(o.role.clone(), HashMap::new());
+        }
+        let of_role = offered.get_mut(&o.role).expect("just made");
+        if !of_role.contains_key(&o.framework_id) {
+            of_role.insert(o.framework_id.clone(), Default::default());
+        }
+        let e = of_role.get_mut(&o.framework_id).expect("just made");
+        e.0.add_scalars(&o.resources);
         e.1 += 1;
-    } else if let Some(e) = offered.get_mut(&key) {
-        e.0 = e.0.saturating_sub(&scalars);
+        return;
+    }
+    let Some(of_role) = offered.get_mut(&o.role) else {
+        return;
+    };
+    if let Some(e) = of_role.get_mut(&o.framework_id) {
+        e.0.sub_scalars(&o.resources);
         e.1 -= 1;
         if e.1 == 0 {
-            offered.remove(&key);
+            of_role.remove(&o.framework_id);
         }
+    }
+    if of_role.is_empty() {
+        offered.remove(&o.role);
     }
 }
 
