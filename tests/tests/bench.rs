@@ -106,6 +106,8 @@ fn the_alloc_benchmark_offers_every_agent_and_prints_a_rate_from_its_own_figures
             "50",
             "--rounds",
             "2",
+            "--clients",
+            "50",
             "--no-mount",
         ])
         .output()
@@ -145,6 +147,8 @@ fn the_alloc_benchmark_offers_every_agent_and_prints_a_rate_from_its_own_figures
         .unwrap_or_else(|| panic!("no count of agents looked at in:\n{stdout}"));
     assert_eq!(looked_at, "20, 0, 0");
     assert!(figure(&stdout, "memory:", "MiB resident") > 0.0);
+    assert!(figure(&stdout, "apply of a client's write", "us with 50") > 0.0);
+    assert!(figure(&stdout, "a snapshot's copy with 50 clients", "ms") >= 0.0);
 }
 
 /// Whether `printed`, a quotient rounded to `decimals`, is `num / den` where `num` and `den`

@@ -1905,7 +1905,13 @@ mod tests {
         assert_eq!(s.frameworks.len(), 1);
         // Once the client says write 1 is answered, its outcome is forgotten...
         s.apply(3, &register(2, 2));
-        assert!(s.clients.clients["m"].outcomes.keys().all(|seq| *seq >= 2));
+        assert!(s
+            .clients
+            .get("m")
+            .unwrap()
+            .outcomes
+            .keys()
+            .all(|seq| *seq >= 2));
         // ...and a stray copy of it still changes nothing.
         let stray = s.apply(4, &register(1, 2));
         assert!(stray.duplicate_of.is_some());
@@ -1926,7 +1932,7 @@ mod tests {
                 }),
             },
         );
-        assert!(!s.clients.clients.contains_key("m"));
+        assert!(s.clients.get("m").is_none());
     }
 
     #[test]
@@ -2198,7 +2204,7 @@ mod tests {
                 resources: res("mem(ops):100"),
             },
         );
-        assert!(!s.clients.clients.is_empty() && !s.roles.is_empty());
+        assert!(!s.clients.is_empty() && !s.roles.is_empty());
         assert!(!s.reservations.is_empty());
         s
     }

@@ -43,6 +43,10 @@ pub struct AllocArgs {
     /// Reads of `state` files timed in each mount.
     #[arg(long, default_value = "500")]
     cat_samples: usize,
+    /// Mounts whose writes the state remembers, one client each of its own principal, when
+    /// `apply` of a client's write is timed.
+    #[arg(long, default_value = "20000")]
+    clients: usize,
     /// Skip the mount's figures (they need root and /dev/fuse).
     #[arg(long)]
     no_mount: bool,
@@ -114,10 +118,58 @@ fn snapshot_figures(state: &ClusterState, rounds: usize) -> Result<()> {
     Ok(())
 }
 
+/// Prints what `apply` of a client's write costs with one client remembered and with `clients`
+/// of them (every mount's exactly-once state lives in the replicated state), and what a
+/// snapshot's copy costs then; in the same run, as a ratio.
+fn client_write_figures(state: &ClusterState, clients: usize) {
+    let write = |client: usize, seq: u64, time_ms: u64| Command::Write {
+        id: mesofs_kernel::state::clients::WriteId {
+            client: format!("mount:m{client}/c"),
+            seq,
+            done_below: seq,
+        },
+        time_ms,
+        // Refused at once (no such task): the figure is the write's bookkeeping.
+        command: Box::new(Command::KillTask {
+            task_id: "no-such-task".into(),
+            time_ms,
+        }),
+    };
+    let timed = |s: &mut ClusterState, clients: usize| {
+        let mut index = s.applied_index;
+        let started = Instant::now();
+        let n = 2_000;
+        for i in 0..n {
+            index += 1;
+            s.apply(index, &write(i % clients, 2 + (i / clients) as u64, 10));
+        }
+        started.elapsed().as_secs_f64() * 1e6 / n as f64
+    };
+    let mut one = state.clone();
+    one.apply(one.applied_index + 1, &write(0, 1, 1));
+    let alone = timed(&mut one, 1);
+    let mut many = state.clone();
+    let mut index = many.applied_index;
+    for c in 0..clients {
+        index += 1;
+        many.apply(index, &write(c, 1, 1));
+    }
+    let crowded = timed(&mut many, clients);
+    let started = Instant::now();
+    let copy = many.clone();
+    let copied = started.elapsed();
+    drop(copy);
+    println!(
+        "apply of a client's write: {alone:.1} us with 1 client remembered, {crowded:.1} us with {clients} (ratio {:.2}); a snapshot's copy with {clients} clients: {:.3} ms",
+        crowded / alone,
+        copied.as_secs_f64() * 1e3
+    );
+}
+
 /// Runs the benchmark and prints its figures.
 pub async fn run(args: AllocArgs) -> Result<()> {
-    if args.agents == 0 || args.frameworks == 0 || args.rounds == 0 {
-        bail!("--agents, --frameworks and --rounds must be more than 0");
+    if args.agents == 0 || args.frameworks == 0 || args.rounds == 0 || args.clients == 0 {
+        bail!("--agents, --frameworks, --rounds and --clients must be more than 0");
     }
     if !args.no_mount && (args.tasks == 0 || args.small_tasks == 0 || args.cat_samples == 0) {
         bail!("the mount's figures need --tasks, --small-tasks and --cat-samples above 0 (or --no-mount)");
@@ -232,6 +284,7 @@ pub async fn run(args: AllocArgs) -> Result<()> {
         rss_mib() - rss_before
     );
     snapshot_figures(state, args.rounds)?;
+    client_write_figures(state, args.clients);
     if args.no_mount {
         return Ok(());
     }
