@@ -112,7 +112,7 @@ async fn stream_state(client: &MasterClient, copy: &LocalCopy, addr: &str) -> En
             }
         };
         match msg {
-            Ok(Some(m)) => match serde_json::from_str::<StateEvent>(&m.json) {
+            Ok(Some(m)) => match serde_json::from_slice::<StateEvent>(&m.json) {
                 Ok(event) => {
                     if !delivered {
                         delivered = true;
@@ -196,7 +196,7 @@ async fn follow(
     let mut leader = None;
     loop {
         let why = match stream.message().await {
-            Ok(Some(m)) => match serde_json::from_str::<LeaderEvent>(&m.json) {
+            Ok(Some(m)) => match serde_json::from_slice::<LeaderEvent>(&m.json) {
                 Ok(event) => {
                     client.answered();
                     match &event {

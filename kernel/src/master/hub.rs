@@ -24,15 +24,17 @@ const WATCH_BUFFER: usize = 65_536;
 pub struct Encoded {
     /// The log index it brings a watcher to.
     pub index: u64,
-    /// The [`StateEvent`] as JSON.
-    pub json: String,
+    /// The [`StateEvent`] as JSON, shared by every watcher's stream.
+    pub json: prost::bytes::Bytes,
 }
 
 impl Encoded {
     fn new(event: &StateEvent) -> Arc<Encoded> {
         Arc::new(Encoded {
             index: event.index(),
-            json: serde_json::to_string(event).expect("state events serialize"),
+            json: serde_json::to_vec(event)
+                .expect("state events serialize")
+                .into(),
         })
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use futures::Stream;
 use openraft::ServerState;
+use prost::bytes::Bytes;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
 use tokio_stream::StreamExt;
@@ -134,8 +135,8 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 trait Relayed: Send + Sync + 'static {
     /// Its position in the stream.
     fn position(&self) -> u64;
-    /// Its JSON.
-    fn json(&self) -> &str;
+    /// Its JSON: the one encoding, shared (a copy of the handle, not of the bytes).
+    fn json(&self) -> Bytes;
 }
 
 impl Relayed for Encoded {
@@ -143,8 +144,8 @@ impl Relayed for Encoded {
         self.index
     }
 
-    fn json(&self) -> &str {
-        &self.json
+    fn json(&self) -> Bytes {
+        self.json.clone()
     }
 }
 
@@ -153,18 +154,18 @@ impl Relayed for EncodedLeaderEvent {
         self.seq
     }
 
-    fn json(&self) -> &str {
-        &self.json
+    fn json(&self) -> Bytes {
+        self.json.clone()
     }
 }
 
 /// A receiver's stream: `first`, then every live event past position `start`. A receiver that
 /// falls too far behind gets DATA_LOSS and comes again (`again` says how).
 fn relay<E: Relayed, W: Send + 'static>(
-    first: Vec<String>,
+    first: Vec<Bytes>,
     start: u64,
     mut live: broadcast::Receiver<Arc<E>>,
-    wrap: fn(String) -> W,
+    wrap: fn(Bytes) -> W,
     again: &'static str,
 ) -> BoxStream<W> {
     let (tx, out) = mpsc::channel::<Result<W, Status>>(1024);
@@ -178,7 +179,7 @@ fn relay<E: Relayed, W: Send + 'static>(
             match live.recv().await {
                 Ok(e) if e.position() <= start => {}
                 Ok(e) => {
-                    if tx.send(Ok(wrap(e.json().to_string()))).await.is_err() {
+                    if tx.send(Ok(wrap(e.json()))).await.is_err() {
                         return;
                     }
                 }

@@ -19,14 +19,16 @@ const BUFFER: usize = 65_536;
 pub struct EncodedLeaderEvent {
     /// Its position.
     pub seq: u64,
-    /// The [`LeaderEvent`] as JSON.
-    pub json: String,
+    /// The [`LeaderEvent`] as JSON, shared by every follower's stream.
+    pub json: prost::bytes::Bytes,
 }
 
 fn encode(event: &LeaderEvent) -> Arc<EncodedLeaderEvent> {
     Arc::new(EncodedLeaderEvent {
         seq: event.seq(),
-        json: serde_json::to_string(event).expect("leader events serialize"),
+        json: serde_json::to_vec(event)
+            .expect("leader events serialize")
+            .into(),
     })
 }
 
