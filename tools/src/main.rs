@@ -19,6 +19,9 @@ use tracing::info;
 mod bench;
 mod certs;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "mesofs",
