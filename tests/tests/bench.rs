@@ -22,13 +22,22 @@ fn figure(out: &str, label: &str, unit: &str) -> f64 {
 }
 
 #[test]
-fn the_benchmark_launches_its_tasks_and_prints_every_figure() {
+fn the_launch_benchmark_prints_each_round_and_a_ratio_that_is_the_quotient_of_its_two_rates() {
     if !can_run() {
         return;
     }
     let tmp = tempfile::tempdir().expect("temp dir");
     let out = Command::new(mesofs_bin())
-        .args(["bench", "--tasks", "20", "--batch", "4", "--dir"])
+        .args([
+            "bench",
+            "--tasks",
+            "20",
+            "--batch",
+            "4",
+            "--one-at-a-time",
+            "5",
+        ])
+        .args(["--rounds", "2", "--warmup", "4", "--dir"])
         .arg(tmp.path())
         .output()
         .expect("running mesofs bench");
@@ -40,15 +49,35 @@ fn the_benchmark_launches_its_tasks_and_prints_every_figure() {
         String::from_utf8_lossy(&out.stderr)
     );
     println!("{stdout}");
-    assert!(figure(&stdout, "through the mount", "tasks/s") > 0.0);
-    assert!(figure(&stdout, "TASK_RUNNING visible", "ms,") > 0.0);
-    assert!(figure(&stdout, "bare cgroup", "tasks/s") > 0.0);
+    let rounds = stdout.lines().filter(|l| l.starts_with("  round ")).count();
+    assert_eq!(rounds, 2, "one line per round");
+    let running = figure(&stdout, "to TASK_RUNNING visible", "ms,");
+    let finished = figure(&stdout, "to TASK_FINISHED visible", "ms,");
+    assert!(running > 0.0);
+    assert!(
+        finished >= running,
+        "each task is seen finished after it is seen running, so their medians are in that order"
+    );
+    let rate = figure(&stdout, "pipelined through the mount", "tasks/s");
+    let floor_line = stdout
+        .lines()
+        .find(|l| l.starts_with("  floor, ") && !l.contains("one at a time"))
+        .unwrap_or_else(|| panic!("no line of the floor with mesofs's tasks in flight:\n{stdout}"));
+    let floor = figure(floor_line, "at a time:", "tasks/s");
+    assert!(figure(&stdout, "floor, one at a time", "tasks/s") > 0.0);
+    assert!(rate > 0.0 && floor > 0.0);
     let ratio: f64 = stdout
         .lines()
-        .find_map(|l| l.trim().strip_prefix("ratio mesofs / bare:"))
+        .find_map(|l| l.trim().strip_prefix("ratio mesofs / floor:"))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no ratio in:\n{stdout}"));
-    assert!(ratio > 0.0);
+    // The rates are printed to a tenth, the ratio to a thousandth.
+    let quotient = rate / floor;
+    assert!(
+        (ratio - quotient).abs() <= 0.0006 + quotient * 0.1 / rate.min(floor),
+        "the ratio {ratio} is not the pipelined rate {rate} over the floor's {floor}"
+    );
+    assert!(figure(&stdout, "CPU per pipelined task", "ms") > 0.0);
 }
 
 /// Runs `mesofs bench ARGS` in a temporary directory; returns what it printed.

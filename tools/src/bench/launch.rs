@@ -1,12 +1,15 @@
-//! The launch benchmark: launches N tasks of `true` through a real mount on a local one-machine
-//! cluster, and in the same run times a bare loop that creates a cgroup, forks and execs
-//! `true` and waits for it. The ratio of the two rates is the figure that matters.
+//! The launch benchmark (`mesofs bench`): launches tasks of `true` through a real mount on a
+//! local one-machine cluster (master, agent and mount in this process; tasks in real cgroups
+//! under real supervisors), one at a time and pipelined, and in the same rounds measures the
+//! floor (`floor`): the system calls of an isolated launch made directly, one at a time and as
+//! many at a time as mesofs had in flight. The ratio of mesofs's pipelined rate to the floor's
+//! is the figure that matters; each is printed, and the ratio is their quotient.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -15,20 +18,59 @@ use mesofs_agent::daemon::{self as agent, AgentConfig};
 use mesofs_kernel::client::{Connector, MasterClient};
 use mesofs_kernel::master::{self, LeaderConfig, MasterConfig, RaftTimings};
 
+use super::floor::Floor;
 use super::percentiles;
 
 /// Options of the launch benchmark.
-#[derive(Args)]
+#[derive(Args, Clone)]
 pub struct LaunchArgs {
-    /// How many tasks of `true` to launch.
+    /// Tasks of `true` launched pipelined in each round.
     #[arg(long, default_value = "200")]
     tasks: usize,
-    /// Tasks per launch write (each write accepts one offer).
+    /// Tasks per launch write when pipelined (each write accepts one offer).
     #[arg(long, default_value = "1")]
     batch: usize,
+    /// Tasks launched one at a time in each round, each once the one before has finished.
+    #[arg(long, default_value = "50")]
+    one_at_a_time: usize,
+    /// Rounds measured; the median round and the spread are printed.
+    #[arg(long, default_value = "3")]
+    rounds: usize,
+    /// Tasks launched (and floor launches made) before the first round, not measured.
+    #[arg(long, default_value = "20")]
+    warmup: usize,
     /// Where to put the temporary cluster's data and mount (a fresh directory under it).
     #[arg(long, default_value = "/tmp")]
     dir: PathBuf,
+}
+
+/// The most floor launches at a time, however many tasks mesofs had in flight.
+const MAX_IN_FLIGHT: usize = 64;
+
+/// What one round measured.
+struct Round {
+    /// One at a time: launch write to TASK_RUNNING visible, median and p99.
+    running: (Duration, Duration),
+    /// One at a time: launch write to TASK_FINISHED visible, median and p99.
+    finished: (Duration, Duration),
+    /// Pipelined through the mount, tasks per second.
+    rate: f64,
+    /// Tasks mesofs had launched and not yet finished, on average over the pipelined run.
+    mean_in_flight: f64,
+    /// Floor launches at a time: `mean_in_flight`, rounded, within 1..=MAX_IN_FLIGHT.
+    in_flight: usize,
+    /// The floor, one at a time and `in_flight` at a time, launches per second.
+    floor_one: f64,
+    floor_many: f64,
+    /// CPU time per pipelined task: this process (master, agent, mount) and its reaped
+    /// children (the tasks' supervisors and commands).
+    cpu_per_task: Duration,
+}
+
+impl Round {
+    fn ratio(&self) -> f64 {
+        self.rate / self.floor_many
+    }
 }
 
 /// Runs the benchmark and prints its figures.
@@ -36,8 +78,8 @@ pub async fn run(args: LaunchArgs) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("the benchmark mounts FUSE and creates cgroups: run it as root");
     }
-    if args.tasks == 0 || args.batch == 0 {
-        bail!("--tasks and --batch must be at least 1");
+    if args.tasks == 0 || args.batch == 0 || args.one_at_a_time == 0 || args.rounds == 0 {
+        bail!("--tasks, --batch, --one-at-a-time and --rounds must be at least 1");
     }
     let tmp = tempfile::Builder::new()
         .prefix("mesofs-bench-")
@@ -61,12 +103,11 @@ pub async fn run(args: LaunchArgs) -> Result<()> {
         tls: Some(tls.master),
     })
     .await?;
-    // Room for every task at once, so offers never run out; isolation is still real.
-    let resources = format!(
-        "cpus:{};mem:{};disk:0;ports:[31000-31001]",
-        args.tasks,
-        args.tasks * 16
-    );
+    // Room for every task of the run at once: resources a finished task frees come back in
+    // offers of their own, and the driver always takes `offers/next`, so the first offer must
+    // never run out. The tasks are `true`: the room is declared, not used; isolation is real.
+    let most = args.warmup + args.rounds * (args.one_at_a_time + args.tasks);
+    let resources = format!("cpus:{};mem:{};disk:0;ports:[31000-31001]", most, most * 16);
     let agent = agent::start(AgentConfig {
         masters: vec![master.addr.to_string()],
         work_dir: tmp.path().join("agent"),
@@ -83,47 +124,141 @@ pub async fn run(args: LaunchArgs) -> Result<()> {
     let copy = client.spawn_local_copy();
     let mount = mesofs_fs::mount(&mount_path, client, copy, tokio::runtime::Handle::current())?;
 
-    let n = args.tasks;
-    let batch = args.batch;
     let mp = mount_path.clone();
-    // The driver does blocking file I/O on the mount: keep it off the async workers.
-    let figures = tokio::task::spawn_blocking(move || drive(&mp, n, batch)).await??;
-    let bare_rate = tokio::task::spawn_blocking(move || bare_loop(n)).await??;
-
-    let (lat_p50, lat_p99) = percentiles(&figures.running_latency);
-    println!("mesofs bench: {n} tasks of `true`, {batch} per launch write");
-    println!(
-        "  through the mount: {:.1} tasks/s (first write to last TASK_FINISHED: {:.3} s)",
-        n as f64 / figures.elapsed.as_secs_f64(),
-        figures.elapsed.as_secs_f64()
-    );
-    println!(
-        "  launch write to TASK_RUNNING visible in the mount: median {:.2} ms, p99 {:.2} ms",
-        ms(lat_p50),
-        ms(lat_p99)
-    );
-    println!("  bare cgroup + fork/exec `true` + wait loop: {bare_rate:.1} tasks/s");
-    println!(
-        "  ratio mesofs / bare: {:.3}",
-        (n as f64 / figures.elapsed.as_secs_f64()) / bare_rate
-    );
+    let a = args.clone();
+    // The driver does blocking file I/O on the mount and forks: keep it off the async workers.
+    let measured = tokio::task::spawn_blocking(move || measure(&mp, &a)).await;
 
     agent.shutdown().await;
     tokio::task::spawn_blocking(move || mount.unmount()).await??;
     master.shutdown().await;
+    let rounds = measured??;
+    report(&args, &rounds);
     Ok(())
+}
+
+/// The warm-up, then every round.
+fn measure(mount: &Path, args: &LaunchArgs) -> Result<Vec<Round>> {
+    let driver = Driver::start(mount)?;
+    let floor = Floor::new("launch")?;
+    if args.warmup > 0 {
+        driver.pipelined("w", args.warmup, args.batch)?;
+        floor.rate(args.warmup, 1)?;
+    }
+    let mut rounds = Vec::with_capacity(args.rounds);
+    for r in 0..args.rounds {
+        let floor_one = floor.rate(args.tasks, 1)?;
+        let mut running = Vec::with_capacity(args.one_at_a_time);
+        let mut finished = Vec::with_capacity(args.one_at_a_time);
+        for i in 0..args.one_at_a_time {
+            let (to_running, to_finished) = driver.one(&format!("s{r}-{i}"))?;
+            running.push(to_running);
+            finished.push(to_finished);
+        }
+        let cpu_before = cpu_time();
+        let piped = driver.pipelined(&format!("p{r}-"), args.tasks, args.batch)?;
+        let cpu = cpu_time().saturating_sub(cpu_before);
+        let in_flight = (piped.mean_in_flight.round() as usize).clamp(1, MAX_IN_FLIGHT);
+        let floor_many = floor.rate(args.tasks, in_flight)?;
+        let round = Round {
+            running: percentiles(&running),
+            finished: percentiles(&finished),
+            rate: args.tasks as f64 / piped.elapsed.as_secs_f64(),
+            mean_in_flight: piped.mean_in_flight,
+            in_flight,
+            floor_one,
+            floor_many,
+            cpu_per_task: cpu / args.tasks as u32,
+        };
+        println!(
+            "  round {}: one at a time, to TASK_RUNNING {:.2} ms (p99 {:.2}), to TASK_FINISHED {:.2} ms (p99 {:.2}); pipelined {:.1} tasks/s ({:.1} in flight); floor {:.1} tasks/s one at a time, {:.1} {} at a time; ratio {:.3}",
+            r + 1,
+            ms(round.running.0),
+            ms(round.running.1),
+            ms(round.finished.0),
+            ms(round.finished.1),
+            round.rate,
+            round.mean_in_flight,
+            round.floor_one,
+            round.floor_many,
+            round.in_flight,
+            round.ratio()
+        );
+        rounds.push(round);
+    }
+    Ok(rounds)
+}
+
+/// Prints the median round (by ratio) and the spread of every figure over the rounds.
+fn report(args: &LaunchArgs, rounds: &[Round]) {
+    let mut order: Vec<&Round> = rounds.iter().collect();
+    order.sort_by(|a, b| a.ratio().total_cmp(&b.ratio()));
+    let m = order[order.len() / 2];
+    println!(
+        "mesofs bench: {} round(s) after a warm-up of {} task(s); each round {} task(s) of `true` one at a time, {} pipelined ({} per launch write), and the floor (cgroups made with mkdir and writes, fork, join, exec `true`, wait, rmdir)",
+        args.rounds, args.warmup, args.one_at_a_time, args.tasks, args.batch
+    );
+    println!("the median round (by ratio):");
+    println!(
+        "  one at a time, launch write to TASK_RUNNING visible: median {:.2} ms, p99 {:.2} ms",
+        ms(m.running.0),
+        ms(m.running.1)
+    );
+    println!(
+        "  one at a time, launch write to TASK_FINISHED visible: median {:.2} ms, p99 {:.2} ms",
+        ms(m.finished.0),
+        ms(m.finished.1)
+    );
+    println!(
+        "  pipelined through the mount: {:.1} tasks/s, {:.1} tasks in flight on average",
+        m.rate, m.mean_in_flight
+    );
+    println!("  floor, one at a time: {:.1} tasks/s", m.floor_one);
+    println!(
+        "  floor, {} at a time: {:.1} tasks/s",
+        m.in_flight, m.floor_many
+    );
+    println!("  ratio mesofs / floor: {:.3}", m.ratio());
+    println!(
+        "  CPU per pipelined task (master, agent and mount, one process here, and the tasks' supervisors and commands): {:.2} ms",
+        ms(m.cpu_per_task)
+    );
+    let spread = |what: &str, unit: &str, f: &dyn Fn(&Round) -> f64| {
+        let values: Vec<f64> = rounds.iter().map(f).collect();
+        let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        println!("  {what}: {min:.2}-{max:.2} {unit}");
+    };
+    println!("spread over the rounds (min-max):");
+    spread("to TASK_RUNNING, median", "ms", &|r| ms(r.running.0));
+    spread("to TASK_FINISHED, median", "ms", &|r| ms(r.finished.0));
+    spread("pipelined", "tasks/s", &|r| r.rate);
+    spread("floor, one at a time", "tasks/s", &|r| r.floor_one);
+    spread("floor, as many at a time as mesofs", "tasks/s", &|r| {
+        r.floor_many
+    });
+    spread("ratio", "", &Round::ratio);
 }
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-struct Figures {
-    elapsed: Duration,
-    running_latency: Vec<Duration>,
+/// CPU time (user and system) of this process and of its children it has waited for.
+fn cpu_time() -> Duration {
+    let of = |who| {
+        // SAFETY: getrusage fills the struct it is given.
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(who, &mut u) };
+        let tv = |t: libc::timeval| {
+            Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+        };
+        tv(u.ru_utime) + tv(u.ru_stime)
+    };
+    of(libc::RUSAGE_SELF) + of(libc::RUSAGE_CHILDREN)
 }
 
-/// Seen times of each task's lines in the framework's `events_pipe`.
+/// When each task's lines appeared in the framework's `events_pipe`.
 #[derive(Default)]
 struct Seen {
     running: HashMap<String, Instant>,
@@ -131,101 +266,148 @@ struct Seen {
     failed: Vec<String>,
 }
 
-fn drive(mount: &Path, n: usize, batch: usize) -> Result<Figures> {
-    let fw = mount.join("frameworks/bench");
-    std::fs::create_dir(&fw).context("mkdir frameworks/bench")?;
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let events = std::fs::File::open(fw.join("events_pipe")).context("opening events_pipe")?;
-    let reader_seen = seen.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(events).lines() {
-            let Ok(line) = line else { return };
-            let now = Instant::now();
-            let mut parts = line.split_whitespace();
-            if parts.next() != Some("task") {
-                continue;
-            }
-            let (Some(name), Some(state)) = (parts.next(), parts.next()) else {
-                continue;
-            };
-            let mut s = reader_seen.lock().expect("seen lock");
-            match state {
-                "TASK_RUNNING" => {
-                    s.running.insert(name.to_string(), now);
-                }
-                "TASK_FINISHED" => {
-                    s.finished.insert(name.to_string(), now);
-                }
-                "TASK_FAILED" | "TASK_LOST" | "TASK_KILLED" => s.failed.push(line.clone()),
-                _ => {}
-            }
-        }
-    });
+/// A framework on the mount launching tasks, and a reader of its `events_pipe`.
+struct Driver {
+    framework: PathBuf,
+    seen: Arc<(Mutex<Seen>, Condvar)>,
+}
 
-    let mut written: HashMap<String, Instant> = HashMap::new();
-    let start = Instant::now();
-    let mut i = 0;
-    while i < n {
-        let offer =
-            std::fs::read_to_string(fw.join("offers/next")).context("reading offers/next")?;
+/// What a pipelined run gave.
+struct Piped {
+    /// From the first launch write to the last TASK_FINISHED visible.
+    elapsed: Duration,
+    /// Tasks launched and not yet finished, averaged over `elapsed` (Little's law).
+    mean_in_flight: f64,
+}
+
+impl Driver {
+    /// Registers the framework and starts reading its events.
+    fn start(mount: &Path) -> Result<Driver> {
+        let framework = mount.join("frameworks/bench");
+        std::fs::create_dir(&framework).context("mkdir frameworks/bench")?;
+        let seen: Arc<(Mutex<Seen>, Condvar)> = Arc::default();
+        let events =
+            std::fs::File::open(framework.join("events_pipe")).context("opening events_pipe")?;
+        let reader_seen = seen.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(events).lines() {
+                let Ok(line) = line else { return };
+                let now = Instant::now();
+                let mut parts = line.split_whitespace();
+                if parts.next() != Some("task") {
+                    continue;
+                }
+                let (Some(name), Some(state)) = (parts.next(), parts.next()) else {
+                    continue;
+                };
+                let (lock, changed) = &*reader_seen;
+                let mut s = lock.lock().expect("seen lock");
+                match state {
+                    "TASK_RUNNING" => {
+                        s.running.insert(name.to_string(), now);
+                    }
+                    "TASK_FINISHED" => {
+                        s.finished.insert(name.to_string(), now);
+                    }
+                    "TASK_FAILED" | "TASK_LOST" | "TASK_KILLED" | "TASK_ERROR" => {
+                        s.failed.push(line.clone())
+                    }
+                    _ => continue,
+                }
+                changed.notify_all();
+            }
+        });
+        Ok(Driver { framework, seen })
+    }
+
+    /// Writes one launch of `names` on the next offer; returns when `write(2)` was called.
+    fn launch(&self, names: &[String]) -> Result<Instant> {
+        let offer = std::fs::read_to_string(self.framework.join("offers/next"))
+            .context("reading offers/next")?;
         let offer = offer.trim();
-        let mut text = String::new();
-        let mut names = Vec::new();
-        for _ in 0..batch.min(n - i) {
-            let name = format!("t{i}");
-            text.push_str(&format!(
-                "{{\"name\":\"{name}\",\"argv\":[\"true\"],\"cpus\":0.01,\"mem\":16}}\n"
-            ));
-            names.push(name);
-            i += 1;
-        }
-        let t = Instant::now();
+        let text: String = names
+            .iter()
+            .map(|name| {
+                format!("{{\"name\":\"{name}\",\"argv\":[\"true\"],\"cpus\":0.01,\"mem\":16}}\n")
+            })
+            .collect();
         let mut f = std::fs::OpenOptions::new()
             .write(true)
-            .open(fw.join("offers").join(offer).join("launch"))
+            .open(self.framework.join("offers").join(offer).join("launch"))
             .with_context(|| format!("opening offers/{offer}/launch"))?;
+        let written = Instant::now();
         f.write_all(text.as_bytes())
             .with_context(|| format!("launching on offer {offer}"))?;
-        for name in names {
-            written.insert(name, t);
-        }
+        Ok(written)
     }
-    let deadline = Instant::now() + Duration::from_secs(60 + n as u64);
-    loop {
-        {
-            let s = seen.lock().expect("seen lock");
+
+    /// Waits until every task in `names` has finished (or any task failed, or `timeout`).
+    fn wait_finished(&self, names: &[String], timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let (lock, changed) = &*self.seen;
+        let mut s = lock.lock().expect("seen lock");
+        loop {
             if !s.failed.is_empty() {
                 bail!("tasks failed: {:?}", &s.failed[..s.failed.len().min(5)]);
             }
-            if s.finished.len() >= n {
-                let last = s.finished.values().max().copied().expect("n >= 1");
-                let running_latency = written
-                    .iter()
-                    .filter_map(|(name, t)| s.running.get(name).map(|r| r.duration_since(*t)))
-                    .collect();
-                return Ok(Figures {
-                    elapsed: last.duration_since(start),
-                    running_latency,
-                });
+            if names.iter().all(|n| s.finished.contains_key(n)) {
+                return Ok(());
             }
+            let now = Instant::now();
+            if now >= deadline {
+                let left = names
+                    .iter()
+                    .filter(|n| !s.finished.contains_key(*n))
+                    .count();
+                bail!(
+                    "{left} of {} tasks had not finished within {timeout:?}",
+                    names.len()
+                );
+            }
+            s = changed
+                .wait_timeout(s, deadline - now)
+                .expect("seen lock")
+                .0;
         }
-        if Instant::now() > deadline {
-            bail!("not every task finished in time");
-        }
-        std::thread::sleep(Duration::from_millis(5));
     }
-}
 
-/// The bare loop: per iteration, a cgroup with limits, fork + exec `true` in it, wait, delete.
-fn bare_loop(n: usize) -> Result<f64> {
-    let isolator = mesofs_agent::isolator::detect();
-    let start = Instant::now();
-    for i in 0..n {
-        mesofs_agent::containerizer::bare_launch_cycle(
-            isolator.as_ref(),
-            &format!("bench-bare-{i}"),
-        )
-        .context("bare cgroup + exec cycle")?;
+    /// Launches one task and waits for it: from the launch write to TASK_RUNNING and to
+    /// TASK_FINISHED visible.
+    fn one(&self, name: &str) -> Result<(Duration, Duration)> {
+        let names = [name.to_string()];
+        let written = self.launch(&names)?;
+        self.wait_finished(&names, Duration::from_secs(60))?;
+        let s = self.seen.0.lock().expect("seen lock");
+        let running = s.running.get(name).copied().unwrap_or(s.finished[name]);
+        Ok((running - written, s.finished[name] - written))
     }
-    Ok(n as f64 / start.elapsed().as_secs_f64())
+
+    /// Launches `n` tasks named `<prefix><i>`, `batch` per write, as fast as offers come; waits
+    /// for them all.
+    fn pipelined(&self, prefix: &str, n: usize, batch: usize) -> Result<Piped> {
+        let names: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
+        let mut written = Vec::with_capacity(n);
+        let start = Instant::now();
+        for chunk in names.chunks(batch) {
+            let at = self.launch(chunk)?;
+            written.extend(chunk.iter().map(|_| at));
+        }
+        self.wait_finished(&names, Duration::from_secs(60 + n as u64))?;
+        let s = self.seen.0.lock().expect("seen lock");
+        let last = names
+            .iter()
+            .map(|n| s.finished[n])
+            .max()
+            .expect("at least one task");
+        let elapsed = last.duration_since(start);
+        let in_system: Duration = names
+            .iter()
+            .zip(&written)
+            .map(|(n, at)| s.finished[n].duration_since(*at))
+            .sum();
+        Ok(Piped {
+            elapsed,
+            mean_in_flight: in_system.as_secs_f64() / elapsed.as_secs_f64().max(1e-9),
+        })
+    }
 }

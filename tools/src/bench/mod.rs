@@ -1,8 +1,9 @@
 //! `mesofs bench`: benchmarks that print their figures (never assert them; these machines are
 //! shared and noisy).
 //!
-//! - `launch` (the default): launch throughput and latency through a mount, against a bare
-//!   cgroup + fork/exec loop measured in the same run;
+//! - `launch` (the default): launch latency one task at a time and throughput pipelined
+//!   through a mount, against the floor (the same launches made with plain system calls)
+//!   measured in the same rounds;
 //! - `failover`: three masters on loopback; the time from SIGKILL of the leader to the first
 //!   write accepted, and to every agent registered with the new leader;
 //! - `writes`: replicated writes per second with three masters, fsync on, at several numbers
@@ -18,6 +19,7 @@ use clap::{Args, Subcommand};
 mod alloc;
 mod control_plane;
 mod failover;
+mod floor;
 mod launch;
 mod masters;
 mod mount_reads;
@@ -37,8 +39,8 @@ pub struct BenchArgs {
 
 #[derive(Subcommand)]
 enum Which {
-    /// Launch throughput and latency through a mount, against a bare cgroup + exec loop (the
-    /// default).
+    /// Launch latency and throughput through a mount, against the floor: the same launches
+    /// made with plain system calls, in the same rounds (the default).
     Launch(launch::LaunchArgs),
     /// Three masters on loopback: from SIGKILL of the leader to the first write accepted, and
     /// to every agent registered with the new leader.
