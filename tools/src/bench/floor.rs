@@ -115,15 +115,20 @@ impl Floor {
             .iter()
             .map(|p| p.dir.join(i.to_string()))
             .collect();
-        for (dir, parent) in dirs.iter().zip(&self.parents) {
-            fs::create_dir(dir).with_context(|| format!("mkdir {}", dir.display()))?;
-            for (file, value) in &parent.limits {
-                fs::write(dir.join(file), value)
-                    .with_context(|| format!("writing {value} to {}/{file}", dir.display()))?;
+        let mut made = 0;
+        let ran = (|| {
+            for (dir, parent) in dirs.iter().zip(&self.parents) {
+                fs::create_dir(dir).with_context(|| format!("mkdir {}", dir.display()))?;
+                made += 1;
+                for (file, value) in &parent.limits {
+                    fs::write(dir.join(file), value)
+                        .with_context(|| format!("writing {value} to {}/{file}", dir.display()))?;
+                }
             }
-        }
-        let ran = self.run_in(&dirs);
-        for dir in &dirs {
+            self.run_in(&dirs)
+        })();
+        // Whatever was made is removed, whether the launch ran or not.
+        for dir in &dirs[..made] {
             fs::remove_dir(dir).with_context(|| format!("rmdir {}", dir.display()))?;
         }
         ran
