@@ -10,7 +10,7 @@
 //! [`Allocator`] keeps what each agent has free from one pass to the next, and works out again
 //! only what changed.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Instant;
 
 use imbl::OrdSet;
@@ -127,8 +127,9 @@ impl Pool {
 /// inputs changed since the last one (their record, their tasks, their offers, their
 /// connection, launches in flight) by comparing persistent maps, and works out only theirs
 /// again: a pass over a cluster where little changed costs little however many agents it has.
-/// The leader keeps one per leadership; a new one starts from nothing and looks at every agent.
-#[derive(Default)]
+/// When many changed (every offer withdrawn, or the last pass's offers made), it works out
+/// every agent in one walk instead. The leader keeps one per leadership; a new one starts
+/// from nothing and looks at every agent.
 pub struct Allocator {
     seen: Option<Seen>,
     /// The agents whose unheld resources are worth offering, by id (the order they are offered in).
@@ -137,11 +138,22 @@ pub struct Allocator {
     total: Resources,
     /// What the outstanding offers hold, per (role, framework): scalars, and how many offers.
     offered: Offered,
-    /// Exclusive offers the last pass planned and counted as made, by agent: (framework, role,
-    /// resources).
-    assumed: HashMap<String, Vec<(String, String, Resources)>>,
-    /// Agents to look at again in the next pass whatever changes.
-    dirty: BTreeSet<String>,
+    /// Past this share of the agents changed, a pass works out every agent again in one walk
+    /// rather than looking up each changed one.
+    walk_past: f64,
+}
+
+impl Default for Allocator {
+    fn default() -> Allocator {
+        Allocator {
+            seen: None,
+            pools: BTreeMap::new(),
+            total: Resources::default(),
+            offered: Offered::default(),
+            // A lookup in the persistent maps costs about what four steps of a walk do.
+            walk_past: 0.25,
+        }
+    }
 }
 
 impl Allocator {
@@ -149,72 +161,26 @@ impl Allocator {
     pub fn pass(&mut self, input: &Input) -> Output {
         let agents_changed = self.catch_up(input);
         let mut out = self.plan(input);
-        self.assume(&out.planned);
         out.agents_changed = agents_changed;
         out
-    }
-
-    /// Counts the offers a pass planned as made (the leader makes them before the next pass):
-    /// their agents' free resources shrink by them now, and the next pass, finding them among
-    /// the outstanding offers as planned, need not look at those agents again. An agent
-    /// whose planned offers do not all turn up as planned is looked at again.
-    fn assume(&mut self, planned: &[Planned]) {
-        for p in planned {
-            let pool = self.pools.get_mut(&p.agent_id);
-            let exact = !p.optimistic
-                && pool.is_some_and(|pool| {
-                    pool.unheld.checked_sub_assign(&p.resources)
-                        && (pool.exclusive.as_mut())
-                            .is_none_or(|e| e.checked_sub_assign(&p.resources))
-                });
-            if !exact {
-                self.dirty.insert(p.agent_id.clone());
-                continue;
-            }
-            self.assumed.entry(p.agent_id.clone()).or_default().push((
-                p.framework_id.clone(),
-                p.role.clone(),
-                p.resources.clone(),
-            ));
-            if !self
-                .pools
-                .get(&p.agent_id)
-                .is_some_and(|pool| allocatable(&pool.unheld))
-            {
-                self.pools.remove(&p.agent_id);
-            }
-        }
     }
 
     /// Brings what is kept up to date with `input`; returns how many agents were looked at.
     fn catch_up(&mut self, input: &Input) -> usize {
         let cluster = input.cluster;
         let seen = self.seen.take();
-        let mut assumed = std::mem::take(&mut self.assumed);
-        let dirty = std::mem::take(&mut self.dirty);
         // Agents whose record or connection changed (their share of the total may have), and
         // those whose free resources may have.
         let mut records: HashSet<&str> = HashSet::new();
-        let mut changed: BTreeSet<&str> = BTreeSet::new();
+        let mut changed: Vec<&str> = Vec::new();
         match &seen {
             None => {
-                // Nothing kept: every agent is looked at, in order, with no lookups.
-                self.pools.clear();
-                self.total = Resources::default();
+                // Nothing kept: every agent is looked at.
                 self.offered.clear();
                 for o in input.offers.values() {
                     count_offer(&mut self.offered, o, true);
                 }
-                for (id, a) in &cluster.agents {
-                    if a.state != AgentState::Active || !input.connected.contains(id) {
-                        continue;
-                    }
-                    self.total.add_scalars(&a.resources);
-                    if let Some(p) = pool(a, cluster, input) {
-                        self.pools.insert(id.clone(), p);
-                    }
-                }
-                self.seen = Some(Seen::of(input));
+                self.rebuild(input);
                 return cluster.agents.len();
             }
             Some(seen) => {
@@ -227,8 +193,8 @@ impl Allocator {
                 }
                 for d in seen.by_agent.diff(&cluster.allocations.by_agent) {
                     match d {
-                        DiffItem::Add(k, _) | DiffItem::Remove(k, _) => changed.insert(k),
-                        DiffItem::Update { new: (k, _), .. } => changed.insert(k),
+                        DiffItem::Add(k, _) | DiffItem::Remove(k, _) => changed.push(k),
+                        DiffItem::Update { new: (k, _), .. } => changed.push(k),
                     };
                 }
                 for d in seen.connected.diff(input.connected) {
@@ -239,40 +205,34 @@ impl Allocator {
                     };
                 }
                 changed.extend(records.iter().copied());
+                // The offers the last pass planned turn up here too: their agents are worked
+                // out again, as are those of offers used, declined or rescinded.
                 for (before, now) in input.offers.changes_since(&seen.offers) {
-                    if let Some(o) = before {
-                        changed.insert(&o.agent_id);
-                        count_offer(&mut self.offered, o, false);
-                    }
-                    if let Some(o) = now {
-                        count_offer(&mut self.offered, o, true);
-                        // An offer the last pass planned, made as planned, is counted already.
-                        let planned = before.is_none()
-                            && !o.optimistic
-                            && assumed.get_mut(&o.agent_id).is_some_and(|list| {
-                                let at = list.iter().position(|(fw, role, r)| {
-                                    (fw, role, r) == (&o.framework_id, &o.role, &o.resources)
-                                });
-                                at.map(|i| list.swap_remove(i)).is_some()
-                            });
-                        if !planned {
-                            changed.insert(&o.agent_id);
-                        }
+                    for (o, made) in before
+                        .map(|o| (o, false))
+                        .into_iter()
+                        .chain(now.map(|o| (o, true)))
+                    {
+                        changed.push(&o.agent_id);
+                        count_offer(&mut self.offered, o, made);
                     }
                 }
-                for (agent, left) in &assumed {
-                    if !left.is_empty() {
-                        changed.insert(agent);
-                    }
-                }
-                changed.extend(dirty.iter().map(String::as_str));
                 let pending = seen.pending.keys().chain(input.pending.keys());
                 for agent in pending {
                     if seen.pending.get(agent) != input.pending.get(agent) {
-                        changed.insert(agent);
+                        changed.push(agent);
                     }
                 }
             }
+        }
+        changed.sort_unstable();
+        changed.dedup();
+        // Past a share of the agents, a walk of them all in order costs less than looking up
+        // each changed one (every offer withdrawn at once, a new leader's first pass).
+        if changed.len() as f64 > cluster.agents.len() as f64 * self.walk_past {
+            let looked_at = changed.len();
+            self.rebuild(input);
+            return looked_at;
         }
         for &id in &changed {
             let agent = cluster
@@ -293,7 +253,10 @@ impl Allocator {
                 }
             }
             match (
-                agent.and_then(|a| pool(a, cluster, input)),
+                agent.and_then(|a| {
+                    let tasks = cluster.allocations.by_agent.get(id);
+                    pool(a, tasks, input.offers.on_agent(id), input)
+                }),
                 self.pools.get_mut(id),
             ) {
                 (Some(p), Some(kept)) => *kept = p,
@@ -308,6 +271,38 @@ impl Allocator {
         let looked_at = changed.len();
         self.seen = Some(Seen::of(input));
         looked_at
+    }
+
+    /// Works out every agent's free resources and the total again, from `input` alone: one walk
+    /// of the agents, their connections and what their tasks hold, all three in agent order,
+    /// with no lookups.
+    fn rebuild(&mut self, input: &Input) {
+        let cluster = input.cluster;
+        self.total = Resources::default();
+        let mut connected = input.connected.iter().peekable();
+        let mut held = cluster.allocations.by_agent.iter().peekable();
+        // The offers by agent, from one walk of them (a lookup of each agent's costs more).
+        let mut offers: HashMap<&str, Vec<&Offer>> = HashMap::new();
+        for o in input.offers.values() {
+            offers.entry(o.agent_id.as_str()).or_default().push(o);
+        }
+        let mut pools = Vec::new();
+        for (id, a) in &cluster.agents {
+            while connected.next_if(|c| *c < id).is_some() {}
+            while held.next_if(|(h, _)| *h < id).is_some() {}
+            if a.state != AgentState::Active || connected.peek() != Some(&id) {
+                continue;
+            }
+            self.total.add_scalars(&a.resources);
+            let tasks = held.peek().filter(|(h, _)| *h == id).map(|(_, r)| *r);
+            let on_agent = offers.get(id.as_str()).into_iter().flatten().copied();
+            if let Some(p) = pool(a, tasks, on_agent, input) {
+                pools.push((id.clone(), p));
+            }
+        }
+        // In order already: built in bulk.
+        self.pools = pools.into_iter().collect();
+        self.seen = Some(Seen::of(input));
     }
 
     /// Plans the pass's offers from what is kept.
@@ -487,10 +482,16 @@ fn count_offer(offered: &mut Offered, o: &Offer, add: bool) {
 }
 
 /// What an active, connected agent has free (`None`: nothing worth offering), from its
-/// record, what its tasks hold, its launches in flight and its outstanding offers.
-fn pool(agent: &AgentInfo, cluster: &Cluster, input: &Input) -> Option<Pool> {
+/// record, what its tasks hold (`tasks`), its launches in flight and its outstanding offers
+/// (`offers`, in the order of their ids).
+fn pool<'o>(
+    agent: &AgentInfo,
+    tasks: Option<&Resources>,
+    offers: impl IntoIterator<Item = &'o Offer>,
+    input: &Input,
+) -> Option<Pool> {
     let mut unheld = agent.resources.clone();
-    if let Some(tasks) = cluster.allocations.by_agent.get(&agent.id) {
+    if let Some(tasks) = tasks {
         if !unheld.checked_sub_assign(tasks) {
             return None;
         }
@@ -503,7 +504,7 @@ fn pool(agent: &AgentInfo, cluster: &Cluster, input: &Input) -> Option<Pool> {
     // Exclusive offers add up; optimistic ones may overlap: together they can take at most
     // their join.
     let mut optimistic: Option<Resources> = None;
-    for o in input.offers.on_agent(&agent.id) {
+    for o in offers {
         if o.optimistic {
             optimistic = Some(match optimistic {
                 Some(j) => j.join(&o.resources),
@@ -830,6 +831,8 @@ mod tests {
             let mut offers = Offers::default();
             let mut pending: HashMap<String, Resources> = HashMap::new();
             let mut kept = Allocator::default();
+            // The same, never walking every agent: each changed one looked up.
+            let mut looking_up = Allocator { walk_past: f64::INFINITY, ..Allocator::default() };
             let mut tasks: Vec<String> = Vec::new();
             let mut offer_seq = 0;
             for c in changes {
@@ -929,6 +932,9 @@ mod tests {
                 let want = Allocator::default().pass(&input);
                 proptest::prop_assert_eq!(&got.planned, &want.planned);
                 proptest::prop_assert_eq!(&got.why, &want.why);
+                let looked_up = looking_up.pass(&input);
+                proptest::prop_assert_eq!(&looked_up.planned, &want.planned);
+                proptest::prop_assert_eq!(&looked_up.why, &want.why);
                 // The leader makes the offers planned.
                 for p in got.planned {
                     offer_seq += 1;
