@@ -9,22 +9,37 @@
 //! frameworks are sorted by their own dominant share in that role.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use smallvec::SmallVec;
 
 use crate::resources::{split_key, Resources, Scalar, Value};
 
 /// A role's weight when none was set.
 pub const DEFAULT_WEIGHT: f64 = 1.0;
 
-/// Allocations of one role's frameworks.
+/// The root of the role tree: its node number.
+const ROOT: usize = 0;
+
+/// One node of the role tree: a role, what its frameworks hold in it, and its place in the
+/// tree by node number (a walk runs once per offer a pass plans: it follows numbers, not names).
 #[derive(Clone, Debug, Default)]
-struct Role {
+struct Node {
+    /// The role's path ("" for the root).
+    name: String,
+    /// The node above (`None` for the root).
+    parent: Option<usize>,
+    /// The child roles' nodes.
+    children: Vec<usize>,
     /// Its weight.
     weight: Option<f64>,
-    /// What each of its frameworks holds in it (offered or allocated), by framework id.
-    clients: BTreeMap<String, Amounts>,
+    /// Its frameworks, by slot: the name, and what it holds in the role (offered or allocated).
+    clients: Vec<(Arc<str>, Amounts)>,
+    /// The slot of each framework, by id.
+    slots: HashMap<Arc<str>, usize>,
     /// Its frameworks by dominant share, least first (kept as allocations change).
-    sorted: BTreeSet<(Share, String)>,
+    sorted: BTreeSet<(Share, Arc<str>)>,
     /// What its frameworks hold together.
     total: Amounts,
     /// What it and every role under it hold (kept as allocations change, so that a role's
@@ -61,16 +76,27 @@ impl Amounts {
 }
 
 /// The DRF order of a cluster's roles and frameworks.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Sorter {
     /// The resource names amounts are indexed by, in the order first seen.
     names: Vec<String>,
     total: Amounts,
-    /// Every role, and every role above one (so that each node of the tree has its entry).
-    roles: BTreeMap<String, Role>,
-    /// Each node's child roles ("" is the root), kept as roles are added: a walk runs once per
-    /// offer a pass plans, and the tree changes only when a role is first seen.
-    children: BTreeMap<String, BTreeSet<String>>,
+    /// The role tree's nodes: the root first, then every role, and every role above one, in
+    /// the order first seen.
+    nodes: Vec<Node>,
+    /// Each role's node number, by path.
+    numbers: HashMap<String, usize>,
+}
+
+impl Default for Sorter {
+    fn default() -> Sorter {
+        Sorter {
+            names: Vec::new(),
+            total: Amounts::default(),
+            nodes: vec![Node::default()],
+            numbers: HashMap::from([(String::new(), ROOT)]),
+        }
+    }
 }
 
 /// A share, ordered (NaN never arises: totals of zero give share 0).
@@ -167,8 +193,8 @@ impl Sorter {
     /// Sets the cluster's total resources (shares are fractions of it).
     pub fn set_total(&mut self, total: Resources) {
         self.total = self.amounts(&total);
-        for r in self.roles.values_mut() {
-            r.sorted = r
+        for node in &mut self.nodes {
+            node.sorted = node
                 .clients
                 .iter()
                 .map(|(f, h)| (Share(dominant(&self.total, h)), f.clone()))
@@ -176,137 +202,150 @@ impl Sorter {
         }
     }
 
-    /// A role's entry, made (with the entries of the roles above it, and their places in the
-    /// tree) when it is first seen.
-    fn role_mut(&mut self, role: &str) -> &mut Role {
-        if !self.roles.contains_key(role) {
-            let mut child = role;
-            for parent in ancestors(role)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .chain([""])
-            {
-                self.children
-                    .entry(parent.to_string())
-                    .or_default()
-                    .insert(child.to_string());
-                self.roles.entry(child.to_string()).or_default();
-                child = parent;
-            }
+    /// A role's node, if it was ever seen.
+    fn node(&self, role: &str) -> Option<&Node> {
+        self.numbers.get(role).map(|&n| &self.nodes[n])
+    }
+
+    /// A role's node number, made (with the nodes of the roles above it) when it is first
+    /// seen.
+    fn number(&mut self, role: &str) -> usize {
+        if let Some(&n) = self.numbers.get(role) {
+            return n;
         }
-        self.roles.get_mut(role).expect("role just made")
+        let parent = match ancestors(role).last() {
+            Some(above) => self.number(above),
+            None => ROOT,
+        };
+        let n = self.nodes.len();
+        self.nodes.push(Node {
+            name: role.to_string(),
+            parent: Some(parent),
+            ..Node::default()
+        });
+        self.nodes[parent].children.push(n);
+        self.numbers.insert(role.to_string(), n);
+        n
+    }
+
+    /// A framework's slot in a role's node, made when it is first seen there.
+    fn slot(&mut self, node: usize, framework: &str) -> usize {
+        let node = &mut self.nodes[node];
+        if let Some(&slot) = node.slots.get(framework) {
+            return slot;
+        }
+        let name: Arc<str> = Arc::from(framework);
+        let slot = node.clients.len();
+        node.clients.push((name.clone(), Amounts::default()));
+        node.slots.insert(name.clone(), slot);
+        node.sorted.insert((Share(0.0), name));
+        slot
     }
 
     /// Sets a role's weight (`None`: the default).
     pub fn set_weight(&mut self, role: &str, weight: Option<f64>) {
-        self.role_mut(role).weight = weight;
+        let n = self.number(role);
+        self.nodes[n].weight = weight;
     }
 
     /// A role's weight.
     pub fn weight(&self, role: &str) -> f64 {
-        self.roles
-            .get(role)
-            .and_then(|r| r.weight)
+        self.node(role)
+            .and_then(|n| n.weight)
             .unwrap_or(DEFAULT_WEIGHT)
     }
 
     /// Adds a framework to a role (it is offered resources for that role).
     pub fn add_client(&mut self, role: &str, framework: &str) {
-        let r = self.role_mut(role);
-        if !r.clients.contains_key(framework) {
-            r.clients.insert(framework.to_string(), Amounts::default());
-            r.sorted.insert((Share(0.0), framework.to_string()));
-        }
+        let n = self.number(role);
+        self.slot(n, framework);
     }
 
     /// Removes a framework from a role, with what it held there.
     pub fn remove_client(&mut self, role: &str, framework: &str) {
-        let total = &self.total;
-        let Some(r) = self.roles.get_mut(role) else {
+        let Some(&n) = self.numbers.get(role) else {
             return;
         };
-        let Some(held) = r.clients.remove(framework) else {
+        let node = &mut self.nodes[n];
+        let Some(slot) = node.slots.remove(framework) else {
             return;
         };
-        r.sorted
-            .remove(&(Share(dominant(total, &held)), framework.to_string()));
-        self.change_sums(role, |sum| sum.sub(&held));
+        let (name, held) = node.clients.swap_remove(slot);
+        if let Some((moved, _)) = node.clients.get(slot) {
+            node.slots.insert(moved.clone(), slot);
+        }
+        node.sorted
+            .remove(&(Share(dominant(&self.total, &held)), name));
+        self.change_sums(n, |sum| sum.sub(&held));
     }
 
-    /// Changes what `role` holds, and the subtree sums of it and the roles above it, with `f`.
-    fn change_sums(&mut self, role: &str, f: impl Fn(&mut Amounts)) {
-        if let Some(r) = self.roles.get_mut(role) {
-            f(&mut r.total);
-        }
-        for node in std::iter::once(role).chain(ancestors(role)) {
-            if let Some(r) = self.roles.get_mut(node) {
-                f(&mut r.subtree);
+    /// Changes what node `n` holds, and the subtree sums of it and the nodes above it, with
+    /// `f`.
+    fn change_sums(&mut self, n: usize, f: impl Fn(&mut Amounts)) {
+        f(&mut self.nodes[n].total);
+        let mut at = Some(n);
+        while let Some(i) = at {
+            // The root's subtree is the cluster's: no share is taken of it.
+            if i == ROOT {
+                break;
             }
+            f(&mut self.nodes[i].subtree);
+            at = self.nodes[i].parent;
         }
     }
 
-    /// Changes what a framework holds in a role with `f`, keeping the role's order.
-    fn change(&mut self, role: &str, framework: &str, f: impl FnOnce(&mut Amounts)) {
-        self.add_client(role, framework);
+    /// Changes what a framework holds in a node with `f`, keeping the node's order.
+    fn change(&mut self, n: usize, slot: usize, f: impl FnOnce(&mut Amounts)) {
         let total = &self.total;
-        let r = self.roles.get_mut(role).expect("role just added");
-        let held = r.clients.get_mut(framework).expect("client just added");
+        let node = &mut self.nodes[n];
+        let (name, held) = &mut node.clients[slot];
         let before = Share(dominant(total, held));
         f(held);
         let after = Share(dominant(total, held));
         if before != after {
-            let mut key = (before, framework.to_string());
-            r.sorted.remove(&key);
+            let mut key = (before, name.clone());
+            node.sorted.remove(&key);
             key.0 = after;
-            r.sorted.insert(key);
+            node.sorted.insert(key);
         }
     }
 
     /// Counts `resources` as held by a framework in a role (offered or allocated).
     pub fn allocate(&mut self, role: &str, framework: &str, resources: &Resources) {
         let more = self.amounts(resources);
-        self.change(role, framework, |h| h.add(&more));
-        self.change_sums(role, |sum| sum.add(&more));
+        let n = self.number(role);
+        let slot = self.slot(n, framework);
+        self.change(n, slot, |h| h.add(&more));
+        self.change_sums(n, |sum| sum.add(&more));
     }
 
     /// No longer counts `resources` as held by a framework in a role.
     pub fn unallocate(&mut self, role: &str, framework: &str, resources: &Resources) {
-        let known = self
-            .roles
-            .get(role)
-            .is_some_and(|r| r.clients.contains_key(framework));
-        if known {
-            let less = self.amounts(resources);
-            let mut gone = self.held_amounts(role, framework);
-            self.change(role, framework, |h| h.sub(&less));
-            // What it held less what it holds now: no more than it had.
-            gone.sub(&self.held_amounts(role, framework));
-            self.change_sums(role, |sum| sum.sub(&gone));
-        }
-    }
-
-    fn held_amounts(&self, role: &str, framework: &str) -> Amounts {
-        self.roles
-            .get(role)
-            .and_then(|r| r.clients.get(framework))
-            .cloned()
-            .unwrap_or_default()
+        let Some(&n) = self.numbers.get(role) else {
+            return;
+        };
+        let Some(&slot) = self.nodes[n].slots.get(framework) else {
+            return;
+        };
+        let less = self.amounts(resources);
+        let mut gone = self.nodes[n].clients[slot].1.clone();
+        self.change(n, slot, |h| h.sub(&less));
+        // What it held less what it holds now: no more than it had.
+        gone.sub(&self.nodes[n].clients[slot].1);
+        self.change_sums(n, |sum| sum.sub(&gone));
     }
 
     /// What a role and every role under it hold.
     pub fn held(&self, role: &str) -> Resources {
-        self.roles
-            .get(role)
-            .map(|r| self.resources(&r.subtree))
+        self.node(role)
+            .map(|n| self.resources(&n.subtree))
             .unwrap_or_default()
     }
 
     /// What one framework holds in one role.
     pub fn held_by(&self, role: &str, framework: &str) -> Resources {
-        self.roles
-            .get(role)
-            .and_then(|r| r.clients.get(framework))
+        self.node(role)
+            .and_then(|n| n.slots.get(framework).map(|&slot| &n.clients[slot].1))
             .map(|a| self.resources(a))
             .unwrap_or_default()
     }
@@ -318,9 +357,16 @@ impl Sorter {
 
     /// A role's weighted share: its subtree's dominant share over its weight.
     pub fn share(&self, role: &str) -> f64 {
-        self.roles.get(role).map_or(0.0, |r| {
-            dominant(&self.total, &r.subtree) / r.weight.unwrap_or(DEFAULT_WEIGHT)
-        })
+        match self.numbers.get(role) {
+            Some(&n) if n != ROOT => self.share_of(n),
+            _ => 0.0,
+        }
+    }
+
+    /// Node `n`'s weighted share.
+    fn share_of(&self, n: usize) -> f64 {
+        let node = &self.nodes[n];
+        dominant(&self.total, &node.subtree) / node.weight.unwrap_or(DEFAULT_WEIGHT)
     }
 
     /// Every (role, framework) in DRF order: the first is offered to first.
@@ -336,33 +382,34 @@ impl Sorter {
     /// The first `f(role, framework)` that is `Some`, in DRF order; only as much of the order
     /// is walked as it takes.
     pub fn find_map<T>(&self, mut f: impl FnMut(&str, &str) -> Option<T>) -> Option<T> {
-        self.walk("", &mut f)
+        self.walk(ROOT, &mut f)
     }
 
-    /// Walks the order under `node` ("" is the root).
-    fn walk<T>(&self, node: &str, f: &mut impl FnMut(&str, &str) -> Option<T>) -> Option<T> {
-        // The entries at this node: child roles, and the role's own frameworks as one (`.`).
-        let children = self.children.get(node);
-        let mut entries: Vec<(Share, &str, bool)> =
-            Vec::with_capacity(children.map_or(0, BTreeSet::len) + 1);
-        entries.extend(
-            children
-                .into_iter()
-                .flatten()
-                .filter(|c| !c.is_empty() && c.as_str() != node)
-                .map(|c| (Share(self.share(c)), c.as_str(), false)),
-        );
-        if let Some(own) = self.roles.get(node).filter(|r| !r.clients.is_empty()) {
-            let share = dominant(&self.total, &own.total) / self.weight(node);
-            entries.push((Share(share), ".", true));
+    /// Walks the order under node `n`.
+    fn walk<T>(&self, n: usize, f: &mut impl FnMut(&str, &str) -> Option<T>) -> Option<T> {
+        let node = &self.nodes[n];
+        // The entries at this node: child roles, and the role's own frameworks as one (`.`,
+        // no node number).
+        let mut entries: SmallVec<[(Share, &str, Option<usize>); 16]> = node
+            .children
+            .iter()
+            .map(|&c| {
+                (
+                    Share(self.share_of(c)),
+                    self.nodes[c].name.as_str(),
+                    Some(c),
+                )
+            })
+            .collect();
+        if !node.clients.is_empty() {
+            let share = dominant(&self.total, &node.total) / node.weight.unwrap_or(DEFAULT_WEIGHT);
+            entries.push((Share(share), ".", None));
         }
-        entries.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-        for (_, child, own) in entries {
-            let found = if own {
-                let r = self.roles.get(node).expect("own role");
-                r.sorted.iter().find_map(|(_, fw)| f(node, fw))
-            } else {
-                self.walk(child, f)
+        entries.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        for (_, _, child) in entries {
+            let found = match child {
+                Some(c) => self.walk(c, f),
+                None => node.sorted.iter().find_map(|(_, fw)| f(&node.name, fw)),
             };
             if found.is_some() {
                 return found;
@@ -463,6 +510,9 @@ mod tests {
         assert_eq!(s.order()[0].1, "a", "ties by name");
         s.remove_client("*", "a");
         assert_eq!(s.order(), [("*".to_string(), "b".to_string())]);
+        s.allocate("*", "b", &r("cpus:1"));
+        assert_eq!(s.held_by("*", "b"), r("cpus:1"), "b keeps its own count");
+        assert_eq!(s.held("*"), r("cpus:1"));
         assert_eq!(s.share("nobody"), 0.0);
     }
 }
