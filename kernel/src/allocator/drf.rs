@@ -49,9 +49,9 @@ struct Node {
 
 /// Scalar amounts, however reserved, by the sorter's index of resource names (names past the
 /// end hold zero). Shares and quotas count only these, and a pass changes them once per offer
-/// and per holding: as a vector they add and subtract without allocating.
+/// and per holding: as a short inline vector they add and subtract without allocating.
 #[derive(Clone, Debug, Default, PartialEq)]
-struct Amounts(Vec<Scalar>);
+struct Amounts(SmallVec<[Scalar; 6]>);
 
 impl Amounts {
     fn get(&self, i: usize) -> Scalar {
@@ -172,7 +172,7 @@ impl Sorter {
 
     /// The scalars of `r` as amounts, leaving out names never seen (no one holds any of them).
     fn known_amounts(&self, r: &Resources) -> Amounts {
-        let mut out = Amounts(vec![Scalar::default(); self.names.len()]);
+        let mut out = Amounts(SmallVec::from_elem(Scalar::default(), self.names.len()));
         for (key, v) in r.iter() {
             let Value::Scalar(s) = v else { continue };
             if let Some(i) = self.names.iter().position(|n| n == split_key(key).0) {

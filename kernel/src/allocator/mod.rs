@@ -11,6 +11,7 @@ pub mod drf;
 pub mod pass;
 pub mod roles;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -29,13 +30,14 @@ pub struct Quota {
     pub limit: Option<Resources>,
 }
 
-/// An agent's resources free this pass.
+/// An agent's resources free this pass (its id and host name lent by what the pass starts
+/// from: copied only into the offers planned).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Free {
+pub struct Free<'a> {
     /// The agent.
-    pub agent_id: String,
+    pub agent_id: Cow<'a, str>,
     /// Its host name.
-    pub hostname: String,
+    pub hostname: Cow<'a, str>,
     /// What it has free: not held by tasks, pending launches or outstanding offers.
     pub resources: Resources,
 }
@@ -284,8 +286,8 @@ fn take(
         agent.resources = Resources::default();
     }
     out.push(Planned {
-        agent_id: agent.agent_id.clone(),
-        hostname: agent.hostname.clone(),
+        agent_id: agent.agent_id.to_string(),
+        hostname: agent.hostname.to_string(),
         framework_id,
         role,
         resources: offer,
@@ -301,11 +303,11 @@ mod tests {
         Resources::parse(text).unwrap()
     }
 
-    fn agents(n: usize, each: &str) -> Vec<Free> {
+    fn agents(n: usize, each: &str) -> Vec<Free<'static>> {
         (0..n)
             .map(|i| Free {
-                agent_id: format!("a{i}"),
-                hostname: format!("h{i}"),
+                agent_id: format!("a{i}").into(),
+                hostname: format!("h{i}").into(),
                 resources: r(each),
             })
             .collect()

@@ -173,13 +173,10 @@ impl Allocator {
         // those whose free resources may have.
         let mut records: HashSet<&str> = HashSet::new();
         let mut changed: Vec<&str> = Vec::new();
+        let mut offers_changed = Vec::new();
         match &seen {
             None => {
                 // Nothing kept: every agent is looked at.
-                self.offered.clear();
-                for o in input.offers.values() {
-                    count_offer(&mut self.offered, o, true);
-                }
                 self.rebuild(input);
                 return cluster.agents.len();
             }
@@ -208,14 +205,8 @@ impl Allocator {
                 // The offers the last pass planned turn up here too: their agents are worked
                 // out again, as are those of offers used, declined or rescinded.
                 for (before, now) in input.offers.changes_since(&seen.offers) {
-                    for (o, made) in before
-                        .map(|o| (o, false))
-                        .into_iter()
-                        .chain(now.map(|o| (o, true)))
-                    {
-                        changed.push(&o.agent_id);
-                        count_offer(&mut self.offered, o, made);
-                    }
+                    changed.extend(before.iter().chain(&now).map(|o| o.agent_id.as_str()));
+                    offers_changed.push((before, now));
                 }
                 let pending = seen.pending.keys().chain(input.pending.keys());
                 for agent in pending {
@@ -233,6 +224,14 @@ impl Allocator {
             let looked_at = changed.len();
             self.rebuild(input);
             return looked_at;
+        }
+        for (before, now) in offers_changed {
+            if let Some(o) = before {
+                count_offer(&mut self.offered, o, false);
+            }
+            if let Some(o) = now {
+                count_offer(&mut self.offered, o, true);
+            }
         }
         for &id in &changed {
             let agent = cluster
@@ -273,12 +272,18 @@ impl Allocator {
         looked_at
     }
 
-    /// Works out every agent's free resources and the total again, from `input` alone: one walk
-    /// of the agents, their connections and what their tasks hold, all three in agent order,
-    /// with no lookups.
+    /// Works out every agent's free resources, the total and what the offers hold again, from
+    /// `input` alone: one walk of the agents, their connections and what their tasks hold, all
+    /// three in agent order, with no lookups.
     fn rebuild(&mut self, input: &Input) {
         let cluster = input.cluster;
+        self.offered.clear();
+        for o in input.offers.values() {
+            count_offer(&mut self.offered, o, true);
+        }
         self.total = Resources::default();
+        // Dropped first, so that the new pools reuse its memory.
+        self.pools.clear();
         let mut connected = input.connected.iter().peekable();
         let mut held = cluster.allocations.by_agent.iter().peekable();
         // The offers by agent, from one walk of them (a lookup of each agent's costs more).
@@ -366,8 +371,8 @@ impl Allocator {
             .iter()
             .filter(|(_, p)| allocatable(p.exclusive()))
             .map(|(id, p)| Free {
-                agent_id: id.clone(),
-                hostname: p.hostname.clone(),
+                agent_id: id.into(),
+                hostname: p.hostname.as_str().into(),
                 resources: p.exclusive().clone(),
             })
             .collect();
@@ -394,8 +399,8 @@ impl Allocator {
                 .pools
                 .iter()
                 .map(|(id, p)| Free {
-                    agent_id: id.clone(),
-                    hostname: p.hostname.clone(),
+                    agent_id: id.into(),
+                    hostname: p.hostname.as_str().into(),
                     resources: p.unheld.clone(),
                 })
                 .collect();
@@ -552,10 +557,10 @@ fn offer_optimistically(
     let at: HashMap<String, usize> = unheld
         .iter()
         .enumerate()
-        .map(|(i, f)| (f.agent_id.clone(), i))
+        .map(|(i, f)| (f.agent_id.to_string(), i))
         .collect();
     for p in planned.iter().filter(|p| !p.optimistic) {
-        if let Some(&i) = at.get(&p.agent_id) {
+        if let Some(&i) = at.get(p.agent_id.as_str()) {
             unheld[i].resources = unheld[i].resources.saturating_sub(&p.resources);
         }
     }
@@ -566,7 +571,7 @@ fn offer_optimistically(
                 if !may_offer(&fw.id, role, &pool.agent_id) {
                     continue;
                 }
-                let key = (fw.id.clone(), pool.agent_id.clone());
+                let key = (fw.id.clone(), pool.agent_id.to_string());
                 let held = mine.get(&key).cloned().unwrap_or_default();
                 let mut offer = pool.resources.usable_by(role).saturating_sub(&held);
                 if let Some(room) = room(sorter, quotas, role) {
@@ -578,8 +583,8 @@ fn offer_optimistically(
                 sorter.allocate(role, &fw.id, &offer);
                 mine.insert(key, held.add(&offer));
                 out.push(Planned {
-                    agent_id: pool.agent_id.clone(),
-                    hostname: pool.hostname.clone(),
+                    agent_id: pool.agent_id.to_string(),
+                    hostname: pool.hostname.to_string(),
                     framework_id: fw.id.clone(),
                     role: role.to_string(),
                     resources: offer,
