@@ -405,8 +405,12 @@ impl Sorter {
             let share = dominant(&self.total, &node.total) / node.weight.unwrap_or(DEFAULT_WEIGHT);
             entries.push((Share(share), ".", None));
         }
-        entries.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-        for (_, _, child) in entries {
+        // Taken least first: the first entry usually has a taker, so no more is sorted.
+        while let Some(least) = (0..entries.len()).min_by(|&a, &b| {
+            let (a, b) = (&entries[a], &entries[b]);
+            (a.0, a.1).cmp(&(b.0, b.1))
+        }) {
+            let (_, _, child) = entries.swap_remove(least);
             let found = match child {
                 Some(c) => self.walk(c, f),
                 None => node.sorted.iter().find_map(|(_, fw)| f(&node.name, fw)),

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::resources::{split_key, Resources, Scalar, Value};
+use crate::resources::{split_key, Resources, Scalar, Value, CPUS, MEM};
 use drf::Sorter;
 
 /// A role's quota: what it is guaranteed, and what it may never exceed (Mesos syntax, scalars).
@@ -60,9 +60,22 @@ pub struct Planned {
 }
 
 /// Whether resources are worth offering: some cpus and some memory (Mesos's minimum
-/// allocatable resources).
+/// allocatable resources), however reserved.
 pub fn allocatable(r: &Resources) -> bool {
-    r.cpus() > Scalar::default() && r.mem() > Scalar::default()
+    // One look at each of the few entries: asked several times per offer a pass plans.
+    let (mut cpus, mut mem) = (false, false);
+    for (key, v) in r.iter() {
+        if let Value::Scalar(s) = v {
+            if !s.is_zero() {
+                match split_key(key).0 {
+                    CPUS => cpus = true,
+                    MEM => mem = true,
+                    _ => {}
+                }
+            }
+        }
+    }
+    cpus && mem
 }
 
 /// An upper bound on some scalars (by name); scalars it does not name are unbounded.

@@ -216,15 +216,16 @@ impl Allocator {
                 }
             }
         }
+        // Past a share of the agents, a walk of them all in order costs less than looking up
+        // each changed one (every offer withdrawn at once, a new leader's first pass). Counted
+        // before duplicates are taken out (an agent whose several offers changed counts for
+        // each), which would cost a sort of them all.
+        if changed.len() as f64 > cluster.agents.len() as f64 * self.walk_past {
+            self.rebuild(input);
+            return cluster.agents.len();
+        }
         changed.sort_unstable();
         changed.dedup();
-        // Past a share of the agents, a walk of them all in order costs less than looking up
-        // each changed one (every offer withdrawn at once, a new leader's first pass).
-        if changed.len() as f64 > cluster.agents.len() as f64 * self.walk_past {
-            let looked_at = changed.len();
-            self.rebuild(input);
-            return looked_at;
-        }
         for (before, now) in offers_changed {
             if let Some(o) = before {
                 count_offer(&mut self.offered, o, false);
