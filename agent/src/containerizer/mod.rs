@@ -16,13 +16,10 @@
 //! those that ended while it was down.
 
 use std::collections::{BTreeSet, HashMap};
-use std::ffi::{OsStr, OsString};
 use std::future::Future;
-use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
 use std::pin::Pin;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -34,13 +31,29 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::checkpoint::{Checkpoints, TaskCheckpoint};
-use crate::isolator::{validate_id, Isolation, Isolator, IsolatorError, Joiner, Limits, Usage};
+use crate::isolator::{validate_id, Isolation, Isolator, Joiner, Usage};
 pub use crate::process::TaskUser;
 use crate::process::{spawn_isolated, Ended};
 use crate::procfs;
 use crate::reaper::{Reaper, Watch};
 use crate::sandbox::{self, Sandbox};
-use crate::supervisor::{read_exit_file, Plan};
+use crate::supervisor::Plan;
+
+mod adopted;
+mod bare;
+mod command;
+mod error;
+mod exit;
+mod spec;
+
+use adopted::{adopted_end, same_process};
+use command::{command, program, resolve_program, task_argv, task_path, wait_started};
+use exit::report;
+
+pub use bare::bare_launch_cycle;
+pub use error::{KillError, LaunchError};
+pub use exit::{ExitKind, TaskExit};
+pub use spec::{Command, LaunchSpec};
 
 /// Reason of a task whose command exited on its own (successfully or not).
 pub const REASON_COMMAND_EXITED: &str = "REASON_COMMAND_EXITED";
@@ -55,156 +68,8 @@ pub const REASON_AGENT_RESTARTED: &str = "REASON_AGENT_RESTARTED";
 pub const DEFAULT_PIDS_MAX: u64 = 4096;
 /// Time between SIGTERM and SIGKILL unless a spec says otherwise.
 pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(3);
-/// How long a launch waits for a supervised command to start.
-const STARTED_TIMEOUT_MS: u16 = 10_000;
 /// PATH of a task whose environment sets none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// What a task runs.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Command {
-    /// A shell command line, run by `/bin/sh -c`.
-    Shell(String),
-    /// A program (looked up in the task's PATH when it has no '/') and its arguments.
-    Argv(Vec<String>),
-}
-
-/// Everything needed to launch one task.
-#[derive(Clone, Debug)]
-pub struct LaunchSpec {
-    /// Unique among this agent's running tasks; one path component (may hold '.', '-', '_').
-    pub task_id: String,
-    /// What to run.
-    pub command: Command,
-    /// Environment variables, on top of PATH and HOME defaults; MESOFS_TASK_ID and
-    /// MESOFS_SANDBOX are always set by the agent.
-    pub env: Vec<(String, String)>,
-    /// CPU in thousandths of a core (0: no limit).
-    pub cpus_milli: u64,
-    /// Memory limit in MiB (0: no limit).
-    pub mem_mb: u64,
-    /// Most processes at once (0: no limit).
-    pub pids_max: u64,
-    /// Time between SIGTERM and SIGKILL when the task is killed.
-    pub kill_grace: Duration,
-    /// Who it runs as; `None`: as the agent.
-    pub user: Option<TaskUser>,
-}
-
-impl LaunchSpec {
-    /// A spec with one core, 128 MiB, [`DEFAULT_PIDS_MAX`], [`DEFAULT_KILL_GRACE`], no
-    /// extra environment, run as the agent's user.
-    pub fn new(task_id: impl Into<String>, command: Command) -> LaunchSpec {
-        LaunchSpec {
-            task_id: task_id.into(),
-            command,
-            env: Vec::new(),
-            cpus_milli: 1000,
-            mem_mb: 128,
-            pids_max: DEFAULT_PIDS_MAX,
-            kill_grace: DEFAULT_KILL_GRACE,
-            user: None,
-        }
-    }
-
-    fn limits(&self) -> Limits {
-        Limits {
-            cpus_milli: self.cpus_milli,
-            mem_bytes: self.mem_mb.saturating_mul(1024 * 1024),
-            pids_max: self.pids_max,
-        }
-    }
-}
-
-/// How a task ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ExitKind {
-    /// Its command exited with status 0.
-    Finished,
-    /// It exited non-zero, died of a signal, or hit a limit.
-    Failed,
-    /// It was killed on request.
-    Killed,
-    /// It ended while the agent was down, and how is not known.
-    Lost,
-}
-
-/// The report of a task's end.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TaskExit {
-    /// The task.
-    pub task_id: String,
-    /// How it ended.
-    pub kind: ExitKind,
-    /// Mesos-style reason, e.g. [`REASON_COMMAND_EXITED`].
-    pub reason: String,
-    /// For people, e.g. "exited with status 3".
-    pub message: String,
-    /// The main process's exit status, if it exited.
-    pub exit_code: Option<i32>,
-    /// The signal that killed the main process, if one did.
-    pub signal: Option<i32>,
-}
-
-/// Why a launch failed (nothing of the task is left running).
-#[derive(Debug, thiserror::Error)]
-pub enum LaunchError {
-    /// The task id cannot name a sandbox and a cgroup.
-    #[error("invalid task id {0:?}: it must be a non-empty name without '/', NUL or control characters, and not '.' or '..'")]
-    InvalidTaskId(String),
-    /// A task of that id is already running here.
-    #[error("task {0} is already running on this agent")]
-    Duplicate(String),
-    /// The containerizer is shutting down.
-    #[error("the agent is shutting down")]
-    ShuttingDown,
-    /// An argv command with no program.
-    #[error("the command is empty")]
-    EmptyCommand,
-    /// An environment variable that cannot be passed.
-    #[error("invalid environment variable name {0:?}")]
-    InvalidEnv(String),
-    /// The sandbox could not be made.
-    #[error("cannot create the sandbox {}: {source}", path.display())]
-    Sandbox {
-        /// The sandbox directory.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: io::Error,
-    },
-    /// The isolation could not be made (or its limits did not take).
-    #[error(transparent)]
-    Isolation(#[from] IsolatorError),
-    /// Fork or exec failed (e.g. no such program).
-    #[error("cannot run {program}: {source}")]
-    Spawn {
-        /// The program.
-        program: String,
-        /// The cause.
-        #[source]
-        source: io::Error,
-    },
-    /// The task must run as another user, and the agent is not root.
-    #[error("the agent runs as uid {agent} and cannot run tasks as uid {task}; run the agent as root, or the framework as uid {agent}")]
-    User {
-        /// The agent's uid.
-        agent: u32,
-        /// The task's.
-        task: u32,
-    },
-    /// An internal task of the agent failed.
-    #[error("internal error: {0}")]
-    Internal(String),
-}
-
-/// Why a kill was not done.
-#[derive(Debug, thiserror::Error)]
-pub enum KillError {
-    /// No task of that id is running here (never launched, or already reported).
-    #[error("task {0} is not running on this agent")]
-    NotRunning(String),
-}
 
 /// Runs tasks; see the module docs.
 pub struct Containerizer {
@@ -790,38 +655,6 @@ async fn kill_all(task: &Task) {
     }
 }
 
-/// Waits until a supervised command runs (in its cgroups, as its user): the supervisor's
-/// child holds the pipe's write end until its exec closes it (or it dies). Until then a kill's
-/// SIGTERM would find nobody in the task's cgroups. Bounded, so that a stuck supervisor does
-/// not hang the launch.
-fn wait_started(pipe: OwnedFd) {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    let deadline =
-        std::time::Instant::now() + std::time::Duration::from_millis(STARTED_TIMEOUT_MS.into());
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let left_ms = u16::try_from(left.as_millis()).unwrap_or(STARTED_TIMEOUT_MS);
-        let mut fds = [PollFd::new(pipe.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::from(left_ms)) {
-            Ok(0) => {
-                warn!(
-                    timeout_ms = STARTED_TIMEOUT_MS,
-                    "the supervisor has not started the command yet; going on"
-                );
-                return;
-            }
-            Ok(_) => return,
-            // A signal (another task's SIGCHLD) is not the start: going on now would let a
-            // kill's SIGTERM find nobody in the task's cgroups.
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => {
-                warn!(error = %e, "cannot wait for the command to start");
-                return;
-            }
-        }
-    }
-}
-
 /// Kills the whole task once its isolation reports that it ran out of memory, where the
 /// kernel itself kills only one process (cgroup v1), as it does on cgroup v2: a task that
 /// lost a process to its memory limit is not left running crippled. Returns when the task
@@ -874,261 +707,10 @@ async fn enforce_memory_limit(task: Arc<Task>) {
     kill_all(&task).await;
 }
 
-/// The report of a task's end: a kill on request wins over an OOM kill, which wins over
-/// the exit status.
-fn report(task: &Task, ended: Ended, killed: bool, oom: bool) -> TaskExit {
-    let (exit_code, signal) = match ended {
-        Ended::Exited(c) => (Some(c), None),
-        Ended::Signaled(s) => (None, Some(s)),
-        Ended::Unknown => (None, None),
-    };
-    let (kind, reason, message) = if killed {
-        (
-            ExitKind::Killed,
-            REASON_TASK_KILLED,
-            format!("killed on request (main process: {})", ended.describe()),
-        )
-    } else if oom {
-        (
-            ExitKind::Failed,
-            REASON_CONTAINER_LIMITATION_MEMORY,
-            format!(
-                "memory limit of {} MB exceeded (main process: {})",
-                task.mem_mb,
-                ended.describe()
-            ),
-        )
-    } else if ended == Ended::Unknown && task.recovered {
-        (
-            ExitKind::Lost,
-            REASON_AGENT_RESTARTED,
-            "it ended while the agent was down, and its supervisor left no record of how (killed, or the machine restarted)".to_string(),
-        )
-    } else if ended == Ended::Exited(0) {
-        (ExitKind::Finished, REASON_COMMAND_EXITED, ended.describe())
-    } else {
-        (ExitKind::Failed, REASON_COMMAND_EXITED, ended.describe())
-    };
-    TaskExit {
-        task_id: task.id.clone(),
-        kind,
-        reason: reason.to_string(),
-        message,
-        exit_code,
-        signal,
-    }
-}
-
-/// Whether `pid` still names the process that started at `start_ticks`, and it has not ended.
-fn same_process(pid: i32, start_ticks: u64) -> bool {
-    procfs::stat(pid).is_some_and(|s| s.start_ticks == start_ticks && s.state != 'Z')
-}
-
-/// The end of a supervisor this agent did not spawn (an earlier run did): waits until it is
-/// gone, then reads how its command ended from the exit file it wrote.
-async fn adopted_end(pid: i32, start_ticks: u64, exit_file: Option<PathBuf>) -> Ended {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
-    // Checked after opening: the pidfd then surely refers to the process we know.
-    if raw >= 0 {
-        // SAFETY: a fresh descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        if same_process(pid, start_ticks) {
-            // SAFETY: the AsyncFd owns the descriptor, which stays open until it is dropped.
-            let registered = unsafe {
-                tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
-            };
-            match registered {
-                // Readable once the process has exited.
-                Ok(afd) => {
-                    let _ = afd.readable().await;
-                }
-                Err(_) => poll_until_gone(pid, start_ticks).await,
-            }
-        }
-    } else {
-        poll_until_gone(pid, start_ticks).await;
-    }
-    exit_file
-        .as_deref()
-        .and_then(read_exit_file)
-        .unwrap_or(Ended::Unknown)
-}
-
-/// Without pidfds: looks every 100 ms.
-async fn poll_until_gone(pid: i32, start_ticks: u64) {
-    while same_process(pid, start_ticks) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn program(command: &Command) -> &str {
-    match command {
-        Command::Shell(_) => "/bin/sh",
-        Command::Argv(argv) => argv.first().map(String::as_str).unwrap_or(""),
-    }
-}
-
-/// The task's command line, program first.
-fn task_argv(spec: &LaunchSpec) -> Vec<OsString> {
-    match &spec.command {
-        Command::Shell(line) => vec!["/bin/sh".into(), "-c".into(), line.into()],
-        Command::Argv(argv) => argv.iter().map(OsString::from).collect(),
-    }
-}
-
-/// The PATH the task's command is looked up in.
-fn task_path(spec: &LaunchSpec) -> OsString {
-    spec.env
-        .iter()
-        .rev()
-        .find(|(k, _)| k == "PATH")
-        .map_or_else(|| DEFAULT_PATH.into(), |(_, v)| v.into())
-}
-
-/// The program `name` as exec would find it from `cwd`: itself when it holds a `/`, else the
-/// first executable file of that name in `path`.
-fn resolve_program(name: &OsStr, path: &OsStr, cwd: &Path) -> io::Result<OsString> {
-    use std::os::unix::ffi::OsStrExt;
-    use std::os::unix::fs::PermissionsExt;
-    let executable = |p: &Path| {
-        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    };
-    if name.as_bytes().contains(&b'/') {
-        return if executable(&cwd.join(name)) {
-            Ok(name.to_os_string())
-        } else {
-            Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                "no executable file there",
-            ))
-        };
-    }
-    std::env::split_paths(path)
-        .map(|dir| cwd.join(dir).join(name))
-        .find(|p| executable(p))
-        .map(PathBuf::into_os_string)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "not found in the task's PATH"))
-}
-
-/// The task's process: its command, or the supervisor that runs it; with the environment,
-/// working directory and standard streams of the task.
-fn command(
-    spec: &LaunchSpec,
-    sandbox: &Sandbox,
-    supervision: Option<(&Path, Plan)>,
-) -> Result<std::process::Command, LaunchError> {
-    let mut cmd = match supervision {
-        Some((bin, plan)) => {
-            let mut c = std::process::Command::new(bin);
-            c.args(plan.to_args());
-            c
-        }
-        None => {
-            let argv = task_argv(spec);
-            let mut c = std::process::Command::new(&argv[0]);
-            c.args(&argv[1..]);
-            c
-        }
-    };
-    let dir = sandbox.dir();
-    let io_err = |source| LaunchError::Sandbox {
-        path: dir.to_path_buf(),
-        source,
-    };
-    // Nothing of the agent's own environment leaks into tasks.
-    cmd.env_clear().env("PATH", DEFAULT_PATH).env("HOME", dir);
-    // The name of the user it runs as, when the system knows one.
-    let uid = spec
-        .user
-        .map_or_else(|| nix::unistd::geteuid().as_raw(), |u| u.uid);
-    if let Ok(Some(user)) = nix::unistd::User::from_uid(uid.into()) {
-        cmd.env("USER", &user.name).env("LOGNAME", &user.name);
-    }
-    cmd.envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .env("MESOFS_TASK_ID", &spec.task_id)
-        .env("MESOFS_SANDBOX", dir)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(sandbox.stdout().map_err(io_err)?)
-        .stderr(sandbox.stderr().map_err(io_err)?);
-    Ok(cmd)
-}
-
-/// One bare isolated run of `true`, for benchmarks: create an isolation (1 cpu, 64 MiB,
-/// 64 pids), fork and exec `true` joined to it, wait for it, and destroy the isolation, with
-/// none of the containerizer's bookkeeping. Returns how long the whole cycle took.
-pub fn bare_launch_cycle(isolator: &dyn Isolator, id: &str) -> Result<Duration, LaunchError> {
-    let start = Instant::now();
-    let limits = Limits {
-        cpus_milli: 1000,
-        mem_bytes: 64 << 20,
-        pids_max: 64,
-    };
-    let isolation = isolator.create(id, &limits)?;
-    let spawn_err = |source| LaunchError::Spawn {
-        program: "true".into(),
-        source,
-    };
-    let ran = (|| {
-        let mut cmd = std::process::Command::new("true");
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let mut child =
-            spawn_isolated(&mut cmd, isolation.joiner()?, None, None).map_err(spawn_err)?;
-        isolation.started(child.id() as i32);
-        // Its own pgid is registered with no reaper, so this wait is the only one.
-        child.wait().map_err(spawn_err)?;
-        isolation.kill_all()?;
-        Ok::<(), LaunchError>(())
-    })();
-    let destroyed = isolation.destroy();
-    ran?;
-    destroyed?;
-    Ok(start.elapsed())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn task(mem_mb: u64) -> Task {
-        Task {
-            id: "t".into(),
-            pid: 1,
-            isolation: Arc::from(
-                crate::isolator::PosixIsolator::new()
-                    .create("t", &Limits::default())
-                    .expect("posix"),
-            ),
-            mem_mb,
-            kill_grace: Duration::ZERO,
-            kill_requested: AtomicBool::new(false),
-            memory_limited: AtomicBool::new(false),
-            exited: AtomicBool::new(false),
-            ended: Notify::new(),
-            recovered: false,
-        }
-    }
-
-    #[test]
-    fn an_unknown_end_is_a_failure_here_and_lost_for_a_task_taken_back_after_a_restart() {
-        let mut t = task(64);
-        assert_eq!(
-            report(&t, Ended::Unknown, false, false).kind,
-            ExitKind::Failed
-        );
-        t.recovered = true;
-        let r = report(&t, Ended::Unknown, false, false);
-        assert_eq!(r.kind, ExitKind::Lost);
-        assert_eq!(r.reason, REASON_AGENT_RESTARTED);
-        // A known end is reported as it was, restart or not.
-        assert_eq!(
-            report(&t, Ended::Exited(0), false, false).kind,
-            ExitKind::Finished
-        );
-    }
+    use crate::isolator::IsolatorError;
 
     #[test]
     fn the_containerizer_and_its_errors_can_be_shared_across_threads() {
@@ -1137,63 +719,5 @@ mod tests {
         shared::<LaunchError>();
         shared::<KillError>();
         shared::<IsolatorError>();
-    }
-
-    #[test]
-    fn programs_are_found_as_exec_would_find_them() {
-        let cwd = Path::new("/");
-        let path = OsStr::new("/nonexistent:/bin:/usr/bin");
-        let sh = resolve_program(OsStr::new("sh"), path, cwd).expect("sh is in /bin");
-        assert!(Path::new(&sh).is_absolute(), "{sh:?}");
-        assert_eq!(
-            resolve_program(OsStr::new("/bin/sh"), path, cwd).unwrap(),
-            "/bin/sh"
-        );
-        assert!(resolve_program(OsStr::new("no-such-program"), path, cwd).is_err());
-        assert!(resolve_program(OsStr::new("/etc/passwd"), path, cwd).is_err());
-        assert!(resolve_program(OsStr::new("sh"), OsStr::new("/nonexistent"), cwd).is_err());
-    }
-
-    #[test]
-    fn exit_zero_is_finished() {
-        let r = report(&task(32), Ended::Exited(0), false, false);
-        assert_eq!(r.kind, ExitKind::Finished);
-        assert_eq!(r.reason, REASON_COMMAND_EXITED);
-        assert_eq!((r.exit_code, r.signal), (Some(0), None));
-    }
-
-    #[test]
-    fn nonzero_exit_and_signals_are_failures() {
-        let r = report(&task(32), Ended::Exited(3), false, false);
-        assert_eq!(
-            (r.kind, r.message.as_str()),
-            (ExitKind::Failed, "exited with status 3")
-        );
-        let r = report(&task(32), Ended::Signaled(9), false, false);
-        assert_eq!(
-            (r.kind, r.message.as_str(), r.signal),
-            (ExitKind::Failed, "killed by signal 9 (SIGKILL)", Some(9))
-        );
-    }
-
-    #[test]
-    fn an_oom_kill_is_a_memory_limitation_whatever_the_exit_status() {
-        for ended in [Ended::Signaled(9), Ended::Exited(1), Ended::Exited(0)] {
-            let r = report(&task(32), ended, false, true);
-            assert_eq!(r.kind, ExitKind::Failed);
-            assert_eq!(r.reason, REASON_CONTAINER_LIMITATION_MEMORY);
-            assert!(
-                r.message.contains("memory limit of 32 MB exceeded"),
-                "{}",
-                r.message
-            );
-        }
-    }
-
-    #[test]
-    fn a_requested_kill_is_reported_killed_even_after_an_oom() {
-        let r = report(&task(32), Ended::Signaled(15), true, true);
-        assert_eq!(r.kind, ExitKind::Killed);
-        assert_eq!(r.reason, REASON_TASK_KILLED);
     }
 }

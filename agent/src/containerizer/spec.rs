@@ -1,0 +1,63 @@
+//! What a launch asks for: the task's command, environment, user and limits.
+
+use std::time::Duration;
+
+use super::{DEFAULT_KILL_GRACE, DEFAULT_PIDS_MAX};
+use crate::isolator::Limits;
+use crate::process::TaskUser;
+
+/// What a task runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// A shell command line, run by `/bin/sh -c`.
+    Shell(String),
+    /// A program (looked up in the task's PATH when it has no '/') and its arguments.
+    Argv(Vec<String>),
+}
+
+/// Everything needed to launch one task.
+#[derive(Clone, Debug)]
+pub struct LaunchSpec {
+    /// Unique among this agent's running tasks; one path component (may hold '.', '-', '_').
+    pub task_id: String,
+    /// What to run.
+    pub command: Command,
+    /// Environment variables, on top of PATH and HOME defaults; MESOFS_TASK_ID and
+    /// MESOFS_SANDBOX are always set by the agent.
+    pub env: Vec<(String, String)>,
+    /// CPU in thousandths of a core (0: no limit).
+    pub cpus_milli: u64,
+    /// Memory limit in MiB (0: no limit).
+    pub mem_mb: u64,
+    /// Most processes at once (0: no limit).
+    pub pids_max: u64,
+    /// Time between SIGTERM and SIGKILL when the task is killed.
+    pub kill_grace: Duration,
+    /// Who it runs as; `None`: as the agent.
+    pub user: Option<TaskUser>,
+}
+
+impl LaunchSpec {
+    /// A spec with one core, 128 MiB, [`DEFAULT_PIDS_MAX`], [`DEFAULT_KILL_GRACE`], no
+    /// extra environment, run as the agent's user.
+    pub fn new(task_id: impl Into<String>, command: Command) -> LaunchSpec {
+        LaunchSpec {
+            task_id: task_id.into(),
+            command,
+            env: Vec::new(),
+            cpus_milli: 1000,
+            mem_mb: 128,
+            pids_max: DEFAULT_PIDS_MAX,
+            kill_grace: DEFAULT_KILL_GRACE,
+            user: None,
+        }
+    }
+
+    pub(super) fn limits(&self) -> Limits {
+        Limits {
+            cpus_milli: self.cpus_milli,
+            mem_bytes: self.mem_mb.saturating_mul(1024 * 1024),
+            pids_max: self.pids_max,
+        }
+    }
+}
