@@ -18,13 +18,19 @@ fn a_mount_reading_from_a_follower_sees_every_write_at_once_500_times() {
         .chain((1..=3).filter(|id| *id != follower))
         .collect();
     let m = c.add_mount("from-follower", &order);
-    let addr = &c.addrs[follower as usize - 1];
-    assert!(
-        c.log_of("from-follower").contains(&format!(
-            "reading the cluster state from this master master={addr}"
-        )),
-        "the mount reads from the follower"
-    );
+    let addr = c.addrs[follower as usize - 1].clone();
+    // The mount shows a leader (from the leader stream) before it logs the first event of
+    // the state stream: waited for, not looked at once.
+    let reading = format!("reading the cluster state from this master master={addr}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !c.log_of("from-follower").contains(&reading) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the mount reads from the follower:\n{}",
+            c.log_of("from-follower")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let script = r#"set -u
 fail() { echo "iteration $i: $1" >&2; exit 1; }
 for i in $(seq 1 500); do
