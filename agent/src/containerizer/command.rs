@@ -6,11 +6,11 @@ use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 use tracing::warn;
 
 use super::{Command, LaunchError, LaunchSpec, DEFAULT_PATH};
+use crate::process::Exec;
 use crate::sandbox::Sandbox;
 use crate::supervisor::Plan;
 
@@ -104,42 +104,51 @@ pub(super) fn command(
     spec: &LaunchSpec,
     sandbox: &Sandbox,
     supervision: Option<(&Path, Plan)>,
-) -> Result<std::process::Command, LaunchError> {
-    let mut cmd = match supervision {
+) -> Result<Exec, LaunchError> {
+    let dir = sandbox.dir();
+    let (program, argv) = match supervision {
         Some((bin, plan)) => {
-            let mut c = std::process::Command::new(bin);
-            c.args(plan.to_args());
-            c
+            let mut argv = vec![bin.as_os_str().to_os_string()];
+            argv.extend(plan.to_args());
+            (bin.as_os_str().to_os_string(), argv)
         }
         None => {
             let argv = task_argv(spec);
-            let mut c = std::process::Command::new(&argv[0]);
-            c.args(&argv[1..]);
-            c
+            let found = resolve_program(&argv[0], &task_path(spec), dir).map_err(|source| {
+                LaunchError::Spawn {
+                    program: program(&spec.command).to_string(),
+                    source,
+                }
+            })?;
+            (found, argv)
         }
     };
-    let dir = sandbox.dir();
     let io_err = |source| LaunchError::Sandbox {
         path: dir.to_path_buf(),
         source,
     };
     // Nothing of the agent's own environment leaks into tasks.
-    cmd.env_clear().env("PATH", DEFAULT_PATH).env("HOME", dir);
+    let mut env: Vec<(OsString, OsString)> = vec![
+        ("PATH".into(), DEFAULT_PATH.into()),
+        ("HOME".into(), dir.into()),
+    ];
     // The name of the user it runs as, when the system knows one.
     let uid = spec
         .user
         .map_or_else(|| nix::unistd::geteuid().as_raw(), |u| u.uid);
     if let Ok(Some(user)) = nix::unistd::User::from_uid(uid.into()) {
-        cmd.env("USER", &user.name).env("LOGNAME", &user.name);
+        env.push(("USER".into(), user.name.clone().into()));
+        env.push(("LOGNAME".into(), user.name.into()));
     }
-    cmd.envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .env("MESOFS_TASK_ID", &spec.task_id)
-        .env("MESOFS_SANDBOX", dir)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(sandbox.stdout().map_err(io_err)?)
-        .stderr(sandbox.stderr().map_err(io_err)?);
-    Ok(cmd)
+    env.extend(spec.env.iter().map(|(k, v)| (k.into(), v.into())));
+    env.push(("MESOFS_TASK_ID".into(), spec.task_id.clone().into()));
+    env.push(("MESOFS_SANDBOX".into(), dir.into()));
+    let stdout = OwnedFd::from(sandbox.stdout().map_err(io_err)?);
+    let stderr = OwnedFd::from(sandbox.stderr().map_err(io_err)?);
+    Exec::new(&program, &argv, env, dir, stdout, stderr).map_err(|source| LaunchError::Spawn {
+        program: self::program(&spec.command).to_string(),
+        source,
+    })
 }
 
 #[cfg(test)]

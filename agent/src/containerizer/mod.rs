@@ -509,17 +509,18 @@ impl Inner {
                 }
                 None => (isolation.joiner()?, user.map(|u| u.credentials()), None),
             };
-            let mut cmd = command(spec, &sandbox, supervision)?;
+            let exec = command(spec, &sandbox, supervision)?;
             let fd3 = started.as_ref().map(|(_, w)| w.as_raw_fd());
-            let child = spawn_isolated(&mut cmd, joiner, credentials, fd3).map_err(spawn_err)?;
+            let pid =
+                spawn_isolated(&exec, &joiner, credentials.as_ref(), fd3).map_err(spawn_err)?;
             if let Some((r, w)) = started {
                 drop(w);
                 wait_started(r);
             }
-            Ok(child)
+            Ok(pid)
         })();
-        let child = match spawned {
-            Ok(c) => c,
+        let pid = match spawned {
+            Ok(pid) => pid,
             Err(e) => {
                 if let Err(d) = isolation.destroy() {
                     warn!(error = %d, "cannot remove the isolation of a failed launch");
@@ -527,9 +528,7 @@ impl Inner {
                 return Err(e);
             }
         };
-        let pid = child.id() as i32;
-        // The reaper, not `child`, waits for it; dropping a Child neither waits nor kills.
-        drop(child);
+        // The reaper waits for it.
         isolation.started(pid);
         let watch = self.reaper.watch(pid);
         Ok((sandbox.dir().to_path_buf(), pid, isolation, watch))
