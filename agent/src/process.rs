@@ -1,5 +1,5 @@
 //! Spawning a task's main process: its own session and process group, joined to its isolation
-//! between fork and exec, so not even its first instruction runs outside it.
+//! between clone and exec, so not even its first instruction runs outside it.
 
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr, OsString};
@@ -172,9 +172,9 @@ const CHILD_STACK: usize = 64 * 1024;
 ///
 /// The child is made with `clone(CLONE_VM | CLONE_VFORK)`: it borrows the agent's memory
 /// until it execs, while the calling thread waits, rather than copying the page tables of
-/// a large multi-threaded process, whose every page then faults on its next write (fork
-/// took a fifth of the agent's CPU per launch, most of it in those faults and the TLB
-/// shootdowns they cost).
+/// a large multi-threaded process, whose every page then faults on its next write (with
+/// fork, the copy and those faults, each with a TLB shootdown, were a third of the launch
+/// benchmark's process CPU).
 pub(crate) fn spawn_isolated(
     exec: &Exec,
     joiner: &Joiner,

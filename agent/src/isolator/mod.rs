@@ -116,7 +116,7 @@ pub trait Isolator: Send + Sync {
 /// One task's isolation. Every method is blocking but short, and safe to call again after
 /// the processes are gone or the isolation was destroyed.
 pub trait Isolation: Send + Sync {
-    /// Files to hand to a child between fork and exec so it joins this isolation.
+    /// Files to hand to a child between fork or clone and exec so it joins this isolation.
     fn joiner(&self) -> Result<Joiner, IsolatorError>;
 
     /// Tells the isolation the pid of the task's main process (also its process group and
@@ -177,8 +177,8 @@ impl Joiner {
 
     /// Moves the calling process into the isolation by writing "0" ("myself") to each file.
     ///
-    /// Async-signal-safe (only `write(2)`, no allocation), so it may run in a `pre_exec` hook
-    /// between fork and exec.
+    /// Async-signal-safe (only `write(2)`, no allocation), so it may run in a child between
+    /// fork or clone and exec.
     pub fn join_self(&self) -> io::Result<()> {
         for fd in &self.fds {
             // SAFETY: writing one byte from a static buffer to a descriptor we own.
