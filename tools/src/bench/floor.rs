@@ -2,8 +2,8 @@
 //! a task with nothing of mesofs in the way. One launch is the system calls an isolated launch
 //! cannot do without, made directly (no cgroup library): create the task's cgroups (v1: one
 //! each in the memory, cpu and pids hierarchies; v2: one with those controllers), set its
-//! memory, cpu and pids limits, fork, move the child into them, exec `true`, wait for it,
-//! remove the cgroups.
+//! memory, cpu and pids limits, start a child (`clone(CLONE_VM | CLONE_VFORK)`, as mesofs
+//! starts a task's), move it into them, exec `true`, wait for it, remove the cgroups.
 
 use std::ffi::CString;
 use std::fs;
@@ -134,36 +134,57 @@ impl Floor {
         ran
     }
 
-    /// Forks a child that joins `dirs` and execs `true`; waits for it.
+    /// Starts a child that joins `dirs` and execs `true`; waits for it. The child is made
+    /// with `clone(CLONE_VM | CLONE_VFORK)`, as mesofs makes a task's, so that the floor pays
+    /// for no copy of this large benchmark process's page tables (a plain loop in a small
+    /// process would not).
     fn run_in(&self, dirs: &[PathBuf]) -> Result<()> {
-        // Everything the child needs, made before the fork: it may only make system calls.
+        // Everything the child needs, made before it exists: it may only make system calls.
         let procs: Vec<CString> = dirs
             .iter()
             .map(|d| CString::new(d.join("cgroup.procs").as_os_str().as_bytes()))
             .collect::<Result<_, _>>()?;
+        let procs: Vec<*const libc::c_char> = procs
+            .iter()
+            .map(|p| p.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
         let argv = [self.program.as_ptr(), std::ptr::null()];
         let envp: [*const libc::c_char; 1] = [std::ptr::null()];
-        // SAFETY: the child calls only open, write, close, execve and _exit, all
-        // async-signal-safe, on memory prepared before the fork.
-        let pid = unsafe { libc::fork() };
-        if pid < 0 {
-            bail!("fork: {}", std::io::Error::last_os_error());
-        }
-        if pid == 0 {
-            unsafe {
-                for path in &procs {
-                    let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                    if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                        libc::_exit(126);
-                    }
-                    libc::close(fd);
-                }
-                libc::execve(self.program.as_ptr(), argv.as_ptr(), envp.as_ptr());
-                libc::_exit(127);
+        let mut stack = vec![0u8; CHILD_STACK];
+        // SAFETY: the child (`child_main`) calls only open, write, close, sigprocmask, execve
+        // and _exit on memory made ready above, on a stack (aligned to 16) that outlives its
+        // use: CLONE_VFORK returns once the child has exec'd or exited. Signals are blocked
+        // around the clone so that no handler runs on the child's stack before it execs.
+        let pid = unsafe {
+            let mut args = ChildArgs {
+                procs: procs.as_ptr(),
+                program: self.program.as_ptr(),
+                argv: argv.as_ptr(),
+                envp: envp.as_ptr(),
+                mask: std::mem::zeroed(),
+            };
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut args.mask);
+            let top = stack.as_mut_ptr().add(CHILD_STACK);
+            let top = top.sub(top as usize % 16);
+            let pid = libc::clone(
+                child_main,
+                top.cast(),
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                std::ptr::addr_of_mut!(args).cast(),
+            );
+            let err = std::io::Error::last_os_error();
+            libc::pthread_sigmask(libc::SIG_SETMASK, &args.mask, std::ptr::null_mut());
+            if pid < 0 {
+                bail!("clone: {err}");
             }
-        }
+            pid
+        };
+        drop(stack);
         let mut status = 0;
-        // SAFETY: waiting for the child forked above.
+        // SAFETY: waiting for the child made above.
         if unsafe { libc::waitpid(pid, &mut status, 0) } != pid {
             bail!("waitpid: {}", std::io::Error::last_os_error());
         }
@@ -171,6 +192,41 @@ impl Floor {
             bail!("the floor's `true` ended with wait status {status:#x} (126: it could not join its cgroup)");
         }
         Ok(())
+    }
+}
+
+/// Stack of a floor launch's child until it execs.
+const CHILD_STACK: usize = 64 * 1024;
+
+/// What a floor launch's child reads: raw pointers into memory its parent keeps.
+struct ChildArgs {
+    /// The `cgroup.procs` files to join, null-ended.
+    procs: *const *const libc::c_char,
+    program: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+    /// The signal mask to exec with (the parent's before it blocked every signal).
+    mask: libc::sigset_t,
+}
+
+/// A floor launch's child: joins the cgroups and execs `true`, with system calls only.
+extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the ChildArgs its parent keeps until this child execs or exits; every
+    // pointer in it is to memory the parent keeps as long.
+    unsafe {
+        let a = &*(arg as *const ChildArgs);
+        let mut path = a.procs;
+        while !(*path).is_null() {
+            let fd = libc::open(*path, libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                libc::_exit(126);
+            }
+            libc::close(fd);
+            path = path.add(1);
+        }
+        libc::sigprocmask(libc::SIG_SETMASK, &a.mask, std::ptr::null_mut());
+        libc::execve(a.program, a.argv, a.envp);
+        libc::_exit(127)
     }
 }
 
