@@ -138,15 +138,25 @@ impl Exec {
                 c(&kv)
             })
             .collect::<io::Result<_>>()?;
-        let stdin = OwnedFd::from(std::fs::File::open("/dev/null")?);
+        // A stream opened as 0, 1 or 2 (the agent started with one closed) would be replaced
+        // by another's dup2 in the child before its own: moved above them first.
+        let above_stdio = |fd: OwnedFd| {
+            if fd.as_raw_fd() <= 2 {
+                // try_clone takes the lowest free descriptor from 3 up.
+                fd.try_clone()
+            } else {
+                Ok(fd)
+            }
+        };
+        let stdin = above_stdio(OwnedFd::from(std::fs::File::open("/dev/null")?))?;
         Ok(Exec {
             program: c(program)?,
             argv: argv.iter().map(|a| c(a)).collect::<io::Result<_>>()?,
             env,
             dir: c(dir.as_os_str())?,
             stdin,
-            stdout,
-            stderr,
+            stdout: above_stdio(stdout)?,
+            stderr: above_stdio(stderr)?,
         })
     }
 }
