@@ -37,7 +37,7 @@ fn the_launch_benchmark_prints_each_round_and_a_ratio_that_is_the_quotient_of_it
             "--one-at-a-time",
             "5",
         ])
-        .args(["--rounds", "2", "--warmup", "4", "--dir"])
+        .args(["--rounds", "2", "--warmup", "4", "--resident", "3", "--dir"])
         .arg(tmp.path())
         .output()
         .expect("running mesofs bench");
@@ -78,6 +78,10 @@ fn the_launch_benchmark_prints_each_round_and_a_ratio_that_is_the_quotient_of_it
         "the ratio {ratio} is not the pipelined rate {rate} over the floor's {floor}"
     );
     assert!(figure(&stdout, "CPU per pipelined task", "ms") > 0.0);
+    // The memory of tasks left running: found by their supervisors, each with a PSS.
+    let supervisor = figure(&stdout, "its supervisor's PSS", "KiB (median)");
+    assert!(supervisor > 0.0, "{stdout}");
+    assert!(figure(&stdout, "KiB;", "KiB in all") >= supervisor);
 }
 
 /// Runs `mesofs bench ARGS` in a temporary directory; returns what it printed.

@@ -5,7 +5,7 @@
 //! many at a time as mesofs had in flight. The ratio of mesofs's pipelined rate to the floor's
 //! is the figure that matters; each is printed, and the ratio is their quotient.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -39,6 +39,10 @@ pub struct LaunchArgs {
     /// Tasks launched (and floor launches made) before the first round, not measured.
     #[arg(long, default_value = "20")]
     warmup: usize,
+    /// Tasks of `sleep` left running at the end, to measure the memory each costs beyond
+    /// its command (0: not measured).
+    #[arg(long, default_value = "20")]
+    resident: usize,
     /// Where to put the temporary cluster's data and mount (a fresh directory under it).
     #[arg(long, default_value = "/tmp")]
     dir: PathBuf,
@@ -106,7 +110,7 @@ pub async fn run(args: LaunchArgs) -> Result<()> {
     // Room for every task of the run at once: resources a finished task frees come back in
     // offers of their own, and the driver always takes `offers/next`, so the first offer must
     // never run out. The tasks are `true`: the room is declared, not used; isolation is real.
-    let most = args.warmup + args.rounds * (args.one_at_a_time + args.tasks);
+    let most = args.warmup + args.rounds * (args.one_at_a_time + args.tasks) + args.resident;
     let resources = format!("cpus:{};mem:{};disk:0;ports:[31000-31001]", most, most * 16);
     let agent = agent::start(AgentConfig {
         masters: vec![master.addr.to_string()],
@@ -125,20 +129,30 @@ pub async fn run(args: LaunchArgs) -> Result<()> {
     let mount = mesofs_fs::mount(&mount_path, client, copy, tokio::runtime::Handle::current())?;
 
     let mp = mount_path.clone();
+    let agent_dir = tmp.path().join("agent");
     let a = args.clone();
     // The driver does blocking file I/O on the mount and forks: keep it off the async workers.
-    let measured = tokio::task::spawn_blocking(move || measure(&mp, &a)).await;
+    let measured = tokio::task::spawn_blocking(move || measure(&mp, &agent_dir, &a)).await;
 
     agent.shutdown().await;
     tokio::task::spawn_blocking(move || mount.unmount()).await??;
     master.shutdown().await;
-    let rounds = measured??;
-    report(&args, &rounds);
+    let measured = measured??;
+    report(&args, &measured.rounds);
+    if let Some(r) = &measured.resident {
+        println!(
+            "memory per running task beyond its command ({} tasks of `sleep`): its supervisor's PSS {:.0} KiB (median), this process's (master, agent, mount) PSS growth {:.0} KiB; {:.0} KiB in all",
+            r.tasks,
+            r.supervisor_pss,
+            r.process_pss,
+            r.supervisor_pss + r.process_pss.max(0.0)
+        );
+    }
     Ok(())
 }
 
-/// The warm-up, then every round.
-fn measure(mount: &Path, args: &LaunchArgs) -> Result<Vec<Round>> {
+/// The warm-up, then every round, then the resident tasks' memory.
+fn measure(mount: &Path, agent_dir: &Path, args: &LaunchArgs) -> Result<Measured> {
     let driver = Driver::start(mount)?;
     let floor = Floor::new("launch")?;
     if args.warmup > 0 {
@@ -186,7 +200,56 @@ fn measure(mount: &Path, args: &LaunchArgs) -> Result<Vec<Round>> {
         );
         rounds.push(round);
     }
-    Ok(rounds)
+    let resident = match args.resident {
+        0 => None,
+        n => Some(driver.resident(n, agent_dir)?),
+    };
+    Ok(Measured { rounds, resident })
+}
+
+/// What a run measured.
+struct Measured {
+    rounds: Vec<Round>,
+    resident: Option<Resident>,
+}
+
+/// The names of the tasks left running to measure their memory start with this.
+const RESIDENT: &str = "resident-";
+
+/// What running tasks cost in memory beyond their commands, in KiB.
+struct Resident {
+    tasks: usize,
+    /// The median PSS of a task's supervisor.
+    supervisor_pss: f64,
+    /// The growth of this process's PSS (master, agent and mount) per running task.
+    process_pss: f64,
+}
+
+/// The proportional set size of a process in KiB, from `smaps_rollup`.
+fn pss_kib(pid: &str) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// The pids of the supervisors of tasks whose work directory is under `agent_dir`.
+fn supervisors(agent_dir: &Path) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let under = agent_dir.as_os_str().as_encoded_bytes();
+    dir.filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|pid| {
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            args.get(1) == Some(&&b"supervise"[..]) && args.iter().any(|a| a.starts_with(under))
+        })
+        .collect()
 }
 
 /// Prints the median round (by ratio) and the spread of every figure over the rounds.
@@ -195,7 +258,7 @@ fn report(args: &LaunchArgs, rounds: &[Round]) {
     order.sort_by(|a, b| a.ratio().total_cmp(&b.ratio()));
     let m = order[order.len() / 2];
     println!(
-        "mesofs bench: {} round(s) after a warm-up of {} task(s); each round {} task(s) of `true` one at a time, {} pipelined ({} per launch write), and the floor (cgroups made with mkdir and writes, fork, join, exec `true`, wait, rmdir)",
+        "mesofs bench: {} round(s) after a warm-up of {} task(s); each round {} task(s) of `true` one at a time, {} pipelined ({} per launch write), and the floor (cgroups made with mkdir and writes, clone, join, exec `true`, wait, rmdir)",
         args.rounds, args.warmup, args.one_at_a_time, args.tasks, args.batch
     );
     println!("the median round (by ratio):");
@@ -263,6 +326,8 @@ fn cpu_time() -> Duration {
 struct Seen {
     running: HashMap<String, Instant>,
     finished: HashMap<String, Instant>,
+    /// The resident tasks killed at the end, on request.
+    killed: HashSet<String>,
     failed: Vec<String>,
 }
 
@@ -309,6 +374,9 @@ impl Driver {
                     "TASK_FINISHED" => {
                         s.finished.insert(name.to_string(), now);
                     }
+                    "TASK_KILLED" if name.starts_with(RESIDENT) => {
+                        s.killed.insert(name.to_string());
+                    }
                     "TASK_FAILED" | "TASK_LOST" | "TASK_KILLED" | "TASK_ERROR" => {
                         s.failed.push(line.clone())
                     }
@@ -320,15 +388,22 @@ impl Driver {
         Ok(Driver { framework, seen })
     }
 
-    /// Writes one launch of `names` on the next offer; returns when `write(2)` was called.
+    /// Writes one launch of `names` running `true` on the next offer; returns when `write(2)`
+    /// was called.
     fn launch(&self, names: &[String]) -> Result<Instant> {
+        self.launch_argv(names, r#"["true"]"#)
+    }
+
+    /// Writes one launch of `names` running `argv` (JSON) on the next offer; returns when
+    /// `write(2)` was called.
+    fn launch_argv(&self, names: &[String], argv: &str) -> Result<Instant> {
         let offer = std::fs::read_to_string(self.framework.join("offers/next"))
             .context("reading offers/next")?;
         let offer = offer.trim();
         let text: String = names
             .iter()
             .map(|name| {
-                format!("{{\"name\":\"{name}\",\"argv\":[\"true\"],\"cpus\":0.01,\"mem\":16}}\n")
+                format!("{{\"name\":\"{name}\",\"argv\":{argv},\"cpus\":0.01,\"mem\":16}}\n")
             })
             .collect();
         let mut f = std::fs::OpenOptions::new()
@@ -363,6 +438,71 @@ impl Driver {
                     "{left} of {} tasks had not finished within {timeout:?}",
                     names.len()
                 );
+            }
+            s = changed
+                .wait_timeout(s, deadline - now)
+                .expect("seen lock")
+                .0;
+        }
+    }
+
+    /// Launches `n` tasks of `sleep`, measures what they cost in memory once all run, then
+    /// kills them and waits for their ends.
+    fn resident(&self, n: usize, agent_dir: &Path) -> Result<Resident> {
+        let me = std::process::id().to_string();
+        let before = pss_kib(&me).context("reading this process's PSS")?;
+        let names: Vec<String> = (0..n).map(|i| format!("{RESIDENT}{i}")).collect();
+        for name in &names {
+            self.launch_argv(std::slice::from_ref(name), r#"["sleep","3600"]"#)?;
+        }
+        self.wait_for(&names, Duration::from_secs(60), "running", |s, n| {
+            s.running.contains_key(n)
+        })?;
+        let after = pss_kib(&me).context("reading this process's PSS")?;
+        let mut each: Vec<f64> = supervisors(agent_dir)
+            .iter()
+            .filter_map(|pid| pss_kib(pid))
+            .collect();
+        if each.len() != n {
+            bail!("found {} supervisors of {n} running tasks", each.len());
+        }
+        each.sort_by(f64::total_cmp);
+        for name in &names {
+            let kill = self.framework.join("tasks").join(name).join("kill");
+            std::fs::write(&kill, "\n").with_context(|| format!("writing {}", kill.display()))?;
+        }
+        self.wait_for(&names, Duration::from_secs(60), "killed", |s, n| {
+            s.killed.contains(n)
+        })?;
+        Ok(Resident {
+            tasks: n,
+            supervisor_pss: each[each.len() / 2],
+            process_pss: (after - before) / n as f64,
+        })
+    }
+
+    /// Waits until `reached(seen, name)` holds for every one of `names` (or any task failed,
+    /// or `timeout`).
+    fn wait_for(
+        &self,
+        names: &[String],
+        timeout: Duration,
+        what: &str,
+        reached: impl Fn(&Seen, &String) -> bool,
+    ) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let (lock, changed) = &*self.seen;
+        let mut s = lock.lock().expect("seen lock");
+        loop {
+            if !s.failed.is_empty() {
+                bail!("tasks failed: {:?}", &s.failed[..s.failed.len().min(5)]);
+            }
+            if names.iter().all(|n| reached(&s, n)) {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                bail!("not every task was {what} within {timeout:?}");
             }
             s = changed
                 .wait_timeout(s, deadline - now)
