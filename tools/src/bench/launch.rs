@@ -418,32 +418,9 @@ impl Driver {
 
     /// Waits until every task in `names` has finished (or any task failed, or `timeout`).
     fn wait_finished(&self, names: &[String], timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        let (lock, changed) = &*self.seen;
-        let mut s = lock.lock().expect("seen lock");
-        loop {
-            if !s.failed.is_empty() {
-                bail!("tasks failed: {:?}", &s.failed[..s.failed.len().min(5)]);
-            }
-            if names.iter().all(|n| s.finished.contains_key(n)) {
-                return Ok(());
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                let left = names
-                    .iter()
-                    .filter(|n| !s.finished.contains_key(*n))
-                    .count();
-                bail!(
-                    "{left} of {} tasks had not finished within {timeout:?}",
-                    names.len()
-                );
-            }
-            s = changed
-                .wait_timeout(s, deadline - now)
-                .expect("seen lock")
-                .0;
-        }
+        self.wait_for(names, timeout, "finished", |s, n| {
+            s.finished.contains_key(n)
+        })
     }
 
     /// Launches `n` tasks of `sleep`, measures what they cost in memory once all run, then
@@ -502,7 +479,11 @@ impl Driver {
             }
             let now = Instant::now();
             if now >= deadline {
-                bail!("not every task was {what} within {timeout:?}");
+                let left = names.iter().filter(|n| !reached(&s, n)).count();
+                bail!(
+                    "{left} of {} tasks were not {what} within {timeout:?}",
+                    names.len()
+                );
             }
             s = changed
                 .wait_timeout(s, deadline - now)
