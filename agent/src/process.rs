@@ -103,6 +103,8 @@ pub(crate) struct Exec {
     stdin: OwnedFd,
     stdout: OwnedFd,
     stderr: OwnedFd,
+    /// Whether the program may be given transparent huge pages (as the agent may).
+    huge_pages: bool,
 }
 
 impl Exec {
@@ -157,8 +159,40 @@ impl Exec {
             stdin,
             stdout: above_stdio(stdout)?,
             stderr: above_stdio(stderr)?,
+            huge_pages: true,
         })
     }
+
+    /// The program runs with transparent huge pages disabled (`PR_SET_THP_DISABLE`, which
+    /// exec keeps): for a supervisor, whose allocator would otherwise have two 2 MiB pages
+    /// of its arena touched before `main` (4 MiB of its 4.8 MB of anonymous memory).
+    pub(crate) fn without_huge_pages(mut self) -> Exec {
+        self.huge_pages = false;
+        self
+    }
+}
+
+/// Whether this process runs with transparent huge pages disabled (`PR_GET_THP_DISABLE`):
+/// the setting a supervisor gives back to the command it runs.
+pub(crate) fn huge_pages_disabled() -> bool {
+    // SAFETY: a prctl that only reads this process's flag.
+    unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) == 1 }
+}
+
+/// Sets whether this process (and what it execs and forks) runs with transparent huge pages
+/// disabled. Async-signal-safe: one system call. Kernels without the flag (before 3.15) keep
+/// their default, which only costs memory.
+pub(crate) fn disable_huge_pages(disabled: bool) {
+    // SAFETY: a prctl that sets this process's flag.
+    unsafe {
+        libc::prctl(
+            libc::PR_SET_THP_DISABLE,
+            libc::c_ulong::from(disabled),
+            0,
+            0,
+            0,
+        )
+    };
 }
 
 /// What the child of [`spawn_isolated`] reads, and where it leaves why it could not exec.
@@ -294,6 +328,9 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
             if c.switch().is_err() {
                 return fail();
             }
+        }
+        if !e.huge_pages {
+            disable_huge_pages(true);
         }
         libc::execve(e.program.as_ptr(), a.argv.as_ptr(), a.envp.as_ptr());
     }

@@ -12,7 +12,7 @@ use std::io;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
-use crate::process::{reset_signals, Credentials, Ended, TaskUser};
+use crate::process::{disable_huge_pages, reset_signals, Credentials, Ended, TaskUser};
 
 /// The subcommand of the `mesofs` binary that runs a supervisor.
 pub const SUBCOMMAND: &str = "supervise";
@@ -32,13 +32,16 @@ pub struct Plan {
     /// Whether descriptor 3 is a pipe to the agent, to be held by the command until its exec
     /// closes it: how the agent learns that the command runs.
     pub started_fd: bool,
+    /// Whether the command runs with transparent huge pages disabled: the agent's own
+    /// setting, given back to it (the agent starts the supervisor with them disabled).
+    pub huge_pages_disabled: bool,
     /// The command; its first element is a path to the program.
     pub argv: Vec<OsString>,
 }
 
 impl Plan {
     /// The arguments that follow the program name: `supervise --exit-file F [--join DIR]...
-    /// [--user UID:GID] [--started-fd] -- ARGV...`.
+    /// [--user UID:GID] [--started-fd] [--huge-pages-disabled] -- ARGV...`.
     pub fn to_args(&self) -> Vec<OsString> {
         let mut args: Vec<OsString> = vec![SUBCOMMAND.into(), "--exit-file".into()];
         args.push(self.exit_file.clone().into());
@@ -53,6 +56,9 @@ impl Plan {
         if self.started_fd {
             args.push("--started-fd".into());
         }
+        if self.huge_pages_disabled {
+            args.push("--huge-pages-disabled".into());
+        }
         args.push("--".into());
         args.extend(self.argv.iter().cloned());
         args
@@ -64,6 +70,7 @@ impl Plan {
         let mut joins = Vec::new();
         let mut user = None;
         let mut started_fd = false;
+        let mut huge_pages_disabled = false;
         loop {
             let arg = args.next().ok_or("missing `--` before the command")?;
             match arg.to_str() {
@@ -88,6 +95,7 @@ impl Plan {
                     });
                 }
                 Some("--started-fd") => started_fd = true,
+                Some("--huge-pages-disabled") => huge_pages_disabled = true,
                 Some("--") => break,
                 _ => return Err(format!("unexpected argument {arg:?}")),
             }
@@ -101,6 +109,7 @@ impl Plan {
             joins,
             user,
             started_fd,
+            huge_pages_disabled,
             argv,
         })
     }
@@ -159,6 +168,7 @@ fn run(plan: &Plan) -> ! {
 /// (inheriting environment, working directory and standard streams).
 fn exec_command(plan: &Plan, credentials: Option<&Credentials>) -> ! {
     reset_signals();
+    disable_huge_pages(plan.huge_pages_disabled);
     for dir in &plan.joins {
         if let Err(e) = fs::write(dir.join("cgroup.procs"), "0") {
             eprintln!(
@@ -270,6 +280,7 @@ mod tests {
                 gid: 100,
             }),
             started_fd: true,
+            huge_pages_disabled: true,
             argv: vec!["/bin/sh".into(), "-c".into(), "echo -- --join".into()],
         };
         let args = plan.to_args();

@@ -1,5 +1,6 @@
 //! Who a task runs as: the user who made its framework, with that user's groups, in a sandbox
-//! it owns, and with default signal dispositions whatever the agent inherited.
+//! it owns, with default signal dispositions whatever the agent inherited, and with the
+//! agent's transparent huge page setting (which its supervisor does without).
 
 use mesofs_tests::{can_run, Dev, Mounted};
 
@@ -123,5 +124,42 @@ fn a_framework_belongs_to_a_user_name_and_an_agent_without_that_user_fails_its_t
         String::from_utf8_lossy(&out.stderr).contains("Operation not permitted"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_task_keeps_the_agents_huge_page_setting_which_its_supervisor_runs_without() {
+    if !can_run() {
+        return;
+    }
+    let mine = std::fs::read_to_string("/proc/self/status").expect("own status");
+    assert!(
+        mine.contains("THP_enabled:\t1"),
+        "this test needs transparent huge pages allowed in its own process: {mine}"
+    );
+    let dev = Dev::start();
+    dev.sh_ok("mkdir frameworks/thp");
+    let offer = dev
+        .sh_ok("cat frameworks/thp/offers/next")
+        .trim()
+        .to_string();
+    // The command's parent is its supervisor.
+    dev.sh_ok(&format!(
+        "echo 'name=t -- grep THP_enabled /proc/self/status; grep THP_enabled /proc/$PPID/status; \
+         xargs -0 echo < /proc/$PPID/cmdline' > frameworks/thp/offers/{offer}/launch"
+    ));
+    assert_eq!(
+        dev.sh_ok("cat frameworks/thp/tasks/t/wait").trim(),
+        "TASK_FINISHED",
+        "stderr: {}",
+        dev.read("frameworks/thp/tasks/t/stderr")
+    );
+    let stdout = dev.read("frameworks/thp/tasks/t/stdout");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[2].contains(" supervise "), "the parent: {stdout}");
+    assert_eq!(
+        lines[..2],
+        ["THP_enabled:\t1", "THP_enabled:\t0"],
+        "the command, then its supervisor: {stdout}"
     );
 }

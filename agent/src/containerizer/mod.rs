@@ -33,7 +33,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use crate::checkpoint::{Checkpoints, TaskCheckpoint};
 use crate::isolator::{validate_id, Isolation, Isolator, Joiner, Usage};
 pub use crate::process::TaskUser;
-use crate::process::{spawn_isolated, Ended};
+use crate::process::{huge_pages_disabled, spawn_isolated, Ended};
 use crate::procfs;
 use crate::reaper::{Reaper, Watch};
 use crate::sandbox::{self, Sandbox};
@@ -493,6 +493,7 @@ impl Inner {
                         joins: isolation.cgroup_dirs(),
                         user,
                         started_fd: true,
+                        huge_pages_disabled: huge_pages_disabled(),
                         argv,
                     };
                     Some((bin.as_path(), plan))
