@@ -1,12 +1,14 @@
 //! The reaper: the only code that waits for task processes.
 //!
-//! Each task's main process leads its own process group, so the reaper waits per group
-//! (`waitpid(-pgid)`): that collects the main process's status for its monitor, and reaps the
-//! task's orphans, which the agent inherits as child subreaper and which would otherwise stay
-//! zombies counted against the task's pids limit. It never waits for "any child", so children
-//! that other code in the agent's process spawned and waits for are left alone. Orphans that
-//! left the task's process group are reaped by pid once the task ends (as "strays", the pids
-//! its final kill hit).
+//! Each task's main process leads its own process group; the reaper collects the main
+//! process's status for its monitor, and reaps the task's orphans, which the agent inherits as
+//! child subreaper and which would otherwise stay zombies counted against the task's pids
+//! limit. On each SIGCHLD it looks at which child exited without reaping it
+//! (`waitid(WNOWAIT)`), and reaps it by pid only when its process group is a task's; so it
+//! never takes the status of a child that other code in the agent's process spawned and
+//! waits for. When such a child comes first and hides the rest, it asks each task's group
+//! instead (`waitpid(-pgid)`). Orphans that left the task's process group are reaped by pid
+//! once the task ends (as "strays", the pids its final kill hit).
 //!
 //! What is waited for is one table for the whole process, shared by every containerizer in it
 //! (tests run several), so a pid reused by another containerizer's task replaces a stale
@@ -144,29 +146,8 @@ impl Reaper {
         let now = Instant::now();
         st.groups
             .retain(|_, g| g.linger_until.is_none_or(|t| t > now));
-        for (&pgid, group) in st.groups.iter_mut() {
-            loop {
-                match waitpid(Pid::from_raw(-pgid), Some(WaitPidFlag::WNOHANG)) {
-                    Ok(WaitStatus::StillAlive) => break,
-                    Ok(status) => {
-                        let pid = status.pid().map(Pid::as_raw);
-                        if pid == Some(pgid) {
-                            if let Some(tx) = group.main.take() {
-                                if tx.send(ended(status)).is_err() {
-                                    // Its monitor is gone (runtime shut down): nobody will
-                                    // release the group.
-                                    group.linger_until = Some(now + LINGER);
-                                }
-                            }
-                        } else {
-                            trace!(pgid, ?pid, "reaped an orphan of a task");
-                        }
-                    }
-                    Err(Errno::EINTR) => {}
-                    // ECHILD: nothing of ours is in that group (any more).
-                    Err(_) => break,
-                }
-            }
+        if !reap_known_zombies(&mut st, now) {
+            scan_groups(&mut st, now);
         }
         if st.strays.is_empty() {
             return;
@@ -197,6 +178,94 @@ impl Reaper {
                 Some(_) => patient,
             }
         });
+    }
+}
+
+/// Reaps, one by one, the agent's exited children that belong to a registered group (or are
+/// strays), finding each with a look that reaps nothing (`waitid(P_ALL, WNOWAIT)`): the cost
+/// is the number of exited children, not of groups (asking each group, with a thousand
+/// tasks ended in the last seconds still lingering, was most of the agent's system calls at
+/// 200 launches a second). Returns false when an exited child that is not ours (another
+/// part of the process waits for it) comes first and hides the others.
+fn reap_known_zombies(st: &mut Table, now: Instant) -> bool {
+    loop {
+        // SAFETY: waitid with WNOWAIT only reads which child has exited, into memory we own.
+        let pid = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+            if libc::waitid(libc::P_ALL, 0, &mut info, flags) != 0 {
+                // ECHILD: no children at all; EINTR: the next signal brings us back.
+                return Errno::last() == Errno::ECHILD;
+            }
+            info.si_pid()
+        };
+        if pid == 0 {
+            return true;
+        }
+        let group = if st.groups.contains_key(&pid) {
+            Some(pid)
+        } else {
+            nix::unistd::getpgid(Some(Pid::from_raw(pid)))
+                .ok()
+                .map(Pid::as_raw)
+                .filter(|g| st.groups.contains_key(g))
+        };
+        let stray = group.is_none()
+            && st.strays.get(&pid).is_some_and(|s| {
+                procfs::stat(pid).is_some_and(|now| now.start_ticks == s.start_ticks)
+            });
+        if group.is_none() && !stray {
+            return false;
+        }
+        match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(Errno::EINTR) => continue,
+            // Reaped meanwhile by whoever else waits for it.
+            Err(_) => continue,
+            Ok(status) => match group {
+                Some(pgid) if pgid == pid => deliver(st, pgid, status, now),
+                Some(pgid) => trace!(pgid, pid, "reaped an orphan of a task"),
+                None => {
+                    st.strays.remove(&pid);
+                    trace!(pid, "reaped a stray of a task");
+                }
+            },
+        }
+    }
+}
+
+/// Asks each registered group for an exited member, until none has one.
+fn scan_groups(st: &mut Table, now: Instant) {
+    let pgids: Vec<i32> = st.groups.keys().copied().collect();
+    for pgid in pgids {
+        loop {
+            match waitpid(Pid::from_raw(-pgid), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => break,
+                Ok(status) => {
+                    let pid = status.pid().map(Pid::as_raw);
+                    if pid == Some(pgid) {
+                        deliver(st, pgid, status, now);
+                    } else {
+                        trace!(pgid, ?pid, "reaped an orphan of a task");
+                    }
+                }
+                Err(Errno::EINTR) => {}
+                // ECHILD: nothing of ours is in that group (any more).
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+/// Sends how a group's main process ended to its monitor.
+fn deliver(st: &mut Table, pgid: i32, status: WaitStatus, now: Instant) {
+    let Some(group) = st.groups.get_mut(&pgid) else {
+        return;
+    };
+    if let Some(tx) = group.main.take() {
+        if tx.send(ended(status)).is_err() {
+            // Its monitor is gone (runtime shut down): nobody will release the group.
+            group.linger_until = Some(now + LINGER);
+        }
     }
 }
 

@@ -56,3 +56,35 @@ async fn a_process_that_left_the_task_group_is_killed_and_reaped_when_the_task_e
     assert_eq!(exit.kind, ExitKind::Finished, "{exit:?}");
     wait_gone(&pids, Duration::from_secs(5)).await;
 }
+
+#[tokio::test]
+async fn a_child_the_agent_did_not_launch_keeps_its_status_for_whoever_waits_for_it() {
+    let Some(mut agent) = Agent::with_cgroups("foreign") else {
+        return;
+    };
+    // Exited before any task does, and waited for only at the end: it may stand first among
+    // the process's exited children, and the tasks' ends must still be found behind it.
+    let mut foreign = std::process::Command::new("/bin/sh")
+        .args(["-c", "exit 7"])
+        .spawn()
+        .expect("spawn");
+    let pid = foreign.id() as i32;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    // (A reaper that took it would make it vanish instead.)
+    while matches!(common::state(pid), Some(s) if s != 'Z') {
+        assert!(std::time::Instant::now() < deadline, "it never exited");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for i in 0..3 {
+        let id = format!("foreign.{i}");
+        let spec = LaunchSpec::new(&id, Command::Shell(format!("exit {i}")));
+        agent.containerizer.launch(spec).await.expect("launch");
+        let exit = agent.next_exit(EXIT_TIMEOUT).await;
+        assert_eq!(
+            (exit.task_id.as_str(), exit.exit_code),
+            (id.as_str(), Some(i))
+        );
+    }
+    let status = foreign.wait().expect("its status is still there to take");
+    assert_eq!(status.code(), Some(7));
+}
