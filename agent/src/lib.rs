@@ -18,6 +18,7 @@ pub mod supervisor;
 mod process;
 mod procfs;
 mod reaper;
+mod spawner;
 
 pub use containerizer::{
     bare_launch_cycle, Command, Containerizer, ExitKind, KillError, LaunchError, LaunchSpec,

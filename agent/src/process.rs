@@ -2,9 +2,9 @@
 //! between clone and exec, so not even its first instruction runs outside it.
 
 use std::collections::BTreeMap;
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::{CStr, CString, OsStr, OsString};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -103,8 +103,6 @@ pub(crate) struct Exec {
     stdin: OwnedFd,
     stdout: OwnedFd,
     stderr: OwnedFd,
-    /// Whether the program may be given transparent huge pages (as the agent may).
-    huge_pages: bool,
 }
 
 impl Exec {
@@ -159,16 +157,18 @@ impl Exec {
             stdin,
             stdout: above_stdio(stdout)?,
             stderr: above_stdio(stderr)?,
-            huge_pages: true,
         })
     }
 
-    /// The program runs with transparent huge pages disabled (`PR_SET_THP_DISABLE`, which
-    /// exec keeps): for a supervisor, whose allocator would otherwise have two 2 MiB pages
-    /// of its arena touched before `main` (4 MiB of its 4.8 MB of anonymous memory).
-    pub(crate) fn without_huge_pages(mut self) -> Exec {
-        self.huge_pages = false;
-        self
+    /// Its command line (program name first), environment (`NAME=value`, each name once) and
+    /// working directory: for a process started by the spawner rather than exec'd here.
+    pub(crate) fn words(&self) -> (&[CString], &[CString], &CStr) {
+        (&self.argv, &self.env, &self.dir)
+    }
+
+    /// Its standard output and error.
+    pub(crate) fn outputs(&self) -> [BorrowedFd<'_>; 2] {
+        [self.stdout.as_fd(), self.stderr.as_fd()]
     }
 }
 
@@ -328,9 +328,6 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
             if c.switch().is_err() {
                 return fail();
             }
-        }
-        if !e.huge_pages {
-            disable_huge_pages(true);
         }
         libc::execve(e.program.as_ptr(), a.argv.as_ptr(), a.envp.as_ptr());
     }

@@ -1,6 +1,7 @@
-//! The supervisor: each task's main process when the agent checkpoints. It is the `mesofs`
-//! binary itself, exec'd as `mesofs supervise`, so it is small and shares no memory with the
-//! agent. It forks the command, which joins the task's cgroups and execs; the supervisor stays
+//! The supervisor: each task's main process when the agent checkpoints. It is a fork of the
+//! agent's [spawner](crate::spawner) (a small process of the `mesofs` binary, `mesofs supervise
+//! --spawner`), so it shares no memory with the agent; `mesofs supervise PLAN` runs one by
+//! itself too. It forks the command, which joins the task's cgroups and execs; the supervisor stays
 //! outside them (not throttled by the task's cpu quota, no candidate for its OOM kill, not
 //! counted in its pids), ignores the signals a kill sends first (SIGTERM is for the command),
 //! waits, records how the command ended in its exit file, and ends the same way. If the agent
@@ -17,7 +18,7 @@ use crate::process::{disable_huge_pages, reset_signals, Credentials, Ended, Task
 /// The subcommand of the `mesofs` binary that runs a supervisor.
 pub const SUBCOMMAND: &str = "supervise";
 /// The descriptor of `--started-fd`.
-const STARTED_FD: i32 = 3;
+pub(crate) const STARTED_FD: i32 = 3;
 
 /// What a supervisor does: where to record the end, which cgroups the command joins, and the
 /// command.
@@ -117,6 +118,10 @@ impl Plan {
 
 /// Runs as `mesofs supervise ...` (the arguments after the subcommand); never returns.
 pub fn main(args: impl Iterator<Item = OsString>) -> ! {
+    let mut args = args.peekable();
+    if args.peek().map(OsString::as_os_str) == Some(OsStr::new(crate::spawner::FLAG)) {
+        crate::spawner::serve();
+    }
     match Plan::parse(args) {
         Ok(plan) => run(&plan),
         Err(e) => {
@@ -126,7 +131,8 @@ pub fn main(args: impl Iterator<Item = OsString>) -> ! {
     }
 }
 
-fn run(plan: &Plan) -> ! {
+/// Forks and waits for the command, records how it ended, and ends the same way.
+pub(crate) fn run(plan: &Plan) -> ! {
     let credentials = plan.user.map(|u| u.credentials());
     if plan.started_fd {
         // SAFETY: marking our descriptor 3 close-on-exec: the command's exec closes it.

@@ -187,3 +187,84 @@ fn a_second_agent_on_the_same_work_directory_refuses_to_start() {
     let agent = c.agent_id();
     assert_eq!(c.read(&format!("agents/{agent}/state")), "active");
 }
+
+/// The parent pid of a process, if it exists.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 2..]
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+#[test]
+fn a_killed_spawner_leaves_its_tasks_running_and_reported_and_another_takes_its_place() {
+    if !can_run() {
+        return;
+    }
+    let mut c = Cluster::start(&[]);
+    let flag = mesofs_tests::temp_dir();
+    let go = flag.path().join("go");
+    launch_running(
+        &mut c,
+        &format!(
+            "name=s -- while [ ! -e {} ]; do sleep 0.05; done; exit 3",
+            go.display()
+        ),
+    );
+    let agent = c.agent.pid();
+    let spawners: Vec<u32> = mesofs_tests::pids_of("supervise --spawner")
+        .into_iter()
+        .filter(|&p| parent_of(p) == Some(agent))
+        .collect();
+    assert_eq!(spawners.len(), 1, "the agent's spawner: {spawners:?}");
+    let supervisor = mesofs_tests::pids_of("supervise --exit-file")
+        .into_iter()
+        .find(|&p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(go.to_str().unwrap()))
+        })
+        .expect("the task's supervisor, showing its plan");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(spawners[0] as i32),
+        nix::sys::signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while std::path::Path::new(&format!("/proc/{}", spawners[0])).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the spawner is never reaped"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        c.read("frameworks/f/tasks/s/state"),
+        "TASK_RUNNING",
+        "the task does not notice"
+    );
+
+    // Its supervisor, now the agent's to reap, still reports how the command ended.
+    std::fs::write(&go, "").unwrap();
+    assert_eq!(
+        c.sh_ok("cat frameworks/f/tasks/s/wait").trim(),
+        "TASK_FAILED"
+    );
+    let status = c.read("frameworks/f/tasks/s/status.json");
+    assert!(status.contains("exited with status 3"), "{status}");
+    while std::path::Path::new(&format!("/proc/{supervisor}")).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the supervisor is left a zombie"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // The next launch starts another spawner.
+    launch_running(&mut c, "name=t -- sleep 618");
+    assert!(mesofs_tests::pids_of("supervise --spawner")
+        .into_iter()
+        .any(|p| parent_of(p) == Some(agent)));
+}

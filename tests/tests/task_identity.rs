@@ -132,34 +132,48 @@ fn a_task_keeps_the_agents_huge_page_setting_which_its_supervisor_runs_without()
     if !can_run() {
         return;
     }
-    let mine = std::fs::read_to_string("/proc/self/status").expect("own status");
-    assert!(
-        mine.contains("THP_enabled:\t1"),
-        "this test needs transparent huge pages allowed in its own process: {mine}"
+    let thp = |pid: &str| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("a status");
+        status
+            .lines()
+            .find(|l| l.starts_with("THP_enabled:"))
+            .map(|l| l.trim_start_matches("THP_enabled:").trim().to_string())
+            .expect("a THP_enabled line")
+    };
+    assert_eq!(
+        thp("self"),
+        "1",
+        "this test needs transparent huge pages allowed in its own process"
     );
     let dev = Dev::start();
     dev.sh_ok("mkdir frameworks/thp");
-    let offer = dev
-        .sh_ok("cat frameworks/thp/offers/next")
-        .trim()
-        .to_string();
-    // The command's parent is its supervisor.
-    dev.sh_ok(&format!(
-        "echo 'name=t -- grep THP_enabled /proc/self/status; grep THP_enabled /proc/$PPID/status; \
-         xargs -0 echo < /proc/$PPID/cmdline' > frameworks/thp/offers/{offer}/launch"
-    ));
-    assert_eq!(
-        dev.sh_ok("cat frameworks/thp/tasks/t/wait").trim(),
-        "TASK_FINISHED",
-        "stderr: {}",
-        dev.read("frameworks/thp/tasks/t/stderr")
-    );
-    let stdout = dev.read("frameworks/thp/tasks/t/stdout");
-    let lines: Vec<&str> = stdout.lines().collect();
-    assert!(lines[2].contains(" supervise "), "the parent: {stdout}");
-    assert_eq!(
-        lines[..2],
-        ["THP_enabled:\t1", "THP_enabled:\t0"],
-        "the command, then its supervisor: {stdout}"
-    );
+    // More than one: what a launch does must not change what the next one sees.
+    for name in ["t1", "t2"] {
+        let offer = dev
+            .sh_ok("cat frameworks/thp/offers/next")
+            .trim()
+            .to_string();
+        // The command's parent is its supervisor.
+        dev.sh_ok(&format!(
+            "echo 'name={name} -- grep THP_enabled /proc/self/status; \
+             grep THP_enabled /proc/$PPID/status; xargs -0 echo < /proc/$PPID/cmdline' \
+             > frameworks/thp/offers/{offer}/launch"
+        ));
+        assert_eq!(
+            dev.sh_ok(&format!("cat frameworks/thp/tasks/{name}/wait"))
+                .trim(),
+            "TASK_FINISHED",
+            "stderr: {}",
+            dev.read(&format!("frameworks/thp/tasks/{name}/stderr"))
+        );
+        let stdout = dev.read(&format!("frameworks/thp/tasks/{name}/stdout"));
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert!(lines[2].contains(" supervise "), "the parent: {stdout}");
+        assert_eq!(
+            lines[..2],
+            ["THP_enabled:\t1", "THP_enabled:\t0"],
+            "the command, then its supervisor: {stdout}"
+        );
+        assert_eq!(thp(&dev.pid().to_string()), "1", "the agent's own");
+    }
 }

@@ -1,9 +1,14 @@
-//! The end of a task's supervisor that an earlier run of the agent spawned: seen through a
-//! pidfd (or by looking), its command's status read from the exit file.
+//! The end of a task's supervisor, seen through a pidfd (or, for one an earlier run of the
+//! agent spawned on a kernel without pidfds, by looking), its command's status read from the
+//! exit file.
 
-use std::os::fd::{FromRawFd, OwnedFd};
-use std::path::PathBuf;
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tracing::warn;
 
 use crate::process::Ended;
 use crate::procfs;
@@ -19,30 +24,48 @@ pub(super) fn same_process(pid: i32, start_ticks: u64) -> bool {
 pub(super) async fn adopted_end(pid: i32, start_ticks: u64, exit_file: Option<PathBuf>) -> Ended {
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
     let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    if raw < 0 {
+        poll_until_gone(pid, start_ticks).await;
+        return read_end(exit_file.as_deref());
+    }
+    // SAFETY: a fresh descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
     // Checked after opening: the pidfd then surely refers to the process we know.
-    if raw >= 0 {
-        // SAFETY: a fresh descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        if same_process(pid, start_ticks) {
-            // SAFETY: the AsyncFd owns the descriptor, which stays open until it is dropped.
-            let registered = unsafe {
-                tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
-            };
-            match registered {
-                // Readable once the process has exited.
-                Ok(afd) => {
-                    let _ = afd.readable().await;
-                }
-                Err(_) => poll_until_gone(pid, start_ticks).await,
+    if !same_process(pid, start_ticks) {
+        return read_end(exit_file.as_deref());
+    }
+    supervised_end(fd, exit_file).await
+}
+
+/// The end of a supervisor known by its pidfd: waits until it has exited, then reads how its
+/// command ended from the exit file it wrote.
+pub(super) async fn supervised_end(pidfd: OwnedFd, exit_file: Option<PathBuf>) -> Ended {
+    // A second descriptor of it, to wait on from a thread if the runtime cannot take it.
+    let spare = pidfd.try_clone();
+    // SAFETY: the AsyncFd owns the descriptor, which stays open until it is dropped.
+    match unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) } {
+        // Readable once the process has exited.
+        Ok(afd) => {
+            let _ = afd.readable().await;
+        }
+        Err(error) => {
+            warn!(%error, "cannot watch a supervisor's pidfd from the runtime; waiting on a thread");
+            if let Ok(pidfd) = spare {
+                let _ = tokio::task::spawn_blocking(move || {
+                    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+                    let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+                    while let Err(nix::errno::Errno::EINTR) = poll(&mut fds, PollTimeout::NONE) {}
+                })
+                .await;
             }
         }
-    } else {
-        poll_until_gone(pid, start_ticks).await;
     }
-    exit_file
-        .as_deref()
-        .and_then(read_exit_file)
-        .unwrap_or(Ended::Unknown)
+    read_end(exit_file.as_deref())
+}
+
+/// How the command ended, as its supervisor's exit file says (unknown without one).
+fn read_end(exit_file: Option<&Path>) -> Ended {
+    exit_file.and_then(read_exit_file).unwrap_or(Ended::Unknown)
 }
 
 /// Without pidfds: looks every 100 ms.

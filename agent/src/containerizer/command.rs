@@ -106,7 +106,6 @@ pub(super) fn command(
     supervision: Option<(&Path, Plan)>,
 ) -> Result<Exec, LaunchError> {
     let dir = sandbox.dir();
-    let supervised = supervision.is_some();
     let (program, argv) = match supervision {
         Some((bin, plan)) => {
             let mut argv = vec![bin.as_os_str().to_os_string()];
@@ -146,18 +145,9 @@ pub(super) fn command(
     env.push(("MESOFS_SANDBOX".into(), dir.into()));
     let stdout = OwnedFd::from(sandbox.stdout().map_err(io_err)?);
     let stderr = OwnedFd::from(sandbox.stderr().map_err(io_err)?);
-    let exec = Exec::new(&program, &argv, env, dir, stdout, stderr).map_err(|source| {
-        LaunchError::Spawn {
-            program: self::program(&spec.command).to_string(),
-            source,
-        }
-    })?;
-    // A supervisor lives as long as its task and allocates next to nothing: huge pages
-    // would make most of its memory (the command gets the agent's setting back from it).
-    Ok(if supervised {
-        exec.without_huge_pages()
-    } else {
-        exec
+    Exec::new(&program, &argv, env, dir, stdout, stderr).map_err(|source| LaunchError::Spawn {
+        program: self::program(&spec.command).to_string(),
+        source,
     })
 }
 

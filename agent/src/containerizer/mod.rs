@@ -2,22 +2,23 @@
 //! main process exits, cleans up everything the task left, and reports how it ended on a
 //! channel.
 //!
-//! Lifecycle of one task: sandbox, isolation with limits, fork, (in the child) `setsid` and
+//! Lifecycle of one task: sandbox, isolation with limits, clone, (in the child) `setsid` and
 //! join the isolation, exec; the [reaper](crate::reaper) reports the main process's end; the
 //! monitor kills whatever is left in the isolation, reads the OOM-kill count, removes the
 //! isolation and then reports. `kill` sends SIGTERM to every process of the task and SIGKILL
 //! to all of them once the task's grace period has passed.
 //!
-//! With a supervisor program, the main process is a supervisor (see [`crate::supervisor`])
-//! that outlives the agent and records how the command ended; each running task is
-//! checkpointed. A restarted agent
+//! With a supervisor program, the main process is a supervisor (see [`crate::supervisor`]),
+//! forked by the agent's [spawner](crate::spawner), that outlives the agent and records how
+//! the command ended; its end is seen through a pidfd. Each running task is checkpointed. A
+//! restarted agent
 //! [recovers](Containerizer::recover) them: it re-attaches to the tasks still running (their
 //! end is seen through a pidfd, the status read from the supervisor's exit file) and reports
 //! those that ended while it was down.
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,12 +32,13 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::checkpoint::{Checkpoints, TaskCheckpoint};
-use crate::isolator::{validate_id, Isolation, Isolator, Joiner, Usage};
+use crate::isolator::{validate_id, Isolation, Isolator, Usage};
 pub use crate::process::TaskUser;
 use crate::process::{huge_pages_disabled, spawn_isolated, Ended};
 use crate::procfs;
 use crate::reaper::{Reaper, Watch};
 use crate::sandbox::{self, Sandbox};
+use crate::spawner::Spawner;
 use crate::supervisor::Plan;
 
 mod adopted;
@@ -46,7 +48,7 @@ mod error;
 mod exit;
 mod spec;
 
-use adopted::{adopted_end, same_process};
+use adopted::{adopted_end, same_process, supervised_end};
 use command::{command, program, resolve_program, task_argv, task_path, wait_started};
 use exit::report;
 
@@ -80,9 +82,9 @@ struct Inner {
     work_dir: PathBuf,
     /// Where running tasks are recorded for a restarted agent; `None` if unusable.
     checkpoints: Option<Arc<Checkpoints>>,
-    /// The `mesofs` binary, run as each task's supervisor; `None`: the command is the main
-    /// process, and tasks do not survive the agent.
-    supervisor: Option<PathBuf>,
+    /// What forks each task's supervisor (the `mesofs` binary); `None`: the command is the
+    /// main process, and tasks do not survive the agent.
+    supervisor: Option<Spawner>,
     isolator: Box<dyn Isolator>,
     tasks: Mutex<HashMap<String, Slot>>,
     exits: mpsc::UnboundedSender<TaskExit>,
@@ -90,6 +92,20 @@ struct Inner {
     /// Notified whenever a task leaves `tasks`.
     changed: Notify,
     shutting_down: AtomicBool,
+}
+
+/// How a launched task's main process is seen to end.
+enum MainEnd {
+    /// It is the agent's own child, which the reaper waits for.
+    Child(Watch),
+    /// It is a supervisor, the spawner's child: its pidfd turns readable when it ends, and its
+    /// exit file then says how the command ended.
+    Supervisor {
+        pidfd: OwnedFd,
+        exit_file: PathBuf,
+        /// Its group's registration with the reaper.
+        token: u64,
+    },
 }
 
 enum Slot {
@@ -140,7 +156,7 @@ impl Containerizer {
         };
         let inner = Arc::new(Inner {
             checkpoints,
-            supervisor,
+            supervisor: supervisor.map(Spawner::new),
             work_dir,
             isolator,
             tasks: Mutex::new(HashMap::new()),
@@ -386,7 +402,7 @@ impl Inner {
             .await
             .map_err(|e| LaunchError::Internal(e.to_string()))
             .and_then(|r| r);
-        let (sandbox, pid, isolation, watch) = match spawned {
+        let (sandbox, pid, isolation, end) = match spawned {
             Ok(s) => s,
             Err(e) => {
                 warn!(error = %e, "launch failed");
@@ -416,11 +432,23 @@ impl Inner {
         );
         self.checkpoint(&spec, pid);
         let (launched_tx, launched_rx) = oneshot::channel();
-        let token = watch.token;
-        let ended = Box::pin(async move { watch.ended.await.unwrap_or(Ended::Unknown) });
+        let (ended, token): (Pin<Box<dyn Future<Output = Ended> + Send>>, _) = match end {
+            MainEnd::Child(watch) => (
+                Box::pin(async move { watch.ended.await.unwrap_or(Ended::Unknown) }),
+                Some(watch.token),
+            ),
+            MainEnd::Supervisor {
+                pidfd,
+                exit_file,
+                token,
+            } => (
+                Box::pin(supervised_end(pidfd, Some(exit_file))),
+                Some(token),
+            ),
+        };
         tokio::spawn(
             self.clone()
-                .monitor(task, ended, Some(token), launched_rx)
+                .monitor(task, ended, token, launched_rx)
                 .instrument(tracing::Span::current()),
         );
         info!(pid, sandbox = %sandbox.display(), elapsed_us = started.elapsed().as_micros() as u64, "task running");
@@ -457,7 +485,7 @@ impl Inner {
     fn start(
         &self,
         spec: &LaunchSpec,
-    ) -> Result<(PathBuf, i32, Arc<dyn Isolation>, Watch), LaunchError> {
+    ) -> Result<(PathBuf, i32, Arc<dyn Isolation>, MainEnd), LaunchError> {
         let id = &spec.task_id;
         let user = spec.user.filter(|u| !u.is_current());
         if let Some(u) = user {
@@ -479,49 +507,41 @@ impl Inner {
             program: program(&spec.command).to_string(),
             source,
         };
-        let spawned = (|| {
-            let supervision = match (&self.supervisor, &self.checkpoints) {
-                (Some(bin), Some(c)) => {
-                    let exit_file = c.exit_file(id);
-                    let _ = std::fs::remove_file(&exit_file);
-                    let mut argv = task_argv(spec);
-                    // Found now, so that a missing program fails the launch, not the task.
-                    argv[0] = resolve_program(&argv[0], &task_path(spec), sandbox.dir())
-                        .map_err(spawn_err)?;
-                    let plan = Plan {
-                        exit_file,
-                        joins: isolation.cgroup_dirs(),
-                        user,
-                        started_fd: true,
-                        huge_pages_disabled: huge_pages_disabled(),
-                        argv,
-                    };
-                    Some((bin.as_path(), plan))
-                }
-                _ => None,
-            };
-            // A supervised command joins and switches user by itself, from the supervisor's
-            // fork.
-            let (joiner, credentials, started) = match supervision {
-                Some(_) => {
-                    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-                        .map_err(|e| spawn_err(e.into()))?;
-                    (Joiner::none(), None, Some((r, w)))
-                }
-                None => (isolation.joiner()?, user.map(|u| u.credentials()), None),
-            };
-            let exec = command(spec, &sandbox, supervision)?;
-            let fd3 = started.as_ref().map(|(_, w)| w.as_raw_fd());
-            let pid =
-                spawn_isolated(&exec, &joiner, credentials.as_ref(), fd3).map_err(spawn_err)?;
-            if let Some((r, w)) = started {
+        let spawned = (|| match (&self.supervisor, &self.checkpoints) {
+            (Some(spawner), Some(c)) => {
+                let exit_file = c.exit_file(id);
+                let _ = std::fs::remove_file(&exit_file);
+                let mut argv = task_argv(spec);
+                // Found now, so that a missing program fails the launch, not the task.
+                argv[0] = resolve_program(&argv[0], &task_path(spec), sandbox.dir())
+                    .map_err(spawn_err)?;
+                // The command joins and switches user by itself, from the supervisor's fork.
+                let plan = Plan {
+                    exit_file: exit_file.clone(),
+                    joins: isolation.cgroup_dirs(),
+                    user,
+                    started_fd: true,
+                    huge_pages_disabled: huge_pages_disabled(),
+                    argv,
+                };
+                let exec = command(spec, &sandbox, Some((spawner.bin(), plan)))?;
+                let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                    .map_err(|e| spawn_err(e.into()))?;
+                let (pid, pidfd) = spawner.spawn(&exec, w.as_fd()).map_err(spawn_err)?;
                 drop(w);
                 wait_started(r);
+                Ok((pid, Some((pidfd, exit_file))))
             }
-            Ok(pid)
+            _ => {
+                let exec = command(spec, &sandbox, None)?;
+                let credentials = user.map(|u| u.credentials());
+                let pid = spawn_isolated(&exec, &isolation.joiner()?, credentials.as_ref(), None)
+                    .map_err(spawn_err)?;
+                Ok((pid, None))
+            }
         })();
-        let pid = match spawned {
-            Ok(pid) => pid,
+        let (pid, supervised) = match spawned {
+            Ok(spawned) => spawned,
             Err(e) => {
                 if let Err(d) = isolation.destroy() {
                     warn!(error = %d, "cannot remove the isolation of a failed launch");
@@ -529,10 +549,19 @@ impl Inner {
                 return Err(e);
             }
         };
-        // The reaper waits for it.
         isolation.started(pid);
+        // The reaper waits for it; or, for a supervisor, reaps its group should the spawner
+        // die and leave the supervisor and the task's orphans to the agent, its subreaper.
         let watch = self.reaper.watch(pid);
-        Ok((sandbox.dir().to_path_buf(), pid, isolation, watch))
+        let end = match supervised {
+            Some((pidfd, exit_file)) => MainEnd::Supervisor {
+                pidfd,
+                exit_file,
+                token: watch.token,
+            },
+            None => MainEnd::Child(watch),
+        };
+        Ok((sandbox.dir().to_path_buf(), pid, isolation, end))
     }
 
     /// Waits for the main process to end (`ended`), cleans up, and reports. `token` is its

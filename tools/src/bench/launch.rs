@@ -307,7 +307,8 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// CPU time (user and system) of this process and of its children it has waited for.
+/// CPU time (user and system) of this process, of its children it has waited for, and of its
+/// living children with theirs (the agent's spawner, whose children are the supervisors).
 fn cpu_time() -> Duration {
     let of = |who| {
         // SAFETY: getrusage fills the struct it is given.
@@ -318,7 +319,33 @@ fn cpu_time() -> Duration {
         };
         tv(u.ru_utime) + tv(u.ru_stime)
     };
-    of(libc::RUSAGE_SELF) + of(libc::RUSAGE_CHILDREN)
+    of(libc::RUSAGE_SELF) + of(libc::RUSAGE_CHILDREN) + living_children_cpu()
+}
+
+/// CPU time of this process's living children and of the children they have waited for,
+/// from `/proc/<pid>/stat` (fields 14 to 17, in clock ticks).
+fn living_children_cpu() -> Duration {
+    let me = std::process::id().to_string();
+    // SAFETY: sysconf reads a constant.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Duration::ZERO;
+    };
+    let total: u64 = dir
+        .filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter_map(|stat| {
+            // Fields from the third (the state) on.
+            let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
+            (fields.get(1) == Some(&me.as_str())).then(|| {
+                fields[11..15]
+                    .iter()
+                    .filter_map(|f| f.parse::<u64>().ok())
+                    .sum::<u64>()
+            })
+        })
+        .sum();
+    Duration::from_secs_f64(total as f64 / ticks)
 }
 
 /// When each task's lines appeared in the framework's `events_pipe`.
@@ -436,12 +463,24 @@ impl Driver {
             s.running.contains_key(n)
         })?;
         let after = pss_kib(&me).context("reading this process's PSS")?;
-        let mut each: Vec<f64> = supervisors(agent_dir)
-            .iter()
-            .filter_map(|pid| pss_kib(pid))
-            .collect();
+        let found = supervisors(agent_dir);
+        let mut each: Vec<f64> = found.iter().filter_map(|pid| pss_kib(pid)).collect();
         if each.len() != n {
-            bail!("found {} supervisors of {n} running tasks", each.len());
+            let shown: Vec<String> = found
+                .iter()
+                .map(|pid| {
+                    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                    format!(
+                        "{pid}: {}",
+                        String::from_utf8_lossy(&cmdline).replace('\0', " ")
+                    )
+                })
+                .collect();
+            bail!(
+                "found {} supervisors of {n} running tasks:\n{}",
+                each.len(),
+                shown.join("\n")
+            );
         }
         each.sort_by(f64::total_cmp);
         for name in &names {
