@@ -359,7 +359,9 @@ pub fn serve() -> ! {
         own.extend_from_slice(arg.as_bytes());
         own.push(0);
     }
-    show_as(&own);
+    // Read once: every supervisor's is at the same place.
+    let area = argument_area();
+    show_as(area, &own);
     // Inherited by every supervisor, which gives commands the agent's setting back (if the
     // allocator did not disable them already, its first pages are huge, but nothing more).
     disable_huge_pages(true);
@@ -414,7 +416,7 @@ pub fn serve() -> ! {
                 break;
             }
         };
-        let (reply, pidfd) = match start_supervisor(&body, fds, children.as_fd()) {
+        let (reply, pidfd) = match start_supervisor(&body, fds, children.as_fd(), area) {
             Ok((pid, pidfd)) => (format!("ok {pid}"), Some(pidfd)),
             Err((e, what)) => (
                 format!("err {} {what}", e.raw_os_error().unwrap_or(libc::EIO)),
@@ -448,6 +450,7 @@ fn start_supervisor(
     body: &[u8],
     fds: Vec<OwnedFd>,
     children: BorrowedFd,
+    area: Option<(usize, usize)>,
 ) -> Result<(i32, OwnedFd), (io::Error, String)> {
     let invalid = |what: String| (io::Error::from_raw_os_error(libc::EINVAL), what);
     let request = Request::decode(body, fds).map_err(invalid)?;
@@ -473,7 +476,13 @@ fn start_supervisor(
     if pid == 0 {
         drop(report_r);
         // The socket, descriptor 3, is replaced there by the started pipe.
-        become_supervisor(request, &plan, cmdline, report_w, children.as_raw_fd());
+        become_supervisor(
+            request,
+            &plan,
+            (area, cmdline),
+            report_w,
+            children.as_raw_fd(),
+        );
     }
     drop(report_w);
     drop(request);
@@ -516,7 +525,7 @@ fn start_supervisor(
 fn become_supervisor(
     request: Request,
     plan: &Plan,
-    cmdline: Vec<u8>,
+    (area, cmdline): (Option<(usize, usize)>, Vec<u8>),
     report: OwnedFd,
     spawners: RawFd,
 ) -> ! {
@@ -575,15 +584,16 @@ fn become_supervisor(
     for (name, value) in &request.env {
         std::env::set_var(name, value);
     }
-    show_as(&cmdline);
+    show_as(area, &cmdline);
     drop(report);
     supervisor::run(plan)
 }
 
 /// Makes `/proc/self/cmdline` (what `ps` shows) read `cmdline` (NUL-ended words), cut to
-/// the room this process's arguments took at its exec (the agent reserves [`ROOM`]).
-fn show_as(cmdline: &[u8]) {
-    let Some((start, end)) = argument_area() else {
+/// the room this process's arguments took at its exec, `area` (the agent reserves [`ROOM`]);
+/// a fork's is where its parent's was.
+fn show_as(area: Option<(usize, usize)>, cmdline: &[u8]) {
+    let Some((start, end)) = area else {
         return;
     };
     let room = end - start;

@@ -21,9 +21,10 @@ use cgroups_rs::fs::cgroup::get_cgroups_relative_paths;
 use cgroups_rs::fs::cpu::CpuController;
 use cgroups_rs::fs::cpuacct::CpuAcctController;
 use cgroups_rs::fs::freezer::FreezerController;
-use cgroups_rs::fs::hierarchies::{self, V1};
+use cgroups_rs::fs::hierarchies::{self, V1, V2};
 use cgroups_rs::fs::memory::MemController;
 use cgroups_rs::fs::pid::PidController;
+use cgroups_rs::fs::Hierarchy;
 use cgroups_rs::fs::{Cgroup, Controller, Controllers, MaxValue};
 use cgroups_rs::FreezerState;
 use nix::errno::Errno;
@@ -55,10 +56,36 @@ const PROC_PID_INIT_INO: u64 = 0xEFFF_FFFC;
 /// Distinguishes isolators made by one process (an agent per isolator).
 static INSTANCES: AtomicU64 = AtomicU64::new(0);
 
+/// The cgroup mounts, read once when the isolator is made (cgroups-rs's `auto()` would read
+/// `/proc/self/mountinfo` again for every group it loads, five times per launch on v1).
+#[derive(Clone, Debug)]
+enum Mounts {
+    V1(V1),
+    V2(V2),
+}
+
+impl Mounts {
+    fn read() -> Mounts {
+        if hierarchies::is_cgroup2_unified_mode() {
+            Mounts::V2(V2::new())
+        } else {
+            Mounts::V1(V1::new())
+        }
+    }
+
+    fn hierarchy(&self) -> Box<dyn Hierarchy> {
+        match self {
+            Mounts::V1(v1) => Box::new(v1.clone()),
+            Mounts::V2(v2) => Box::new(v2.clone()),
+        }
+    }
+}
+
 /// Where one hierarchy's task groups go: their parent's path relative to the hierarchy's
 /// mount, and the controllers cgroups-rs should handle there.
 #[derive(Clone, Debug)]
 struct Base {
+    mounts: Mounts,
     path: String,
     controllers: Vec<String>,
 }
@@ -70,7 +97,11 @@ impl Base {
         } else {
             format!("{}/{child}", self.path)
         };
-        Cgroup::load_with_specified_controllers(hierarchies::auto(), path, self.controllers.clone())
+        Cgroup::load_with_specified_controllers(
+            self.mounts.hierarchy(),
+            path,
+            self.controllers.clone(),
+        )
     }
 }
 
@@ -101,11 +132,11 @@ impl CgroupsIsolator {
                 "cgroups need root (the agent is not running as root)".into(),
             ));
         }
-        let v2 = hierarchies::is_cgroup2_unified_mode();
-        let bases = if v2 {
-            v2_bases(instance)?
-        } else {
-            v1_bases(instance)?
+        let mounts = Mounts::read();
+        let v2 = matches!(mounts, Mounts::V2(_));
+        let bases = match &mounts {
+            Mounts::V2(_) => v2_bases(&mounts, instance)?,
+            Mounts::V1(v1) => v1_bases(&mounts, v1, instance)?,
         };
         let mut base_dirs = Vec::new();
         for base in &bases {
@@ -200,6 +231,7 @@ impl CgroupsIsolator {
                 .bases
                 .iter()
                 .map(|b| Base {
+                    mounts: b.mounts.clone(),
                     path: format!(
                         "{}{instance}",
                         b.path.strip_suffix(&self.instance).unwrap_or_default()
@@ -258,8 +290,7 @@ const V1_REQUIRED: [(&str, Controllers); 4] = [
 ];
 const V2_CONTROLLERS: [&str; 3] = ["cpu", "memory", "pids"];
 
-fn v1_bases(instance: &str) -> Result<Vec<Base>, IsolatorError> {
-    let v1 = V1::new();
+fn v1_bases(mounts: &Mounts, v1: &V1, instance: &str) -> Result<Vec<Base>, IsolatorError> {
     let own = get_cgroups_relative_paths()
         .map_err(|e| IsolatorError::Unavailable(format!("cannot read /proc/self/cgroup: {e}")))?;
     let mut wanted: Vec<(&str, Controllers, bool)> = V1_REQUIRED
@@ -299,6 +330,7 @@ fn v1_bases(instance: &str) -> Result<Vec<Base>, IsolatorError> {
             format!("{rel}/mesofs/{instance}")
         };
         bases.push(Base {
+            mounts: mounts.clone(),
             path,
             controllers: vec![name.to_string()],
         });
@@ -306,7 +338,7 @@ fn v1_bases(instance: &str) -> Result<Vec<Base>, IsolatorError> {
     Ok(bases)
 }
 
-fn v2_bases(instance: &str) -> Result<Vec<Base>, IsolatorError> {
+fn v2_bases(mounts: &Mounts, instance: &str) -> Result<Vec<Base>, IsolatorError> {
     let root = PathBuf::from(hierarchies::UNIFIED_MOUNTPOINT);
     let available = fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
     for c in V2_CONTROLLERS {
@@ -317,6 +349,7 @@ fn v2_bases(instance: &str) -> Result<Vec<Base>, IsolatorError> {
         }
     }
     Ok(vec![Base {
+        mounts: mounts.clone(),
         path: format!("mesofs/{instance}"),
         controllers: V2_CONTROLLERS.iter().map(|c| c.to_string()).collect(),
     }])
