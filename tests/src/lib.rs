@@ -357,11 +357,15 @@ impl TestCa {
             return Vec::new();
         }
         let path = self.dir.join("acls.json");
+        // Replaced whole, never truncated in place: a master started for an earlier call may
+        // be reading it right now.
+        let tmp = self.dir.join("acls.json.tmp");
         std::fs::write(
-            &path,
+            &tmp,
             r#"{"run_tasks": [{"principals": {"type": "ANY"}, "users": {"values": ["root"]}}]}"#,
         )
         .expect("writing acls.json");
+        std::fs::rename(&tmp, &path).expect("renaming acls.json into place");
         vec!["--acls".into(), path.into_os_string()]
     }
 
