@@ -368,6 +368,54 @@ async fn argv_commands_run_without_a_shell() {
 }
 
 #[tokio::test]
+async fn a_shell_command_of_plain_words_runs_as_its_program_with_what_sh_would_give_it() {
+    let Some(mut agent) = Agent::with_cgroups("plain") else {
+        return;
+    };
+    agent
+        .containerizer
+        .launch(shell("plain.1", "sleep 600"))
+        .await
+        .expect("launch");
+    // The task's only process is the program itself: no shell forked it.
+    let procs = agent
+        .containerizer
+        .cgroup_dirs("plain.1")
+        .iter()
+        .map(|d| std::fs::read_to_string(d.join("cgroup.procs")).unwrap())
+        .next()
+        .expect("a cgroup");
+    let pids = pids_in(&procs);
+    assert_eq!(pids.len(), 1, "{procs}");
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", pids[0])).unwrap();
+    assert_eq!(cmdline, [&b"sleep"[..], b"\0", b"600", b"\0"].concat());
+    agent.containerizer.kill("plain.1").await.expect("kill");
+    agent.next_exit(EXIT_TIMEOUT).await;
+
+    // What sh would export to it, PWD included.
+    let sandbox = agent
+        .containerizer
+        .launch(shell("plain.2", "env"))
+        .await
+        .expect("launch");
+    assert_eq!(agent.next_exit(EXIT_TIMEOUT).await.kind, ExitKind::Finished);
+    let env = std::fs::read_to_string(sandbox.join("stdout")).unwrap();
+    let pwd = format!("PWD={}", sandbox.display());
+    assert!(env.lines().any(|l| l == pwd), "{env}");
+
+    // A program that is not there is the shell's to report, as ever: 127 and its message.
+    agent
+        .containerizer
+        .launch(shell("plain.3", "no-such-program-anywhere --flag"))
+        .await
+        .expect("launch");
+    let exit = agent.next_exit(EXIT_TIMEOUT).await;
+    assert_eq!((exit.kind, exit.exit_code), (ExitKind::Failed, Some(127)));
+    let err = std::fs::read_to_string(agent.sandbox_file("plain.3", "stderr")).unwrap();
+    assert!(err.contains("not found"), "{err}");
+}
+
+#[tokio::test]
 async fn a_launch_that_cannot_exec_fails_and_leaves_nothing_behind() {
     let Some(agent) = Agent::with_cgroups("noexec") else {
         return;

@@ -56,12 +56,47 @@ pub(super) fn program(command: &Command) -> &str {
     }
 }
 
-/// The task's command line, program first.
-pub(super) fn task_argv(spec: &LaunchSpec) -> Vec<OsString> {
-    match &spec.command {
-        Command::Shell(line) => vec!["/bin/sh".into(), "-c".into(), line.into()],
+/// Shell words that are not programs `sh -c` would exec: its builtins and keywords (dash's).
+/// `true` and `false` are not among them: the programs do what the builtins do.
+const SHELL_WORDS: &[&str] = &[
+    "!", ".", ":", "[", "alias", "bg", "break", "case", "cd", "chdir", "command", "continue", "do",
+    "done", "echo", "elif", "else", "esac", "eval", "exec", "exit", "export", "fc", "fg", "fi",
+    "for", "getopts", "hash", "if", "in", "jobs", "kill", "local", "printf", "pwd", "read",
+    "readonly", "return", "set", "shift", "test", "then", "times", "trap", "type", "ulimit",
+    "umask", "unalias", "unset", "until", "wait", "while", "{", "}",
+];
+
+/// The words of a shell command line that `sh -c` would run as one program with those
+/// arguments and nothing more: no quoting, expansion, globbing, redirection, separator,
+/// comment or assignment, and no builtin or keyword first. `None` for any other line.
+pub(super) fn plain_words(line: &str) -> Option<Vec<&str>> {
+    let plain = |b: u8| b.is_ascii_alphanumeric() || b"-_./,:+@%=".contains(&b);
+    let words: Vec<&str> = line.split([' ', '\t']).filter(|w| !w.is_empty()).collect();
+    let first = *words.first()?;
+    let simple = words.iter().all(|w| w.bytes().all(plain))
+        && !first.contains('=')
+        && !SHELL_WORDS.contains(&first);
+    simple.then_some(words)
+}
+
+/// The task's program, found as exec would find it from `cwd`, and its command line (program
+/// name first). A shell command of [plain words](plain_words) whose program is found runs
+/// as that program, without `/bin/sh` (which would only fork and exec it); any other runs
+/// under `/bin/sh -c`, which also says "not found" and exits 127 as ever.
+pub(super) fn task_command(spec: &LaunchSpec, cwd: &Path) -> io::Result<(OsString, Vec<OsString>)> {
+    let path = task_path(spec);
+    let argv: Vec<OsString> = match &spec.command {
         Command::Argv(argv) => argv.iter().map(OsString::from).collect(),
-    }
+        Command::Shell(line) => {
+            if let Some(words) = plain_words(line) {
+                if let Ok(found) = resolve_program(OsStr::new(words[0]), &path, cwd) {
+                    return Ok((found, words.into_iter().map(OsString::from).collect()));
+                }
+            }
+            vec!["/bin/sh".into(), "-c".into(), line.into()]
+        }
+    };
+    Ok((resolve_program(&argv[0], &path, cwd)?, argv))
 }
 
 /// The PATH the task's command is looked up in.
@@ -112,16 +147,10 @@ pub(super) fn command(
             argv.extend(plan.to_args());
             (bin.as_os_str().to_os_string(), argv)
         }
-        None => {
-            let argv = task_argv(spec);
-            let found = resolve_program(&argv[0], &task_path(spec), dir).map_err(|source| {
-                LaunchError::Spawn {
-                    program: program(&spec.command).to_string(),
-                    source,
-                }
-            })?;
-            (found, argv)
-        }
+        None => task_command(spec, dir).map_err(|source| LaunchError::Spawn {
+            program: program(&spec.command).to_string(),
+            source,
+        })?,
     };
     let io_err = |source| LaunchError::Sandbox {
         path: dir.to_path_buf(),
@@ -141,6 +170,10 @@ pub(super) fn command(
         env.push(("LOGNAME".into(), user.name.into()));
     }
     env.extend(spec.env.iter().map(|(k, v)| (k.into(), v.into())));
+    if let Command::Shell(_) = spec.command {
+        // As `sh` sets it, whether or not one runs.
+        env.push(("PWD".into(), dir.into()));
+    }
     env.push(("MESOFS_TASK_ID".into(), spec.task_id.clone().into()));
     env.push(("MESOFS_SANDBOX".into(), dir.into()));
     let stdout = OwnedFd::from(sandbox.stdout().map_err(io_err)?);
@@ -154,6 +187,53 @@ pub(super) fn command(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_lines_sh_would_run_as_one_program_are_plain_words() {
+        for line in [
+            "true",
+            "sleep 30",
+            "  sleep\t30 ",
+            "/bin/cat a=b x,y:z@1%2+3",
+            "./serve --port 8080",
+        ] {
+            assert!(plain_words(line).is_some(), "{line:?}");
+        }
+        assert_eq!(plain_words(" sleep  30 ").unwrap(), ["sleep", "30"]);
+        for line in [
+            "",
+            "   ",
+            "echo hi",
+            "cd /tmp",
+            "exit 3",
+            "exec sleep 1",
+            "if true",
+            "A=1 env",
+            "sleep $X",
+            "ls *",
+            "ls ?",
+            "ls [ab]",
+            "cat ~/x",
+            "true; false",
+            "true && false",
+            "true | cat",
+            "cat < f",
+            "echo > f",
+            "sleep 1 &",
+            "cat 'a b'",
+            "cat \"a\"",
+            "cat a\\ b",
+            "sleep 1 # why",
+            "cat $(x)",
+            "cat `x`",
+            "sleep 1\nsleep 2",
+            "(sleep 1)",
+            "{ sleep 1; }",
+            "! true",
+        ] {
+            assert!(plain_words(line).is_none(), "{line:?}");
+        }
+    }
 
     #[test]
     fn programs_are_found_as_exec_would_find_them() {

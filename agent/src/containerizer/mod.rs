@@ -49,7 +49,7 @@ mod exit;
 mod spec;
 
 use adopted::{adopted_end, same_process, supervised_end};
-use command::{command, program, resolve_program, task_argv, task_path, wait_started};
+use command::{command, program, task_command, wait_started};
 use exit::report;
 
 pub use bare::bare_launch_cycle;
@@ -511,10 +511,9 @@ impl Inner {
             (Some(spawner), Some(c)) => {
                 let exit_file = c.exit_file(id);
                 let _ = std::fs::remove_file(&exit_file);
-                let mut argv = task_argv(spec);
                 // Found now, so that a missing program fails the launch, not the task.
-                argv[0] = resolve_program(&argv[0], &task_path(spec), sandbox.dir())
-                    .map_err(spawn_err)?;
+                let (found, mut argv) = task_command(spec, sandbox.dir()).map_err(spawn_err)?;
+                argv[0] = found;
                 // The command joins and switches user by itself, from the supervisor's fork.
                 let plan = Plan {
                     exit_file: exit_file.clone(),
