@@ -531,9 +531,12 @@ fn become_supervisor(
 ) -> ! {
     let fail = |e: io::Error| -> ! {
         let errno = e.raw_os_error().unwrap_or(libc::EIO).to_le_bytes();
-        let _ = (&File::from(report.try_clone().expect("own descriptor"))).write_all(&errno);
-        // SAFETY: leaving the child without running the spawner's exit handlers.
-        unsafe { libc::_exit(126) }
+        // SAFETY: one write of 4 bytes to a pipe (atomic), then leaving the child without
+        // running the spawner's exit handlers.
+        unsafe {
+            libc::write(report.as_raw_fd(), errno.as_ptr().cast(), errno.len());
+            libc::_exit(126)
+        }
     };
     reset_signals();
     // SAFETY: system calls on descriptors this child owns.
