@@ -203,7 +203,12 @@ impl UpdateLog {
 
     /// Appends `line` in one write.
     fn append(&mut self, line: &[u8]) -> io::Result<()> {
-        self.file.write_all(line)?;
+        if let Err(e) = self.file.write_all(line) {
+            // Part of the line may be there (a full disk): the log is written again without
+            // it, so that the next line is not glued to it.
+            let _ = self.rewrite();
+            return Err(e);
+        }
         self.len += line.len() as u64;
         Ok(())
     }
