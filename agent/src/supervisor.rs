@@ -1,11 +1,12 @@
 //! The supervisor: each task's main process when the agent checkpoints. It is a fork of the
-//! agent's [spawner](crate::spawner) (a small process of the `mesofs` binary, `mesofs supervise
-//! --spawner`), so it shares no memory with the agent; `mesofs supervise PLAN` runs one by
-//! itself too. It forks the command, which joins the task's cgroups and execs; the supervisor stays
-//! outside them (not throttled by the task's cpu quota, no candidate for its OOM kill, not
-//! counted in its pids), ignores the signals a kill sends first (SIGTERM is for the command),
-//! waits, records how the command ended in its exit file, and ends the same way. If the agent
-//! dies, the supervisor lives on, and the restarted agent reads the exit file.
+//! agent's [spawner](crate::spawner) (a small process of the `mesofs` binary, `mesofs
+//! supervise --spawner`), so it shares no memory with the agent; `mesofs supervise PLAN` runs
+//! one by itself too. It forks the command, which joins the task's cgroups and execs; the
+//! supervisor stays outside them (not throttled by the task's cpu quota, no candidate for its
+//! OOM kill, not counted in its pids), ignores the signals a kill sends first (SIGTERM is for
+//! the command), waits, records how the command ended in its exit file, and ends the same
+//! way. If the agent dies, the supervisor lives on, and the restarted agent reads the exit
+//! file.
 
 use std::ffi::{OsStr, OsString};
 use std::fs;
@@ -34,7 +35,7 @@ pub struct Plan {
     /// closes it: how the agent learns that the command runs.
     pub started_fd: bool,
     /// Whether the command runs with transparent huge pages disabled: the agent's own
-    /// setting, given back to it (the agent starts the supervisor with them disabled).
+    /// setting, given back to it (supervisors run without them, as their spawner does).
     pub huge_pages_disabled: bool,
     /// The command; its first element is a path to the program.
     pub argv: Vec<OsString>,
