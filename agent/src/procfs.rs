@@ -18,6 +18,9 @@ pub(crate) struct ProcStat {
     pub rss_pages: u64,
     /// When it started, in clock ticks after boot: with the pid, identifies a process.
     pub start_ticks: u64,
+    /// Where its command line lies in its memory, start and end (0, 0 where the kernel does
+    /// not say, before 3.5, or the reader may not see it).
+    pub args: (u64, u64),
 }
 
 /// Reads `/proc/<pid>/stat`; `None` when the process is gone (fully reaped) or unreadable.
@@ -31,7 +34,7 @@ fn parse_stat(line: &str) -> Option<ProcStat> {
     let rest = &line[line.rfind(')')? + 1..];
     let f: Vec<&str> = rest.split_whitespace().collect();
     // After the name: state(0) ppid(1) pgrp(2) ... utime(11) stime(12) ... starttime(19)
-    // ... rss(21).
+    // ... rss(21) ... arg_start(45) arg_end(46).
     let num = |i: usize| f.get(i)?.parse::<u64>().ok();
     Some(ProcStat {
         state: f.first()?.chars().next()?,
@@ -40,6 +43,7 @@ fn parse_stat(line: &str) -> Option<ProcStat> {
         cpu_ticks: num(11)? + num(12)?,
         rss_pages: num(21)?,
         start_ticks: num(19)?,
+        args: (num(45).unwrap_or(0), num(46).unwrap_or(0)),
     })
 }
 

@@ -31,6 +31,7 @@ use tracing::{info, warn};
 
 use crate::isolator::Joiner;
 use crate::process::{disable_huge_pages, reset_signals, spawn_isolated, Exec};
+use crate::procfs;
 use crate::supervisor::{self, Plan};
 
 /// The flag of `mesofs supervise` that runs the spawner.
@@ -614,14 +615,10 @@ fn show_as(area: Option<(usize, usize)>, cmdline: &[u8]) {
     }
 }
 
-/// Where this process's arguments lie (fields 48 and 49 of `/proc/self/stat`).
+/// Where this process's arguments lie.
 fn argument_area() -> Option<(usize, usize)> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields from the third (the state) on.
-    let mut fields = stat[stat.rfind(')')? + 2..].split_whitespace().skip(48 - 3);
-    let start: usize = fields.next()?.parse().ok()?;
-    let end: usize = fields.next()?.parse().ok()?;
-    (start > 0 && end >= start).then_some((start, end))
+    let (start, end) = procfs::stat(std::process::id() as i32)?.args;
+    (start > 0 && end >= start).then_some((start as usize, end as usize))
 }
 
 #[cfg(test)]
