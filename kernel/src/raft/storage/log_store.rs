@@ -4,7 +4,7 @@ use std::fmt::Debug;
 use std::marker::PhantomData;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{
@@ -35,13 +35,53 @@ type StoreError = StorageError<u64>;
 /// own log reader.
 pub struct LogStore<C> {
     db: Arc<Database>,
+    /// The commit index openraft last gave, until a durable transaction carries it to disk.
+    committed: Arc<CommitIndex>,
     _config: PhantomData<fn() -> C>,
+}
+
+/// The commit index, kept until a durable transaction carries it; written when the store is
+/// dropped (a clean stop) if none did.
+struct CommitIndex {
+    db: Arc<Database>,
+    unwritten: Mutex<Unwritten>,
+}
+
+impl Drop for CommitIndex {
+    fn drop(&mut self) {
+        let unwritten = self.unwritten.get_mut().unwrap_or_else(|e| e.into_inner());
+        let Some(latest) = unwritten.latest.filter(|_| !unwritten.written) else {
+            return;
+        };
+        let write = || -> Result<(), Fault> {
+            let bytes = serde_json::to_vec(&latest)?;
+            let tx = self.db.begin_write()?;
+            tx.open_table(META)?
+                .insert(KEY_COMMITTED, bytes.as_slice())?;
+            tx.commit()?;
+            Ok(())
+        };
+        if let Err(e) = write() {
+            // Safe to lose: a restart applies less before the election, then the rest.
+            tracing::warn!(error = %e, "could not save the commit index at stop");
+        }
+    }
+}
+
+/// A commit index not yet on disk.
+#[derive(Default)]
+struct Unwritten {
+    /// `Some` once openraft has saved one since the store was opened: it is the newest.
+    latest: Option<Option<LogId<u64>>>,
+    /// Whether `latest` is already in the database.
+    written: bool,
 }
 
 impl<C> Clone for LogStore<C> {
     fn clone(&self) -> Self {
         Self {
             db: self.db.clone(),
+            committed: self.committed.clone(),
             _config: PhantomData,
         }
     }
@@ -75,33 +115,67 @@ impl<C: StorageTypeConfig> LogStore<C> {
             Ok(())
         };
         init().map_err(db_err)?;
+        let db = Arc::new(db);
         Ok(Self {
-            db: Arc::new(db),
+            committed: Arc::new(CommitIndex {
+                db: db.clone(),
+                unwritten: Mutex::default(),
+            }),
+            db,
             _config: PhantomData,
         })
+    }
+
+    /// The commit index to write in the next durable transaction, if one is unwritten.
+    fn committed_to_write(&self) -> Option<Option<LogId<u64>>> {
+        let unwritten = self.committed.unwritten.lock().expect("committed lock");
+        unwritten.latest.filter(|_| !unwritten.written)
+    }
+
+    /// The commit index in the database, whatever is kept in memory.
+    #[cfg(test)]
+    pub(super) fn committed_on_disk(&self) -> Result<Option<LogId<u64>>, Fault> {
+        Ok(self
+            .read_meta::<Option<LogId<u64>>>(KEY_COMMITTED)?
+            .flatten())
+    }
+
+    /// Notes that `value` reached the disk, unless a newer commit index came meanwhile.
+    fn committed_written(&self, value: Option<LogId<u64>>) {
+        let mut unwritten = self.committed.unwritten.lock().expect("committed lock");
+        if unwritten.latest == Some(value) {
+            unwritten.written = true;
+        }
     }
 
     fn read_meta<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, Fault> {
         read_meta(&self.db, key)
     }
 
-    /// Writes one meta value in its own transaction, fsynced if `durability` says so.
-    async fn write_meta<T: Serialize>(
-        &self,
-        key: &'static str,
-        value: &T,
-        durability: Durability,
-    ) -> Result<(), Fault> {
+    /// Writes one meta value, with the unwritten commit index, in one fsynced transaction.
+    async fn write_meta<T: Serialize>(&self, key: &'static str, value: &T) -> Result<(), Fault> {
         let bytes = serde_json::to_vec(value)?;
         let db = self.db.clone();
+        let carried = self.committed_to_write();
+        let committed = carried.map(|c| serde_json::to_vec(&c)).transpose()?;
         blocking(move || {
             let mut tx = db.begin_write()?;
-            tx.set_durability(durability);
-            tx.open_table(META)?.insert(key, bytes.as_slice())?;
+            tx.set_durability(Durability::Immediate);
+            {
+                let mut meta = tx.open_table(META)?;
+                meta.insert(key, bytes.as_slice())?;
+                if let Some(c) = &committed {
+                    meta.insert(KEY_COMMITTED, c.as_slice())?;
+                }
+            }
             tx.commit()?;
             Ok(())
         })
-        .await
+        .await?;
+        if let Some(c) = carried {
+            self.committed_written(c);
+        }
+        Ok(())
     }
 
     fn read_entries<RB: RangeBounds<u64>>(&self, range: RB) -> Result<Vec<Entry<C>>, Fault> {
@@ -161,8 +235,12 @@ fn read_meta<T: DeserializeOwned>(db: &Database, key: &str) -> Result<Option<T>,
     }
 }
 
-/// Writes all `entries` in one fsynced transaction.
-fn append_entries<C: StorageTypeConfig>(db: &Database, entries: &[Entry<C>]) -> Result<(), Fault> {
+/// Writes all `entries`, and the commit index if one is unwritten, in one fsynced transaction.
+fn append_entries<C: StorageTypeConfig>(
+    db: &Database,
+    entries: &[Entry<C>],
+    committed: Option<&[u8]>,
+) -> Result<(), Fault> {
     let mut tx = db.begin_write()?;
     tx.set_durability(Durability::Immediate);
     {
@@ -171,6 +249,9 @@ fn append_entries<C: StorageTypeConfig>(db: &Database, entries: &[Entry<C>]) -> 
             let bytes = serde_json::to_vec(entry)?;
             table.insert(entry.log_id.index, bytes.as_slice())?;
         }
+    }
+    if let Some(c) = committed {
+        tx.open_table(META)?.insert(KEY_COMMITTED, c)?;
     }
     tx.commit()?;
     Ok(())
@@ -202,7 +283,7 @@ impl<C: StorageTypeConfig> RaftLogStorage<C> for LogStore<C> {
     }
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StoreError> {
-        self.write_meta(KEY_VOTE, vote, Durability::Immediate)
+        self.write_meta(KEY_VOTE, vote)
             .await
             .map_err(|e| StorageIOError::write_vote(&e))?;
         Ok(())
@@ -215,16 +296,28 @@ impl<C: StorageTypeConfig> RaftLogStorage<C> for LogStore<C> {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> Result<(), StoreError> {
-        // The commit index only speeds up recovery (a lagging value is safe: openraft re-commits
-        // on election), so skip the fsync; the next durable write (append, vote, ...) flushes it,
-        // and redb recovers a crash to a consistent earlier commit.
-        self.write_meta(KEY_COMMITTED, &committed, Durability::Eventual)
-            .await
-            .map_err(|e| StorageIOError::write(&e))?;
+        // The commit index only lets a restart apply committed entries before an election (a
+        // lagging value is safe: the leader commits them again), so it waits for the next
+        // durable transaction (an append, a vote, a purge) rather than making one of its own:
+        // on Linux redb fsyncs every commit, even `Durability::Eventual` ones, and this call
+        // sits between an entry's append and its apply.
+        *self.committed.unwritten.lock().expect("committed lock") = Unwritten {
+            latest: Some(committed),
+            written: false,
+        };
         Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<u64>>, StoreError> {
+        if let Some(latest) = self
+            .committed
+            .unwritten
+            .lock()
+            .expect("committed lock")
+            .latest
+        {
+            return Ok(latest);
+        }
         let committed: Option<Option<LogId<u64>>> = self
             .read_meta(KEY_COMMITTED)
             .map_err(|e| StorageIOError::read(&e))?;
@@ -242,9 +335,17 @@ impl<C: StorageTypeConfig> RaftLogStorage<C> for LogStore<C> {
             return Ok(());
         }
         let db = self.db.clone();
+        let carried = self.committed_to_write();
+        let committed = carried
+            .map(|c| serde_json::to_vec(&c))
+            .transpose()
+            .map_err(|e| StorageIOError::write_logs(&e))?;
         // Entries are readable and durable once this returns, so the callback can fire now.
-        match blocking(move || append_entries(&db, &entries)).await {
+        match blocking(move || append_entries(&db, &entries, committed.as_deref())).await {
             Ok(()) => {
+                if let Some(c) = carried {
+                    self.committed_written(c);
+                }
                 callback.log_io_completed(Ok(()));
                 Ok(())
             }

@@ -185,8 +185,10 @@ async fn vote_log_and_committed_survive_restart() -> Result<(), Err> {
     {
         let (mut log, mut sm, state) = open_at(dir.path()).await;
         log.save_vote(&Vote::new_committed(1, 1)).await?;
-        append(&mut log, entries.clone()).await?;
+        append(&mut log, entries[..3].to_vec()).await?;
         log.save_committed(Some(log_id(1, 1, 2))).await?;
+        // The commit index reaches the disk with the next append.
+        append(&mut log, entries[3..].to_vec()).await?;
         let responses = sm.apply(entries[..3].to_vec()).await?;
         assert_eq!(responses[2], PutResponse { previous: None });
         assert_eq!(state.map().len(), 2);
@@ -212,6 +214,32 @@ async fn vote_log_and_committed_survive_restart() -> Result<(), Err> {
         state.map(),
         BTreeMap::from([("a".into(), "1".into()), ("b".into(), "2".into())])
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_commit_index_waits_for_the_next_durable_write_or_a_clean_stop() -> Result<(), Err> {
+    let dir = TempDir::new().unwrap();
+    let entries: Vec<_> = (1..=4).map(|i| normal(1, i, put("k", "v"))).collect();
+    {
+        let (mut log, _, _) = open_at(dir.path()).await;
+        append(&mut log, entries[..2].to_vec()).await?;
+        log.save_committed(Some(log_id(1, 1, 1))).await?;
+        // No transaction of its own (redb would fsync it), but readable at once.
+        assert_eq!(log.committed_on_disk().unwrap(), None);
+        assert_eq!(log.read_committed().await?, Some(log_id(1, 1, 1)));
+        append(&mut log, entries[2..3].to_vec()).await?;
+        assert_eq!(log.committed_on_disk().unwrap(), Some(log_id(1, 1, 1)));
+        log.save_committed(Some(log_id(1, 1, 3))).await?;
+        log.save_vote(&Vote::new_committed(2, 1)).await?;
+        assert_eq!(log.committed_on_disk().unwrap(), Some(log_id(1, 1, 3)));
+        append(&mut log, entries[3..].to_vec()).await?;
+        log.save_committed(Some(log_id(1, 1, 4))).await?;
+        assert_eq!(log.committed_on_disk().unwrap(), Some(log_id(1, 1, 3)));
+    }
+    let (mut log, _, _) = open_at(dir.path()).await;
+    assert_eq!(log.read_committed().await?, Some(log_id(1, 1, 4)));
+    assert_eq!(log.try_get_log_entries(..).await?, entries);
     Ok(())
 }
 
