@@ -77,7 +77,52 @@ fn the_launch_benchmark_prints_each_round_and_a_ratio_that_is_the_quotient_of_it
         (ratio - quotient).abs() <= 0.0006 + quotient * 0.1 / rate.min(floor),
         "the ratio {ratio} is not the pipelined rate {rate} over the floor's {floor}"
     );
-    assert!(figure(&stdout, "CPU per pipelined task", "ms") > 0.0);
+    // The CPU per task is the sum of the parts it is split into (each printed to 0.01 ms).
+    let cpu = figure(&stdout, "CPU per pipelined task", "ms;");
+    let cpu_line = stdout
+        .lines()
+        .find(|l| l.contains("CPU per pipelined task"))
+        .expect("a CPU line");
+    let parts: Vec<f64> = cpu_line[cpu_line.find("ms;").expect("split") + 3..]
+        .split(',')
+        .map(|p| {
+            p.split_whitespace()
+                .last()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no figure in {p:?} of {cpu_line:?}"))
+        })
+        .collect();
+    assert_eq!(
+        parts.len(),
+        6,
+        "master, agent, mount, spawner, tasks, driver: {cpu_line}"
+    );
+    let sum: f64 = parts.iter().sum();
+    assert!(
+        cpu > 0.0 && parts[0] > 0.0 && parts[1] > 0.0 && parts[2] > 0.0,
+        "{cpu_line}"
+    );
+    assert!(
+        (sum - cpu).abs() <= 0.01 * parts.len() as f64 + cpu * 0.02,
+        "the parts {parts:?} do not add up to {cpu} ms"
+    );
+    // Fsyncs, counted by the kernel: every launch is committed to the Raft log, fsynced.
+    let fsync_line = stdout
+        .lines()
+        .find(|l| l.starts_with("fsyncs per task"))
+        .unwrap_or_else(|| panic!("no fsyncs line in:\n{stdout}"));
+    if fsync_line.contains("not counted") {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs as root with tracefs, where fsyncs must be counted: {fsync_line}"
+        );
+        eprintln!("fsyncs not counted here: {fsync_line}");
+    } else {
+        let all = figure(fsync_line, "):", "in all");
+        let master = figure(fsync_line, "in all;", ", agent");
+        assert!(all > 0.0 && master > 0.0, "{fsync_line}");
+        assert!(master <= all, "{fsync_line}");
+    }
     // The memory of tasks left running: found by their supervisors, each with a PSS.
     let supervisor = figure(&stdout, "its supervisor's PSS", "KiB (median)");
     assert!(supervisor > 0.0, "{stdout}");

@@ -18,6 +18,7 @@ use mesofs_agent::daemon::{self as agent, AgentConfig};
 use mesofs_kernel::client::{Connector, MasterClient};
 use mesofs_kernel::master::{self, LeaderConfig, MasterConfig, RaftTimings};
 
+use super::accounting::{self, Cpu, Fsyncs, Part};
 use super::floor::Floor;
 use super::percentiles;
 
@@ -66,14 +67,20 @@ struct Round {
     /// The floor, one at a time and `in_flight` at a time, launches per second.
     floor_one: f64,
     floor_many: f64,
-    /// CPU time per pipelined task: this process (master, agent, mount) and its reaped
-    /// children (the tasks' supervisors and commands).
-    cpu_per_task: Duration,
+    /// CPU time spent during the pipelined run, and the tasks it launched.
+    cpu: Cpu,
+    tasks: usize,
 }
 
 impl Round {
     fn ratio(&self) -> f64 {
         self.rate / self.floor_many
+    }
+
+    /// CPU time per pipelined task: this process (master, agent, mount), the agent's spawner
+    /// and the tasks' supervisors and commands.
+    fn cpu_per_task(&self) -> Duration {
+        self.cpu.total() / self.tasks as u32
     }
 }
 
@@ -93,7 +100,10 @@ pub async fn run(args: LaunchArgs) -> Result<()> {
     std::fs::create_dir_all(&mount_path)?;
     // Certificates as `mesofs dev` makes them: the real, mutual-TLS path.
     let tls = crate::certs::dev_tls(tmp.path(), "bench-agent", "127.0.0.1".parse()?)?;
-    let master = master::start(MasterConfig {
+    // Each part on threads of its own, so that its CPU time can be told apart.
+    let [master_rt, agent_rt, mount_rt] = Part::ALL.map(accounting::runtime);
+    let (master_rt, agent_rt, mount_rt) = (master_rt?, agent_rt?, mount_rt?);
+    let master_config = MasterConfig {
         id: 1,
         listen: "127.0.0.1:0".parse()?,
         advertise: None,
@@ -105,14 +115,15 @@ pub async fn run(args: LaunchArgs) -> Result<()> {
             ..LeaderConfig::default()
         },
         tls: Some(tls.master),
-    })
-    .await?;
+    };
+    let master = master_rt.spawn(master::start(master_config)).await??;
     // Room for every task of the run at once: resources a finished task frees come back in
     // offers of their own, and the driver always takes `offers/next`, so the first offer must
     // never run out. The tasks are `true`: the room is declared, not used; isolation is real.
-    let most = args.warmup + args.rounds * (args.one_at_a_time + args.tasks) + args.resident;
+    let most =
+        args.warmup + args.rounds * (args.one_at_a_time + args.tasks) + args.tasks + args.resident;
     let resources = format!("cpus:{};mem:{};disk:0;ports:[31000-31001]", most, most * 16);
-    let agent = agent::start(AgentConfig {
+    let agent_config = AgentConfig {
         masters: vec![master.addr.to_string()],
         work_dir: tmp.path().join("agent"),
         listen: SocketAddr::new(master.addr.ip(), 0),
@@ -122,11 +133,14 @@ pub async fn run(args: LaunchArgs) -> Result<()> {
         attributes: String::new(),
         supervisor: std::env::current_exe().ok(),
         tls: Some(tls.agent),
-    })
-    .await?;
+    };
+    let agent = agent_rt.spawn(agent::start(agent_config)).await??;
     let client = MasterClient::new(vec![master.addr.to_string()], Connector::tls(tls.mount));
-    let copy = client.spawn_local_copy();
-    let mount = mesofs_fs::mount(&mount_path, client, copy, tokio::runtime::Handle::current())?;
+    let copy = {
+        let _on = mount_rt.enter();
+        client.spawn_local_copy()
+    };
+    let mount = mesofs_fs::mount(&mount_path, client, copy, mount_rt.handle().clone())?;
 
     let mp = mount_path.clone();
     let agent_dir = tmp.path().join("agent");
@@ -134,11 +148,32 @@ pub async fn run(args: LaunchArgs) -> Result<()> {
     // The driver does blocking file I/O on the mount and forks: keep it off the async workers.
     let measured = tokio::task::spawn_blocking(move || measure(&mp, &agent_dir, &a)).await;
 
-    agent.shutdown().await;
+    agent_rt
+        .spawn(async move { agent.shutdown().await })
+        .await?;
     tokio::task::spawn_blocking(move || mount.unmount()).await??;
-    master.shutdown().await;
+    master_rt
+        .spawn(async move { master.shutdown().await })
+        .await?;
+    for rt in [master_rt, agent_rt, mount_rt] {
+        rt.shutdown_background();
+    }
     let measured = measured??;
     report(&args, &measured.rounds);
+    match &measured.fsyncs {
+        Ok((parts, all)) => {
+            let per = |n: u64| n as f64 / args.tasks as f64;
+            println!(
+                "fsyncs per task (counted by the kernel over one more pipelined run of {} tasks): {:.2} in all; master {:.2}, agent {:.2}, mount {:.2}",
+                args.tasks,
+                per(*all),
+                per(parts[0]),
+                per(parts[1]),
+                per(parts[2])
+            );
+        }
+        Err(why) => println!("fsyncs per task: not counted: {why:#}"),
+    }
     if let Some(r) = &measured.resident {
         println!(
             "memory per running task beyond its command ({} tasks of `sleep`): its supervisor's PSS {:.0} KiB (median), this process's (master, agent, mount) PSS growth {:.0} KiB; {:.0} KiB in all",
@@ -169,9 +204,9 @@ fn measure(mount: &Path, agent_dir: &Path, args: &LaunchArgs) -> Result<Measured
             running.push(to_running);
             finished.push(to_finished);
         }
-        let cpu_before = cpu_time();
+        let cpu_before = Cpu::now();
         let piped = driver.pipelined(&format!("p{r}-"), args.tasks, args.batch)?;
-        let cpu = cpu_time().saturating_sub(cpu_before);
+        let cpu = Cpu::now().since(&cpu_before);
         let in_flight = (piped.mean_in_flight.round() as usize).clamp(1, MAX_IN_FLIGHT);
         let floor_many = floor.rate(args.tasks, in_flight)?;
         let round = Round {
@@ -182,7 +217,8 @@ fn measure(mount: &Path, agent_dir: &Path, args: &LaunchArgs) -> Result<Measured
             in_flight,
             floor_one,
             floor_many,
-            cpu_per_task: cpu / args.tasks as u32,
+            cpu,
+            tasks: args.tasks,
         };
         println!(
             "  round {}: one at a time, to TASK_RUNNING {:.2} ms (p99 {:.2}), to TASK_FINISHED {:.2} ms (p99 {:.2}); pipelined {:.1} tasks/s ({:.1} in flight); floor {:.1} tasks/s one at a time, {:.1} {} at a time; ratio {:.3}",
@@ -200,16 +236,35 @@ fn measure(mount: &Path, agent_dir: &Path, args: &LaunchArgs) -> Result<Measured
         );
         rounds.push(round);
     }
+    // Counted apart: the kernel traces every system call while the counters are open.
+    let fsyncs = match Fsyncs::open() {
+        Ok(counters) => {
+            let (parts_before, before) = counters.read();
+            driver.pipelined("f", args.tasks, args.batch)?;
+            let (parts, after) = counters.read();
+            Ok((
+                [0, 1, 2].map(|i| parts[i] - parts_before[i]),
+                after - before,
+            ))
+        }
+        Err(why) => Err(why),
+    };
     let resident = match args.resident {
         0 => None,
         n => Some(driver.resident(n, agent_dir)?),
     };
-    Ok(Measured { rounds, resident })
+    Ok(Measured {
+        rounds,
+        fsyncs,
+        resident,
+    })
 }
 
 /// What a run measured.
 struct Measured {
     rounds: Vec<Round>,
+    /// Fsyncs per part and in all over one more pipelined run, or why they were not counted.
+    fsyncs: Result<([u64; 3], u64)>,
     resident: Option<Resident>,
 }
 
@@ -282,9 +337,16 @@ fn report(args: &LaunchArgs, rounds: &[Round]) {
         m.in_flight, m.floor_many
     );
     println!("  ratio mesofs / floor: {:.3}", m.ratio());
+    let per = |d: Duration| ms(d) / m.tasks as f64;
     println!(
-        "  CPU per pipelined task (master, agent and mount, one process here, and the tasks' supervisors and commands): {:.2} ms",
-        ms(m.cpu_per_task)
+        "  CPU per pipelined task: {:.2} ms; master {:.2}, agent {:.2}, mount {:.2}, the agent's spawner {:.2}, the tasks' supervisors and commands {:.2}, the benchmark's driver {:.2}",
+        ms(m.cpu_per_task()),
+        per(m.cpu.parts[0]),
+        per(m.cpu.parts[1]),
+        per(m.cpu.parts[2]),
+        per(m.cpu.spawner),
+        per(m.cpu.tasks),
+        per(m.cpu.driver()),
     );
     let spread = |what: &str, unit: &str, f: &dyn Fn(&Round) -> f64| {
         let values: Vec<f64> = rounds.iter().map(f).collect();
@@ -305,47 +367,6 @@ fn report(args: &LaunchArgs, rounds: &[Round]) {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
-}
-
-/// CPU time (user and system) of this process, of its children it has waited for, and of its
-/// living children with theirs (the agent's spawner, whose children are the supervisors).
-fn cpu_time() -> Duration {
-    let of = |who| {
-        // SAFETY: getrusage fills the struct it is given.
-        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-        unsafe { libc::getrusage(who, &mut u) };
-        let tv = |t: libc::timeval| {
-            Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
-        };
-        tv(u.ru_utime) + tv(u.ru_stime)
-    };
-    of(libc::RUSAGE_SELF) + of(libc::RUSAGE_CHILDREN) + living_children_cpu()
-}
-
-/// CPU time of this process's living children and of the children they have waited for,
-/// from `/proc/<pid>/stat` (fields 14 to 17, in clock ticks).
-fn living_children_cpu() -> Duration {
-    let me = std::process::id().to_string();
-    // SAFETY: sysconf reads a constant.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Duration::ZERO;
-    };
-    let total: u64 = dir
-        .filter_map(|e| e.ok())
-        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
-        .filter_map(|stat| {
-            // Fields from the third (the state) on.
-            let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
-            (fields.get(1) == Some(&me.as_str())).then(|| {
-                fields[11..15]
-                    .iter()
-                    .filter_map(|f| f.parse::<u64>().ok())
-                    .sum::<u64>()
-            })
-        })
-        .sum();
-    Duration::from_secs_f64(total as f64 / ticks)
 }
 
 /// When each task's lines appeared in the framework's `events_pipe`.

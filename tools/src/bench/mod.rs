@@ -16,6 +16,7 @@
 use anyhow::Result;
 use clap::{Args, Subcommand};
 
+mod accounting;
 mod alloc;
 mod control_plane;
 mod failover;
