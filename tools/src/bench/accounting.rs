@@ -75,6 +75,8 @@ pub fn runtime(part: Part) -> Result<tokio::runtime::Runtime> {
 pub struct Cpu {
     /// By the threads of each part (indexed as [`Part::ALL`]).
     pub parts: [Duration; 3],
+    /// How many times a thread of each part was switched in to run.
+    pub switches: [u64; 3],
     /// By this process in all (its parts, the benchmark's driver, the floor).
     pub process: Duration,
     /// By the agent's spawner itself.
@@ -96,12 +98,20 @@ impl Cpu {
             let Some(part) = Part::of_thread(&comm) else {
                 continue;
             };
-            // The first figure of schedstat is the time on a CPU, in nanoseconds.
-            let ran = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat"))
-                .ok()
-                .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-                .unwrap_or(0);
-            cpu.parts[part.index()] += Duration::from_nanos(ran);
+            // schedstat: the time on a CPU (ns), the time spent waiting for one (ns), and how
+            // many times the thread was switched in.
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat"))
+            else {
+                continue;
+            };
+            let figures: Vec<u64> = stat
+                .split_whitespace()
+                .filter_map(|f| f.parse().ok())
+                .collect();
+            if let [ran, _, switched] = figures[..] {
+                cpu.parts[part.index()] += Duration::from_nanos(ran);
+                cpu.switches[part.index()] += switched;
+            }
         }
         for pid in children() {
             if let Some((own, waited)) = process_cpu(pid) {
@@ -115,11 +125,14 @@ impl Cpu {
     /// What was spent between `before` and this.
     pub fn since(&self, before: &Cpu) -> Cpu {
         let mut parts = [Duration::ZERO; 3];
-        for (i, p) in parts.iter_mut().enumerate() {
-            *p = self.parts[i].saturating_sub(before.parts[i]);
+        let mut switches = [0; 3];
+        for i in 0..3 {
+            parts[i] = self.parts[i].saturating_sub(before.parts[i]);
+            switches[i] = self.switches[i].saturating_sub(before.switches[i]);
         }
         Cpu {
             parts,
+            switches,
             process: self.process.saturating_sub(before.process),
             spawner: self.spawner.saturating_sub(before.spawner),
             tasks: self.tasks.saturating_sub(before.tasks),

@@ -348,6 +348,13 @@ fn report(args: &LaunchArgs, rounds: &[Round]) {
         per(m.cpu.tasks),
         per(m.cpu.driver()),
     );
+    let switches = |i: usize| m.cpu.switches[i] as f64 / m.tasks as f64;
+    println!(
+        "  threads switched in to run, per pipelined task: master {:.1}, agent {:.1}, mount {:.1}",
+        switches(0),
+        switches(1),
+        switches(2)
+    );
     let spread = |what: &str, unit: &str, f: &dyn Fn(&Round) -> f64| {
         let values: Vec<f64> = rounds.iter().map(f).collect();
         let min = values.iter().copied().fold(f64::INFINITY, f64::min);
