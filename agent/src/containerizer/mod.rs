@@ -398,8 +398,15 @@ impl Inner {
         let me = self.clone();
         let spec2 = spec.clone();
         let span = tracing::Span::current();
-        let spawned = tokio::task::spawn_blocking(move || span.in_scope(|| me.start(&spec2)))
-            .await
+        // The task's checkpoint too: file I/O, kept off the async workers.
+        let spawned = tokio::task::spawn_blocking(move || {
+            span.in_scope(|| {
+                let started = me.start(&spec2)?;
+                me.checkpoint(&spec2, started.1);
+                Ok(started)
+            })
+        })
+        .await
             .map_err(|e| LaunchError::Internal(e.to_string()))
             .and_then(|r| r);
         let (sandbox, pid, isolation, end) = match spawned {
@@ -430,7 +437,6 @@ impl Inner {
                 .insert(id.clone(), Slot::Running(task.clone())),
             Some(Slot::Launching { killed: true })
         );
-        self.checkpoint(&spec, pid);
         let (launched_tx, launched_rx) = oneshot::channel();
         let (ended, token): (Pin<Box<dyn Future<Output = Ended> + Send>>, _) = match end {
             MainEnd::Child(watch) => (
