@@ -407,8 +407,8 @@ impl Inner {
             })
         })
         .await
-            .map_err(|e| LaunchError::Internal(e.to_string()))
-            .and_then(|r| r);
+        .map_err(|e| LaunchError::Internal(e.to_string()))
+        .and_then(|r| r);
         let (sandbox, pid, isolation, end) = match spawned {
             Ok(s) => s,
             Err(e) => {
