@@ -51,6 +51,12 @@ pub struct UpdateCheckpoint {
     pub message: String,
     /// When it happened (unix ms).
     pub time_ms: u64,
+    /// The command's exit status, on an end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// The signal that killed the command, on an end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
 }
 
 /// The agent's checkpoint directory (`<work dir>/meta`).
@@ -312,6 +318,8 @@ mod tests {
             reason: String::new(),
             message: String::new(),
             time_ms: 1,
+            exit_code: None,
+            signal: None,
         }
     }
 
@@ -338,6 +346,22 @@ mod tests {
         again.forget_task("f-1.t");
         assert!(again.tasks().is_empty());
         assert_eq!(again.updates().len(), 2);
+    }
+
+    #[test]
+    fn an_end_keeps_how_the_command_ended_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Checkpoints::open(dir.path()).unwrap();
+        let mut end = update("end");
+        end.state = "TASK_FAILED".into();
+        end.exit_code = Some(3);
+        let mut killed = update("killed");
+        killed.state = "TASK_KILLED".into();
+        killed.signal = Some(15);
+        c.save_update(1, &end).unwrap();
+        c.save_update(2, &killed).unwrap();
+        let again = Checkpoints::open(dir.path()).unwrap();
+        assert_eq!(again.updates(), vec![(1, end), (2, killed)]);
     }
 
     fn numbers(c: &Checkpoints) -> Vec<u64> {

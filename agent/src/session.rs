@@ -80,6 +80,8 @@ impl Outbox {
                     reason: u.reason,
                     message: u.message,
                     time_ms: u.time_ms,
+                    exit_code: u.exit_code,
+                    signal: u.signal,
                 };
                 (n, update)
             })
@@ -94,6 +96,19 @@ impl Outbox {
     }
 
     fn push(&self, task_id: &str, state: TaskState, reason: &str, message: &str) {
+        self.push_end(task_id, state, reason, message, None, None);
+    }
+
+    /// Pushes an update that may say how the task's command ended.
+    fn push_end(
+        &self,
+        task_id: &str,
+        state: TaskState,
+        reason: &str,
+        message: &str,
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+    ) {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let update = proto::StatusUpdate {
             update_id: format!("{}-{n}", self.instance),
@@ -102,6 +117,8 @@ impl Outbox {
             reason: reason.to_string(),
             message: message.to_string(),
             time_ms: now_ms(),
+            exit_code,
+            signal,
         };
         info!(task = %task_id, state = state.as_str(), reason, message, "status update");
         if let Some(c) = &self.checkpoints {
@@ -112,6 +129,8 @@ impl Outbox {
                 reason: update.reason.clone(),
                 message: update.message.clone(),
                 time_ms: update.time_ms,
+                exit_code: update.exit_code,
+                signal: update.signal,
             };
             if let Err(e) = c.save_update(n, &saved) {
                 warn!(task = %task_id, error = %e, "cannot checkpoint a status update: it is lost if the agent restarts before it is acknowledged");
@@ -259,8 +278,14 @@ impl Session {
                     s.outbox.push(&exit.task_id, TaskState::Running, "", "");
                 }
                 phases.remove(&exit.task_id);
-                s.outbox
-                    .push(&exit.task_id, state, &exit.reason, &exit.message);
+                s.outbox.push_end(
+                    &exit.task_id,
+                    state,
+                    &exit.reason,
+                    &exit.message,
+                    exit.exit_code,
+                    exit.signal,
+                );
                 // Its end is now kept as an update: the task's own checkpoint can go.
                 s.containerizer.forget(&exit.task_id);
             }
@@ -478,6 +503,10 @@ impl Session {
                 env.push(("PORTS".into(), all.join(",")));
             }
             env.push(("MESOFS_FRAMEWORK_ID".into(), l.framework_id.clone()));
+            // As Mesos's agents set them, for programs written for Mesos.
+            env.push(("MESOS_FRAMEWORK_ID".into(), l.framework_id.clone()));
+            env.push(("MESOS_AGENT_ID".into(), self.identity.agent_id.clone()));
+            env.push(("HOST".into(), self.identity.hostname.clone()));
             let launch = LaunchSpec {
                 task_id: l.task_id.clone(),
                 command: match spec.command {
@@ -643,6 +672,8 @@ mod tests {
             reason: String::new(),
             message: String::new(),
             time_ms: n,
+            exit_code: None,
+            signal: None,
         };
         c.save_update(n, &u).unwrap();
     }

@@ -159,6 +159,8 @@ impl Cluster {
                 reason: reason.into(),
                 message: message.into(),
                 time_ms: 1_700_000_003_000,
+                exit_code: None,
+                signal: None,
             },
         });
     }

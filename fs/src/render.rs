@@ -232,7 +232,7 @@ pub fn status_json(view: &View, task: &TaskInfo) -> String {
             })
         })
         .collect();
-    let value = json!({
+    let mut value = json!({
         "id": task.id,
         "name": task.name,
         "framework": framework,
@@ -249,6 +249,14 @@ pub fn status_json(view: &View, task: &TaskInfo) -> String {
         "spec": task.spec.to_line(),
         "history": history,
     });
+    // How the command ended, once the task has ended and its command exited or was killed
+    // by a signal.
+    if let Some(code) = last.exit_code {
+        value["exit_code"] = json!(code);
+    }
+    if let Some(signal) = last.signal {
+        value["signal"] = json!(signal);
+    }
     let mut text = serde_json::to_string_pretty(&value).expect("a JSON value serializes");
     text.push('\n');
     text

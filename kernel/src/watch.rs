@@ -572,6 +572,8 @@ mod tests {
                 reason: String::new(),
                 message: String::new(),
                 time_ms: 3,
+                exit_code: None,
+                signal: None,
             },
         }
     }

@@ -59,6 +59,8 @@ fn seeds() -> Vec<String> {
                 reason: String::new(),
                 message: "up".into(),
                 time_ms: 4,
+                exit_code: None,
+                signal: None,
             },
         },
         Command::KillTask {

@@ -176,6 +176,9 @@ pub(super) fn command(
     }
     env.push(("MESOFS_TASK_ID".into(), spec.task_id.clone().into()));
     env.push(("MESOFS_SANDBOX".into(), dir.into()));
+    // The names Mesos gives them, for programs written for Mesos.
+    env.push(("MESOS_TASK_ID".into(), spec.task_id.clone().into()));
+    env.push(("MESOS_SANDBOX".into(), dir.into()));
     let stdout = OwnedFd::from(sandbox.stdout().map_err(io_err)?);
     let stderr = OwnedFd::from(sandbox.stderr().map_err(io_err)?);
     Exec::new(&program, &argv, env, dir, stdout, stderr).map_err(|source| LaunchError::Spawn {

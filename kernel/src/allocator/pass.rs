@@ -875,6 +875,8 @@ mod tests {
                                     reason: String::new(),
                                     message: String::new(),
                                     time_ms: 9,
+                                    exit_code: None,
+                                    signal: None,
                                 },
                             });
                         }

@@ -284,6 +284,8 @@ mod tests {
                     reason: String::new(),
                     message: String::new(),
                     time_ms: 5,
+                    exit_code: None,
+                    signal: None,
                 },
             },
         );

@@ -189,6 +189,12 @@ pub struct Transition {
     pub message: String,
     /// When it happened (unix ms).
     pub time_ms: u64,
+    /// The command's exit status, on the transition that ended a task whose command exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// The signal that killed the command, on the transition that ended such a task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
 }
 
 /// A task and its whole history.
@@ -1068,6 +1074,8 @@ impl ClusterState {
                             reason: "REASON_AGENT_RESTARTED".into(),
                             message: "the agent re-registered without this task".into(),
                             time_ms,
+                            exit_code: None,
+                            signal: None,
                         },
                     );
                     transitions.extend(pushed);
@@ -1139,6 +1147,8 @@ impl ClusterState {
                             reason: "REASON_AGENT_REMOVED".into(),
                             message: message.clone(),
                             time_ms: *time_ms,
+                            exit_code: None,
+                            signal: None,
                         },
                     );
                     transitions.extend(pushed);
@@ -1260,6 +1270,8 @@ impl ClusterState {
                             reason: String::new(),
                             message: String::new(),
                             time_ms: *time_ms,
+                            exit_code: None,
+                            signal: None,
                         }],
                     };
                     self.index.task_live(&task);
@@ -1555,6 +1567,8 @@ mod tests {
                 reason: String::new(),
                 message: String::new(),
                 time_ms: 9,
+                exit_code: None,
+                signal: None,
             },
         };
         s.apply(4, &up(TaskState::Starting));
@@ -1590,6 +1604,8 @@ mod tests {
                     reason: String::new(),
                     message: String::new(),
                     time_ms: 9,
+                    exit_code: None,
+                    signal: None,
                 },
             },
         );
@@ -1621,6 +1637,8 @@ mod tests {
                         reason: String::new(),
                         message: String::new(),
                         time_ms: index,
+                        exit_code: None,
+                        signal: None,
                     },
                 },
             );
@@ -1653,6 +1671,8 @@ mod tests {
                     reason: String::new(),
                     message: String::new(),
                     time_ms: index,
+                    exit_code: None,
+                    signal: None,
                 },
             },
         );
@@ -1829,6 +1849,8 @@ mod tests {
                         reason: String::new(),
                         message: String::new(),
                         time_ms: index,
+                        exit_code: None,
+                        signal: None,
                     },
                 },
             );

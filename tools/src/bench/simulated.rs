@@ -123,6 +123,8 @@ impl Simulated {
                         reason: String::new(),
                         message: String::new(),
                         time_ms: 3,
+                        exit_code: None,
+                        signal: None,
                     },
                 },
             );

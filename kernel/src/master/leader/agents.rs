@@ -272,6 +272,14 @@ impl Leader {
                     reason: cut(&u.reason, MAX_STATUS_MESSAGE).to_string(),
                     message: cut(&u.message, MAX_STATUS_MESSAGE).to_string(),
                     time_ms: u.time_ms,
+                    // Only an end says how the command ended, and only within what an exit
+                    // status or a signal can be.
+                    exit_code: u
+                        .exit_code
+                        .filter(|c| state.is_terminal() && (0..=255).contains(c)),
+                    signal: u
+                        .signal
+                        .filter(|s| state.is_terminal() && (1..=64).contains(s)),
                 },
             }));
         }
