@@ -34,6 +34,9 @@ pub struct TaskCheckpoint {
     pub mem_mb: u64,
     /// Its kill grace period.
     pub kill_grace_ms: u64,
+    /// When its timeout runs out (unix ms), if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
 }
 
 /// A status update not yet acknowledged by the master.
@@ -333,6 +336,7 @@ mod tests {
             start_ticks: 7,
             mem_mb: 32,
             kill_grace_ms: 3000,
+            deadline_ms: Some(1_800_000_000_000),
         };
         c.save_task(&task).unwrap();
         for n in [10, 2, 9] {

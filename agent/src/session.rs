@@ -518,6 +518,7 @@ impl Session {
                 mem_mb: (spec.mem.milli() as u64).div_ceil(1000).max(1),
                 pids_max: 4096,
                 kill_grace: Duration::from_millis(spec.grace_ms),
+                timeout: spec.timeout_ms.map(Duration::from_millis),
                 user: Some(user),
             };
             let cancelled = matches!(

@@ -23,8 +23,8 @@ pub const MAX_PORTS: u32 = 65_535;
 /// The longest task name; names become directory names.
 pub const MAX_NAME_LEN: usize = 64;
 
-const SHELL_KEYS: &str = "name, cpus, mem, disk, ports, env, grace";
-const JSON_FIELDS: &str = "name, cmd, argv, cpus, mem, disk, ports, env, grace";
+const SHELL_KEYS: &str = "name, cpus, mem, disk, ports, env, grace, timeout";
+const JSON_FIELDS: &str = "name, cmd, argv, cpus, mem, disk, ports, env, grace, timeout";
 
 /// What a task runs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +55,10 @@ pub struct TaskSpec {
     pub env: BTreeMap<String, String>,
     /// Milliseconds between SIGTERM and SIGKILL when the task is killed.
     pub grace_ms: u64,
+    /// Milliseconds a task may run before it is killed and fails
+    /// (`REASON_MAX_COMPLETION_TIME_REACHED`); none: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
 }
 
 /// Why a name is not a valid task (or framework) name.
@@ -86,6 +90,9 @@ pub enum DurationError {
     /// More milliseconds than a u64 holds.
     #[error("too long")]
     TooLong,
+    /// No time at all, where some is needed.
+    #[error("must be longer than 0")]
+    Zero,
 }
 
 /// What is wrong with a spec.
@@ -148,9 +155,11 @@ pub enum SpecErrorKind {
     /// The same env var given twice.
     #[error("env var {0:?} is given twice")]
     DuplicateEnv(String),
-    /// A grace period that does not parse.
-    #[error("invalid grace {text:?}: {problem}")]
-    InvalidGrace {
+    /// A duration (`grace`, `timeout`) that does not parse.
+    #[error("invalid {key} {text:?}: {problem}")]
+    InvalidDuration {
+        /// The key it was given for.
+        key: &'static str,
         /// The offending text.
         text: String,
         /// What is wrong with it.
@@ -377,6 +386,9 @@ impl TaskSpec {
         if self.grace_ms != DEFAULT_GRACE_MS {
             words.push(format!("grace={}", format_duration_ms(self.grace_ms)));
         }
+        if let Some(t) = self.timeout_ms {
+            words.push(format!("timeout={}", format_duration_ms(t)));
+        }
         format!("{} -- {cmd}", words.join(" "))
     }
 
@@ -403,6 +415,9 @@ impl TaskSpec {
                 "\"grace\":{}",
                 json(&format_duration_ms(self.grace_ms))
             ));
+        }
+        if let Some(t) = self.timeout_ms {
+            fields.push(format!("\"timeout\":{}", json(&format_duration_ms(t))));
         }
         format!("{{{}}}", fields.join(","))
     }
@@ -441,6 +456,7 @@ struct Draft {
     ports: Option<u32>,
     env: BTreeMap<String, String>,
     grace_ms: Option<u64>,
+    timeout_ms: Option<u64>,
 }
 
 impl Draft {
@@ -500,6 +516,7 @@ impl Draft {
             ports: self.ports.unwrap_or(0),
             env: self.env,
             grace_ms: self.grace_ms.unwrap_or(DEFAULT_GRACE_MS),
+            timeout_ms: self.timeout_ms,
         })
     }
 }
@@ -525,7 +542,24 @@ fn parse_ports(text: &str) -> Result<u32, SpecErrorKind> {
 }
 
 fn parse_grace(text: &str) -> Result<u64, SpecErrorKind> {
-    parse_duration_ms(text).map_err(|problem| SpecErrorKind::InvalidGrace {
+    spec_duration(text, "grace")
+}
+
+/// A timeout: a duration of at least a millisecond (a task cannot run for no time).
+fn parse_timeout(text: &str) -> Result<u64, SpecErrorKind> {
+    match spec_duration(text, "timeout")? {
+        0 => Err(SpecErrorKind::InvalidDuration {
+            key: "timeout",
+            text: text.to_string(),
+            problem: DurationError::Zero,
+        }),
+        ms => Ok(ms),
+    }
+}
+
+fn spec_duration(text: &str, key: &'static str) -> Result<u64, SpecErrorKind> {
+    parse_duration_ms(text).map_err(|problem| SpecErrorKind::InvalidDuration {
+        key,
         text: text.to_string(),
         problem,
     })
@@ -612,6 +646,7 @@ fn parse_shell(line: &str) -> Result<TaskSpec, SpecErrorKind> {
             "disk" => draft.disk = Some(parse_scalar("disk", value)?),
             "ports" => draft.ports = Some(parse_ports(value)?),
             "grace" => draft.grace_ms = Some(parse_grace(value)?),
+            "timeout" => draft.timeout_ms = Some(parse_timeout(value)?),
             _ => unreachable!("checked against SHELL_KEYS"),
         }
     }
@@ -710,34 +745,8 @@ fn parse_json(line: &str) -> Result<TaskSpec, SpecErrorKind> {
                     draft.add_env(name, value)?;
                 }
             }
-            "grace" => {
-                let expected = "a duration string such as \"5s\" or a number of seconds";
-                draft.grace_ms = Some(if raw.starts_with('"') {
-                    let text: String = serde_json::from_str(raw).map_err(|_| invalid(expected))?;
-                    parse_grace(&text)?
-                } else {
-                    let seconds =
-                        plain_decimal(raw)
-                            .map_err(|_| invalid(expected))?
-                            .map_err(|p| SpecErrorKind::InvalidGrace {
-                                text: raw.to_string(),
-                                problem: match p {
-                                    ScalarProblem::TooLarge => DurationError::TooLong,
-                                    ScalarProblem::TooPrecise => DurationError::SubMillisecond,
-                                    _ => DurationError::Malformed,
-                                },
-                            })?;
-                    parse_grace(&seconds).map_err(|e| match e {
-                        SpecErrorKind::InvalidGrace { problem, .. } => {
-                            SpecErrorKind::InvalidGrace {
-                                text: raw.to_string(),
-                                problem,
-                            }
-                        }
-                        other => other,
-                    })?
-                })
-            }
+            "grace" => draft.grace_ms = Some(json_duration(raw, "grace", parse_grace)?),
+            "timeout" => draft.timeout_ms = Some(json_duration(raw, "timeout", parse_timeout)?),
             _ => return Err(SpecErrorKind::UnknownField(field)),
         }
     }
@@ -780,6 +789,44 @@ fn json_scalar(
 
 /// Rewrites a JSON number's text without sign or exponent (`2.5e-1` → `0.25`), so the decimal
 /// parser reads its exact value. Err(()) if the text is not a JSON number at all.
+/// A JSON duration field: a string such as `"5s"`, or a number of seconds, read by `parse`
+/// (which names `key` in its errors).
+fn json_duration(
+    raw: &str,
+    key: &'static str,
+    parse: fn(&str) -> Result<u64, SpecErrorKind>,
+) -> Result<u64, SpecErrorKind> {
+    let invalid = || SpecErrorKind::InvalidField {
+        field: key.to_string(),
+        expected: "a duration string such as \"5s\" or a number of seconds",
+    };
+    if raw.starts_with('"') {
+        let text: String = serde_json::from_str(raw).map_err(|_| invalid())?;
+        return parse(&text);
+    }
+    let seconds =
+        plain_decimal(raw)
+            .map_err(|_| invalid())?
+            .map_err(|p| SpecErrorKind::InvalidDuration {
+                key,
+                text: raw.to_string(),
+                problem: match p {
+                    ScalarProblem::TooLarge => DurationError::TooLong,
+                    ScalarProblem::TooPrecise => DurationError::SubMillisecond,
+                    _ => DurationError::Malformed,
+                },
+            })?;
+    // Errors name the number as it was written, not the seconds made of it.
+    parse(&seconds).map_err(|e| match e {
+        SpecErrorKind::InvalidDuration { key, problem, .. } => SpecErrorKind::InvalidDuration {
+            key,
+            text: raw.to_string(),
+            problem,
+        },
+        other => other,
+    })
+}
+
 fn plain_decimal(raw: &str) -> Result<Result<String, ScalarProblem>, ()> {
     if !raw.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
         return Err(());
@@ -878,7 +925,7 @@ mod tests {
 
     #[test]
     fn shell_form_reads_keys_and_the_command_after_the_separator() {
-        let s = spec("name=web cpus=0.5 mem=64 disk=128 ports=2 env=A=b env=C=d=e grace=5s -- ./serve --port $PORT0");
+        let s = spec("name=web cpus=0.5 mem=64 disk=128 ports=2 env=A=b env=C=d=e grace=5s timeout=2m -- ./serve --port $PORT0");
         assert_eq!(
             s,
             TaskSpec {
@@ -892,6 +939,7 @@ mod tests {
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .into(),
                 grace_ms: 5000,
+                timeout_ms: Some(120_000),
             }
         );
     }
@@ -930,7 +978,7 @@ mod tests {
     fn shell_form_rejects_unknown_keys_naming_them() {
         assert_eq!(
             err("name=x cpu=1 -- true"),
-            "line 1: unknown key \"cpu\" (expected name, cpus, mem, disk, ports, env, grace)"
+            "line 1: unknown key \"cpu\" (expected name, cpus, mem, disk, ports, env, grace, timeout)"
         );
     }
 
@@ -1079,6 +1127,36 @@ mod tests {
     }
 
     #[test]
+    fn a_timeout_takes_units_or_bare_seconds_and_must_be_some_time() {
+        let timeout = |t: &str| spec(&format!("name=x timeout={t} -- true")).timeout_ms;
+        assert_eq!(timeout("1s"), Some(1000));
+        assert_eq!(timeout("2m"), Some(120_000));
+        assert_eq!(timeout("7"), Some(7000));
+        assert_eq!(spec("name=x -- true").timeout_ms, None);
+        for bad in ["0", "0s", "soon", "1.5ms", "-1s"] {
+            let err = parse_spec_line(&format!("name=x timeout={bad} -- true")).unwrap_err();
+            assert!(
+                matches!(
+                    err.kind,
+                    SpecErrorKind::InvalidDuration { key: "timeout", .. }
+                ),
+                "{bad}: {err}"
+            );
+            assert!(err.to_string().contains("invalid timeout"), "{err}");
+        }
+        let json =
+            |t: &str| parse_spec_line(&format!(r#"{{"name":"x","cmd":"true","timeout":{t}}}"#));
+        assert_eq!(json(r#""90s""#).unwrap().timeout_ms, Some(90_000));
+        assert_eq!(json("2.5").unwrap().timeout_ms, Some(2500));
+        assert!(json("0").is_err());
+        assert!(json("[1]").is_err());
+        // The canonical form gives it back, in both forms.
+        let s = spec("name=x timeout=90s -- true");
+        assert!(s.to_line().contains("timeout=90s"), "{}", s.to_line());
+        assert_eq!(parse_spec_line(&s.to_line()).unwrap(), s);
+    }
+
+    #[test]
     fn grace_takes_units_or_bare_seconds() {
         let grace = |g: &str| spec(&format!("name=x grace={g} -- true")).grace_ms;
         assert_eq!(grace("500ms"), 500);
@@ -1094,14 +1172,16 @@ mod tests {
         );
         assert!(matches!(
             kind("name=x grace=1.5ms -- true"),
-            SpecErrorKind::InvalidGrace {
+            SpecErrorKind::InvalidDuration {
+                key: "grace",
                 problem: DurationError::SubMillisecond,
                 ..
             }
         ));
         assert!(matches!(
             kind("name=x grace=99999999999999999999h -- true"),
-            SpecErrorKind::InvalidGrace {
+            SpecErrorKind::InvalidDuration {
+                key: "grace",
                 problem: DurationError::TooLong,
                 ..
             }
@@ -1223,11 +1303,11 @@ mod tests {
         assert_eq!(grace("\"250ms\""), 250);
         assert!(matches!(
             kind(r#"{"name":"x","cmd":"a","grace":-1}"#),
-            SpecErrorKind::InvalidGrace { .. }
+            SpecErrorKind::InvalidDuration { .. }
         ));
         assert!(matches!(
             kind(r#"{"name":"x","cmd":"a","grace":"soon"}"#),
-            SpecErrorKind::InvalidGrace { .. }
+            SpecErrorKind::InvalidDuration { .. }
         ));
     }
 
@@ -1235,7 +1315,7 @@ mod tests {
     fn json_form_rejects_unknown_and_repeated_fields() {
         assert_eq!(
             err(r#"{"name":"x","cmd":"a","cpu":1}"#),
-            "line 1: unknown field \"cpu\" (expected name, cmd, argv, cpus, mem, disk, ports, env, grace)"
+            "line 1: unknown field \"cpu\" (expected name, cmd, argv, cpus, mem, disk, ports, env, grace, timeout)"
         );
         assert_eq!(
             kind(r#"{"name":"x","cmd":"a","name":"y"}"#),
@@ -1322,7 +1402,7 @@ mod tests {
             parse_specs("# c\nname=a -- x\nname=b cpu=1 -- y")
                 .unwrap_err()
                 .to_string(),
-            "line 3: unknown key \"cpu\" (expected name, cpus, mem, disk, ports, env, grace)"
+            "line 3: unknown key \"cpu\" (expected name, cpus, mem, disk, ports, env, grace, timeout)"
         );
     }
 
@@ -1435,9 +1515,10 @@ mod tests {
                 any::<u64>(),
                 (0u64..1000).prop_map(|s| s * 1000)
             ],
+            prop_oneof![Just(None), (1u64..).prop_map(Some)],
         )
             .prop_map(
-                |(name, command, cpus, mem, disk, ports, env, grace_ms)| TaskSpec {
+                |(name, command, cpus, mem, disk, ports, env, grace_ms, timeout_ms)| TaskSpec {
                     name,
                     command,
                     cpus,
@@ -1446,6 +1527,7 @@ mod tests {
                     ports,
                     env,
                     grace_ms,
+                    timeout_ms,
                 },
             )
     }

@@ -1,7 +1,11 @@
 //! How a task ended, and the report of it.
 
+use std::sync::atomic::Ordering;
+
 use super::{Task, REASON_AGENT_RESTARTED, REASON_COMMAND_EXITED};
-use super::{REASON_CONTAINER_LIMITATION_MEMORY, REASON_TASK_KILLED};
+use super::{
+    REASON_CONTAINER_LIMITATION_MEMORY, REASON_MAX_COMPLETION_TIME_REACHED, REASON_TASK_KILLED,
+};
 use crate::process::Ended;
 
 /// How a task ended.
@@ -42,7 +46,16 @@ pub(super) fn report(task: &Task, ended: Ended, killed: bool, oom: bool) -> Task
         Ended::Signaled(s) => (None, Some(s)),
         Ended::Unknown => (None, None),
     };
-    let (kind, reason, message) = if killed {
+    let (kind, reason, message) = if task.timed_out.load(Ordering::SeqCst) {
+        (
+            ExitKind::Failed,
+            REASON_MAX_COMPLETION_TIME_REACHED,
+            format!(
+                "killed for running past its timeout (main process: {})",
+                ended.describe()
+            ),
+        )
+    } else if killed {
         (
             ExitKind::Killed,
             REASON_TASK_KILLED,
@@ -106,6 +119,8 @@ mod tests {
             exited: AtomicBool::new(false),
             ended: Notify::new(),
             recovered: false,
+            deadline_ms: None,
+            timed_out: AtomicBool::new(false),
         }
     }
 

@@ -65,6 +65,8 @@ pub const REASON_CONTAINER_LIMITATION_MEMORY: &str = "REASON_CONTAINER_LIMITATIO
 pub const REASON_TASK_KILLED: &str = "REASON_TASK_KILLED";
 /// Reason of a task whose end the agent could not learn because it was down.
 pub const REASON_AGENT_RESTARTED: &str = "REASON_AGENT_RESTARTED";
+/// Reason of a task killed because it ran past its timeout.
+pub const REASON_MAX_COMPLETION_TIME_REACHED: &str = "REASON_MAX_COMPLETION_TIME_REACHED";
 
 /// Processes a task may have at once unless its spec says otherwise.
 pub const DEFAULT_PIDS_MAX: u64 = 4096;
@@ -130,6 +132,10 @@ struct Task {
     ended: Notify,
     /// Taken back from an earlier run of the agent.
     recovered: bool,
+    /// When its timeout runs out (unix ms), if it has one.
+    deadline_ms: Option<u64>,
+    /// The agent killed it for running past its timeout (see [`enforce_timeout`]).
+    timed_out: AtomicBool,
 }
 
 impl Containerizer {
@@ -266,6 +272,8 @@ impl Containerizer {
                 exited: AtomicBool::new(false),
                 ended: Notify::new(),
                 recovered: true,
+                deadline_ms: saved.deadline_ms,
+                timed_out: AtomicBool::new(false),
             });
             inner
                 .tasks
@@ -395,6 +403,10 @@ impl Inner {
             tasks.insert(id.clone(), Slot::Launching { killed: false });
         }
         let started = Instant::now();
+        // Counted from now, and kept in the checkpoint, so that a restarted agent keeps it.
+        let deadline_ms = spec
+            .timeout
+            .map(|t| unix_ms().saturating_add(t.as_millis() as u64));
         let me = self.clone();
         let spec2 = spec.clone();
         let span = tracing::Span::current();
@@ -402,7 +414,7 @@ impl Inner {
         let spawned = tokio::task::spawn_blocking(move || {
             span.in_scope(|| {
                 let started = me.start(&spec2)?;
-                me.checkpoint(&spec2, started.1);
+                me.checkpoint(&spec2, started.1, deadline_ms);
                 Ok(started)
             })
         })
@@ -429,6 +441,8 @@ impl Inner {
             exited: AtomicBool::new(false),
             ended: Notify::new(),
             recovered: false,
+            deadline_ms,
+            timed_out: AtomicBool::new(false),
         });
         let killed_meanwhile = matches!(
             self.tasks
@@ -466,7 +480,7 @@ impl Inner {
     }
 
     /// Records a task that runs, so that a restarted agent finds it.
-    fn checkpoint(&self, spec: &LaunchSpec, pid: i32) {
+    fn checkpoint(&self, spec: &LaunchSpec, pid: i32, deadline_ms: Option<u64>) {
         let Some(checkpoints) = &self.checkpoints else {
             return;
         };
@@ -480,6 +494,7 @@ impl Inner {
             start_ticks: stat.start_ticks,
             mem_mb: spec.mem_mb,
             kill_grace_ms: spec.kill_grace.as_millis() as u64,
+            deadline_ms,
         };
         if let Err(e) = checkpoints.save_task(&saved) {
             warn!(error = %e, "cannot checkpoint the task: it will not survive a restart of the agent");
@@ -579,6 +594,13 @@ impl Inner {
         launched: oneshot::Receiver<()>,
     ) {
         tokio::spawn(enforce_memory_limit(task.clone()).instrument(tracing::Span::current()));
+        if task.deadline_ms.is_some() {
+            tokio::spawn(
+                self.clone()
+                    .enforce_timeout(task.clone())
+                    .instrument(tracing::Span::current()),
+            );
+        }
         let ended = ended.await;
         let killed = task.kill_requested.load(Ordering::SeqCst);
         task.exited.store(true, Ordering::SeqCst);
@@ -657,6 +679,41 @@ impl Inner {
         tokio::spawn(escalate(task).instrument(span));
         Ok(())
     }
+}
+
+impl Inner {
+    /// Kills a task with its kill policy once its timeout runs out, unless it ended before.
+    async fn enforce_timeout(self: Arc<Self>, task: Arc<Task>) {
+        let Some(deadline_ms) = task.deadline_ms else {
+            return;
+        };
+        let ended = task.ended.notified();
+        tokio::pin!(ended);
+        ended.as_mut().enable();
+        if task.exited.load(Ordering::SeqCst) {
+            return;
+        }
+        let left = Duration::from_millis(deadline_ms.saturating_sub(unix_ms()));
+        tokio::select! {
+            _ = tokio::time::sleep(left) => {}
+            _ = ended => return,
+        }
+        if task.exited.load(Ordering::SeqCst) {
+            return;
+        }
+        info!("timeout reached: killing the task");
+        task.timed_out.store(true, Ordering::SeqCst);
+        if let Err(e) = self.kill(&task.id).await {
+            warn!(error = %e, "cannot kill a task past its timeout");
+        }
+    }
+}
+
+/// Now, in milliseconds since the epoch (0 before it).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// SIGKILLs everything of a task once its grace period has passed, unless it ended before.

@@ -35,6 +35,9 @@ pub struct LaunchSpec {
     pub kill_grace: Duration,
     /// Who it runs as; `None`: as the agent.
     pub user: Option<TaskUser>,
+    /// How long it may run before it is killed and fails
+    /// ([`REASON_MAX_COMPLETION_TIME_REACHED`](super::REASON_MAX_COMPLETION_TIME_REACHED)).
+    pub timeout: Option<Duration>,
 }
 
 impl LaunchSpec {
@@ -50,6 +53,7 @@ impl LaunchSpec {
             pids_max: DEFAULT_PIDS_MAX,
             kill_grace: DEFAULT_KILL_GRACE,
             user: None,
+            timeout: None,
         }
     }
 
