@@ -16,19 +16,13 @@ use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::acls::SandboxAcls;
 use crate::checkpoint::{Checkpoints, UpdateCheckpoint};
+use crate::containerizer::unix_ms as now_ms;
 use crate::containerizer::{Command, Containerizer, ExitKind, LaunchSpec, TaskExit, TaskUser};
 
 /// How often unacknowledged status updates are sent again.
 const RETRY_INTERVAL: Duration = Duration::from_secs(2);
 /// How long an agent whose registration was refused waits before asking again.
 const REFUSED_RETRY: Duration = Duration::from_secs(5);
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// Who this agent is, as it registers.
 #[derive(Clone, Debug)]

@@ -709,8 +709,9 @@ impl Inner {
     }
 }
 
-/// Now, in milliseconds since the epoch (0 before it).
-fn unix_ms() -> u64 {
+/// Now, in milliseconds since the epoch (0 before it): the agent's one clock for times it
+/// reports or keeps.
+pub(crate) fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
