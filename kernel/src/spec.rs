@@ -787,8 +787,6 @@ fn json_scalar(
     })
 }
 
-/// Rewrites a JSON number's text without sign or exponent (`2.5e-1` → `0.25`), so the decimal
-/// parser reads its exact value. Err(()) if the text is not a JSON number at all.
 /// A JSON duration field: a string such as `"5s"`, or a number of seconds, read by `parse`
 /// (which names `key` in its errors).
 fn json_duration(
@@ -827,6 +825,8 @@ fn json_duration(
     })
 }
 
+/// Rewrites a JSON number's text without sign or exponent (`2.5e-1` → `0.25`), so the decimal
+/// parser reads its exact value. Err(()) if the text is not a JSON number at all.
 fn plain_decimal(raw: &str) -> Result<Result<String, ScalarProblem>, ()> {
     if !raw.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
         return Err(());

@@ -61,13 +61,34 @@ impl Part {
 
 /// A runtime for one part, its threads named for it. Its blocking threads are kept for the
 /// whole run, so that none ends (and takes its CPU time out of `/proc`) between two samples.
-pub fn runtime(part: Part) -> Result<tokio::runtime::Runtime> {
+pub fn runtime(part: Part) -> Result<PartRuntime> {
     tokio::runtime::Builder::new_multi_thread()
         .thread_name(part.thread_name())
         .thread_keep_alive(Duration::from_secs(24 * 3600))
         .enable_all()
         .build()
+        .map(|rt| PartRuntime(Some(rt)))
         .with_context(|| format!("starting the {}'s runtime", part.label()))
+}
+
+/// A part's runtime, shut down without waiting when dropped: the benchmark drops it from
+/// within its own runtime, where a blocking shutdown would panic.
+pub struct PartRuntime(Option<tokio::runtime::Runtime>);
+
+impl std::ops::Deref for PartRuntime {
+    type Target = tokio::runtime::Runtime;
+
+    fn deref(&self) -> &Self::Target {
+        self.0.as_ref().expect("a runtime until dropped")
+    }
+}
+
+impl Drop for PartRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 /// CPU time (user and system) spent so far.

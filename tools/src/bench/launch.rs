@@ -155,9 +155,7 @@ pub async fn run(args: LaunchArgs) -> Result<()> {
     master_rt
         .spawn(async move { master.shutdown().await })
         .await?;
-    for rt in [master_rt, agent_rt, mount_rt] {
-        rt.shutdown_background();
-    }
+    drop((master_rt, agent_rt, mount_rt));
     let measured = measured??;
     report(&args, &measured.rounds);
     match &measured.fsyncs {
