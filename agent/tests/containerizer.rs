@@ -351,6 +351,32 @@ async fn the_cpu_quota_throttles_a_busy_task() {
 }
 
 #[tokio::test]
+async fn a_busy_tasks_usage_shows_its_cpu_split_its_memory_peak_and_its_processes() {
+    let Some(mut agent) = Agent::with_cgroups("usage") else {
+        return;
+    };
+    let spec = shell("usage.1", "sleep 631 & while :; do :; done");
+    agent.containerizer.launch(spec).await.expect("launch");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let first = agent.containerizer.usage("usage.1").expect("running");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let then = agent.containerizer.usage("usage.1").expect("running");
+    agent.containerizer.kill("usage.1").await.expect("kill");
+    agent.next_exit(EXIT_TIMEOUT).await;
+
+    assert!(then.cpu_ns > first.cpu_ns, "{first:?} then {then:?}");
+    let (user, system) = (
+        then.cpu_user_ns.expect("user time"),
+        then.cpu_system_ns.expect("system time"),
+    );
+    // A loop of `:` runs in user mode.
+    assert!(user > system, "{then:?}");
+    assert!(then.pids >= Some(2), "the shell and its sleep: {then:?}");
+    let peak = then.mem_peak_bytes.expect("a memory peak");
+    assert!(peak >= then.mem_bytes && peak > 0, "{then:?}");
+}
+
+#[tokio::test]
 async fn argv_commands_run_without_a_shell() {
     let Some(mut agent) = Agent::with_cgroups("argv") else {
         return;

@@ -859,17 +859,34 @@ impl Isolation for CgroupIsolation {
             self.cpuacct()
                 .and_then(|c| read_u64(&c.path().join("cpuacct.usage")).ok())
         };
-        let mem_bytes = self.mem().and_then(|m| {
-            let file = if self.v2 {
-                "memory.current"
-            } else {
-                "memory.usage_in_bytes"
+        let (cpu_user_ns, cpu_system_ns) = if self.v2 {
+            let stat = self.cpu().map(|c| c.path().join("cpu.stat"));
+            let of = |key| {
+                stat.as_ref()
+                    .and_then(|s| keyed(s, key))
+                    .map(|us| us * 1000)
             };
-            read_u64(&m.path().join(file)).ok()
-        });
+            (of("user_usec"), of("system_usec"))
+        } else {
+            let of = |file| {
+                self.cpuacct()
+                    .and_then(|c| read_u64(&c.path().join(file)).ok())
+            };
+            (of("cpuacct.usage_user"), of("cpuacct.usage_sys"))
+        };
+        let mem = |v1: &str, v2: &str| {
+            self.mem()
+                .and_then(|m| read_u64(&m.path().join(if self.v2 { v2 } else { v1 })).ok())
+        };
         Usage {
             cpu_ns: cpu_ns.unwrap_or(0),
-            mem_bytes: mem_bytes.unwrap_or(0),
+            cpu_user_ns,
+            cpu_system_ns,
+            mem_bytes: mem("memory.usage_in_bytes", "memory.current").unwrap_or(0),
+            mem_peak_bytes: mem("memory.max_usage_in_bytes", "memory.peak"),
+            pids: self
+                .pid_ctl()
+                .and_then(|p| read_u64(&p.path().join("pids.current")).ok()),
         }
     }
 

@@ -36,8 +36,17 @@ pub struct Limits {
 pub struct Usage {
     /// CPU time, in nanoseconds.
     pub cpu_ns: u64,
+    /// Of which in user mode, when the isolation can tell.
+    pub cpu_user_ns: Option<u64>,
+    /// Of which in the kernel, when the isolation can tell.
+    pub cpu_system_ns: Option<u64>,
     /// Memory in use now, in bytes (cgroups: including page cache charged to the task).
     pub mem_bytes: u64,
+    /// The most memory in use at once so far, in bytes, when the kernel keeps it (cgroup v1;
+    /// v2 from Linux 5.19).
+    pub mem_peak_bytes: Option<u64>,
+    /// Processes alive now (with cgroups: processes and threads).
+    pub pids: Option<u64>,
 }
 
 /// Why isolating, inspecting or tearing down a task failed.

@@ -141,6 +141,8 @@ impl Isolation for ProcessGroup {
                 .map(|(_, s)| s.cpu_ticks * 1_000_000_000 / ticks)
                 .sum(),
             mem_bytes: members.iter().map(|(_, s)| s.rss_pages * page).sum(),
+            pids: Some(members.len() as u64),
+            ..Usage::default()
         }
     }
 
