@@ -413,7 +413,18 @@ async fn a_shell_command_of_plain_words_runs_as_its_program_with_what_sh_would_g
         .expect("a cgroup");
     let pids = pids_in(&procs);
     assert_eq!(pids.len(), 1, "{procs}");
-    let cmdline = std::fs::read(format!("/proc/{}/cmdline", pids[0])).unwrap();
+    // The launch returns once exec has passed its point of no return (close-on-exec
+    // closed the report pipe); the kernel sets the new program's arguments a moment
+    // later, and until then cmdline reads empty.
+    let cmdline_path = format!("/proc/{}/cmdline", pids[0]);
+    let mut cmdline = Vec::new();
+    for _ in 0..1000 {
+        cmdline = std::fs::read(&cmdline_path).unwrap();
+        if !cmdline.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
     assert_eq!(cmdline, [&b"sleep"[..], b"\0", b"600", b"\0"].concat());
     agent.containerizer.kill("plain.1").await.expect("kill");
     agent.next_exit(EXIT_TIMEOUT).await;
