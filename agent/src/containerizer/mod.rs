@@ -26,8 +26,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{debug, info, info_span, warn, Instrument};
 
@@ -46,11 +44,13 @@ mod bare;
 mod command;
 mod error;
 mod exit;
+mod limits;
 mod spec;
 
 use adopted::{adopted_end, same_process, supervised_end};
 use command::{command, program, task_command, wait_started};
 use exit::report;
+use limits::enforce_memory_limit;
 
 pub use bare::bare_launch_cycle;
 pub use error::{KillError, LaunchError};
@@ -125,7 +125,7 @@ struct Task {
     mem_mb: u64,
     kill_grace: Duration,
     kill_requested: AtomicBool,
-    /// The agent killed it for running out of memory (see [`enforce_memory_limit`]).
+    /// The agent killed it for running out of memory (see [`limits::enforce_memory_limit`]).
     memory_limited: AtomicBool,
     exited: AtomicBool,
     /// Notified when the main process has exited.
@@ -134,7 +134,7 @@ struct Task {
     recovered: bool,
     /// When its timeout runs out (unix ms), if it has one.
     deadline_ms: Option<u64>,
-    /// The agent killed it for running past its timeout (see [`enforce_timeout`]).
+    /// The agent killed it for running past its timeout (see [`Inner::enforce_timeout`]).
     timed_out: AtomicBool,
 }
 
@@ -681,34 +681,6 @@ impl Inner {
     }
 }
 
-impl Inner {
-    /// Kills a task with its kill policy once its timeout runs out, unless it ended before.
-    async fn enforce_timeout(self: Arc<Self>, task: Arc<Task>) {
-        let Some(deadline_ms) = task.deadline_ms else {
-            return;
-        };
-        let ended = task.ended.notified();
-        tokio::pin!(ended);
-        ended.as_mut().enable();
-        if task.exited.load(Ordering::SeqCst) {
-            return;
-        }
-        let left = Duration::from_millis(deadline_ms.saturating_sub(unix_ms()));
-        tokio::select! {
-            _ = tokio::time::sleep(left) => {}
-            _ = ended => return,
-        }
-        if task.exited.load(Ordering::SeqCst) {
-            return;
-        }
-        info!("timeout reached: killing the task");
-        task.timed_out.store(true, Ordering::SeqCst);
-        if let Err(e) = self.kill(&task.id).await {
-            warn!(error = %e, "cannot kill a task past its timeout");
-        }
-    }
-}
-
 /// Now, in milliseconds since the epoch (0 before it): the agent's one clock for times it
 /// reports or keeps.
 pub(crate) fn unix_ms() -> u64 {
@@ -745,58 +717,6 @@ async fn kill_all(task: &Task) {
         Err(e) => warn!(error = %e, "cannot kill the task"),
         Ok(Ok(_)) => {}
     }
-}
-
-/// Kills the whole task once its isolation reports that it ran out of memory, where the
-/// kernel itself kills only one process (cgroup v1), as it does on cgroup v2: a task that
-/// lost a process to its memory limit is not left running crippled. Returns when the task
-/// ends.
-async fn enforce_memory_limit(task: Arc<Task>) {
-    let ended = task.ended.notified();
-    tokio::pin!(ended);
-    ended.as_mut().enable();
-    let watched = task
-        .isolation
-        .oom_events()
-        .map_err(|e| e.to_string())
-        .and_then(|fd| {
-            fd.map(|fd| {
-                // SAFETY: an OwnedFd stays open, and names the same eventfd, while it is owned.
-                unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
-                    .map_err(|e| e.to_string())
-            })
-            .transpose()
-        });
-    let events = match watched {
-        Ok(Some(events)) => events,
-        Ok(None) => return,
-        Err(e) => {
-            warn!(error = %e, "cannot watch the task's memory: a process killed for memory may leave the rest running");
-            return;
-        }
-    };
-    if task.exited.load(Ordering::SeqCst) {
-        return;
-    }
-    tokio::select! {
-        _ = ended => return,
-        ready = events.readable() => {
-            if let Err(e) = ready {
-                warn!(error = %e, "cannot watch the task's memory");
-                return;
-            }
-        }
-    }
-    // The group's removal also signals the eventfd; by then the task has ended.
-    if task.exited.load(Ordering::SeqCst) {
-        return;
-    }
-    task.memory_limited.store(true, Ordering::SeqCst);
-    warn!(
-        mem_mb = task.mem_mb,
-        "the task ran out of memory: killing all of it"
-    );
-    kill_all(&task).await;
 }
 
 #[cfg(test)]
