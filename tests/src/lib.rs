@@ -303,6 +303,43 @@ pub trait Mounted {
             Err(e) => panic!("reading {rel}: {e}\n{}", self.log_text()),
         }
     }
+
+    /// Launches one task, `spec` being a launch line, on framework `framework`'s next offer.
+    fn launch(&self, framework: &str, spec: &str) {
+        let offer = self
+            .sh_ok(&format!("cat frameworks/{framework}/offers/next"))
+            .trim()
+            .to_string();
+        self.sh_ok(&format!(
+            "echo '{spec}' > frameworks/{framework}/offers/{offer}/launch"
+        ));
+    }
+
+    /// A task's `status.json`.
+    fn status_json(&self, framework: &str, task: &str) -> serde_json::Value {
+        serde_json::from_str(
+            &self.read(&format!("frameworks/{framework}/tasks/{task}/status.json")),
+        )
+        .expect("status.json is JSON")
+    }
+
+    /// Waits for a task to end (a minute at most: a test whose task does not end fails
+    /// rather than hangs); returns its final state and `status.json`.
+    fn end_of(&self, framework: &str, task: &str) -> (String, serde_json::Value) {
+        let state = self
+            .sh_ok(&format!(
+                "timeout 60 cat frameworks/{framework}/tasks/{task}/wait"
+            ))
+            .trim()
+            .to_string();
+        (state, self.status_json(framework, task))
+    }
+
+    /// Waits (30 s at most) until a task runs.
+    fn wait_running(&mut self, framework: &str, task: &str) {
+        let state = format!("frameworks/{framework}/tasks/{task}/state");
+        self.wait_for_file(&state, "TASK_RUNNING", Duration::from_secs(30));
+    }
 }
 
 /// A cluster CA of a test's own, and certificates from it, made as an operator would with

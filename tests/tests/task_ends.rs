@@ -5,35 +5,9 @@ use std::time::{Duration, Instant};
 
 use mesofs_tests::{can_run, process_running, Dev, Mounted};
 
-/// Launches `keys -- command` (shell form) in framework `f` on its next offer.
+/// Launches `keys -- command` (shell form) in framework `f`, small.
 fn launch(dev: &Dev, keys: &str, command: &str) {
-    let offer = dev.sh_ok("cat frameworks/f/offers/next").trim().to_string();
-    dev.sh_ok(&format!(
-        "echo '{keys} cpus=0.1 mem=32 -- {command}' > frameworks/f/offers/{offer}/launch"
-    ));
-}
-
-/// Waits for task `name` of framework `f` to end (a minute at most: a test whose task does
-/// not end fails rather than hangs); returns its final state and `status.json`.
-fn end_of(dev: &Dev, name: &str) -> (String, serde_json::Value) {
-    let state = dev
-        .sh_ok(&format!("timeout 60 cat frameworks/f/tasks/{name}/wait"))
-        .trim()
-        .to_string();
-    (state, status_of(dev, name))
-}
-
-fn status_of(dev: &Dev, name: &str) -> serde_json::Value {
-    serde_json::from_str(&dev.read(&format!("frameworks/f/tasks/{name}/status.json")))
-        .expect("status.json is JSON")
-}
-
-/// Waits until task `name` of framework `f` runs.
-fn wait_running(dev: &mut Dev, name: &str) {
-    let state = dev.mount.join(format!("frameworks/f/tasks/{name}/state"));
-    dev.wait_for("the task to run", Duration::from_secs(30), || {
-        std::fs::read_to_string(&state).is_ok_and(|s| s.trim() == "TASK_RUNNING")
-    });
+    dev.launch("f", &format!("{keys} cpus=0.1 mem=32 -- {command}"));
 }
 
 /// A mesofs dev with framework `f`.
@@ -51,33 +25,33 @@ fn status_json_gives_the_exit_code_of_a_command_that_exited_and_the_signal_of_on
     let mut dev = dev_with_framework();
 
     launch(&dev, "name=three", "echo bye; exit 3");
-    let (state, status) = end_of(&dev, "three");
+    let (state, status) = dev.end_of("f", "three");
     assert_eq!(state, "TASK_FAILED");
     assert_eq!(status["exit_code"], 3, "{status}");
     assert!(status.get("signal").is_none(), "{status}");
 
     launch(&dev, "name=zero", "true");
-    let (state, status) = end_of(&dev, "zero");
+    let (state, status) = dev.end_of("f", "zero");
     assert_eq!(state, "TASK_FINISHED");
     assert_eq!(status["exit_code"], 0, "{status}");
 
     launch(&dev, "name=segv", "kill -SEGV $$");
-    let (state, status) = end_of(&dev, "segv");
+    let (state, status) = dev.end_of("f", "segv");
     assert_eq!(state, "TASK_FAILED");
     assert_eq!(status["signal"], 11, "{status}");
     assert!(status.get("exit_code").is_none(), "{status}");
 
     // Still running: nothing is said of how it ended.
     launch(&dev, "name=long", "sleep 613");
-    wait_running(&mut dev, "long");
-    let status = status_of(&dev, "long");
+    dev.wait_running("f", "long");
+    let status = dev.status_json("f", "long");
     assert!(
         status.get("exit_code").is_none() && status.get("signal").is_none(),
         "{status}"
     );
     // Killed: SIGTERM, which `sleep` does not catch.
     dev.sh_ok("echo > frameworks/f/tasks/long/kill");
-    let (state, status) = end_of(&dev, "long");
+    let (state, status) = dev.end_of("f", "long");
     assert_eq!(state, "TASK_KILLED");
     assert_eq!(status["signal"], 15, "{status}");
 }
@@ -95,7 +69,7 @@ fn a_task_past_its_timeout_is_killed_and_fails_with_the_timeout_reason() {
             .contains("timeout=1s"),
         "the spec's canonical form keeps the timeout"
     );
-    let (state, status) = end_of(&dev, "bounded");
+    let (state, status) = dev.end_of("f", "bounded");
     assert_eq!(state, "TASK_FAILED");
     // A bound on correctness, not a speed: sleep would have run for ten minutes.
     assert!(started.elapsed() < Duration::from_secs(60));
@@ -117,11 +91,11 @@ fn a_timeout_still_runs_out_after_a_sigkill_and_restart_of_the_agent() {
     }
     let mut dev = dev_with_framework();
     launch(&dev, "name=bounded timeout=5s", "sleep 623");
-    wait_running(&mut dev, "bounded");
+    dev.wait_running("f", "bounded");
     dev.kill9();
     assert!(process_running("sleep 623"), "it outlives its agent");
     dev.restart();
-    let (state, status) = end_of(&dev, "bounded");
+    let (state, status) = dev.end_of("f", "bounded");
     assert_eq!(state, "TASK_FAILED");
     assert_eq!(
         status["reason"], "REASON_MAX_COMPLETION_TIME_REACHED",
