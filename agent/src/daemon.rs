@@ -162,10 +162,16 @@ pub async fn start(mut config: AgentConfig) -> Result<AgentHandle, AgentError> {
     })?;
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let acls = Arc::new(SandboxAcls::load(&config.work_dir));
+    let isolator = crate::isolator::detect_for_agent(&agent_id);
+    info!(isolator = isolator.name(), "isolation");
+    let (containerizer, exits) =
+        Containerizer::new(config.work_dir.clone(), isolator, config.supervisor.clone());
+    let containerizer = Arc::new(containerizer);
     let files = FilesService::new(
         config.work_dir.clone(),
         Guard::of(config.tls.as_ref()),
         acls.clone(),
+        &containerizer,
     );
     let mut builder = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(MAX_IN_FLIGHT_PER_CONNECTION);
@@ -190,11 +196,6 @@ pub async fn start(mut config: AgentConfig) -> Result<AgentHandle, AgentError> {
         }
     });
 
-    let isolator = crate::isolator::detect_for_agent(&agent_id);
-    info!(isolator = isolator.name(), "isolation");
-    let (containerizer, exits) =
-        Containerizer::new(config.work_dir.clone(), isolator, config.supervisor.clone());
-    let containerizer = Arc::new(containerizer);
     let recovered = containerizer.recover().await;
     let identity = Identity {
         agent_id: agent_id.clone(),

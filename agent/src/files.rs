@@ -1,4 +1,5 @@
-//! The agent's Files service: reads of task sandbox files (stdout, stderr) for mounts.
+//! The agent's Files service: reads of task sandbox files (stdout, stderr) for mounts, and
+//! what the running tasks use.
 //!
 //! A sandbox belongs to its task's user, who may put anything there: a symlink to a root-only
 //! file, a FIFO, a device. The agent (root) therefore serves only a regular file directly in the
@@ -11,13 +12,14 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use mesofs_kernel::proto::files_server::Files;
-use mesofs_kernel::proto::{ReadReply, ReadRequest};
+use mesofs_kernel::proto::{ReadReply, ReadRequest, TaskUsage, UsageReply, UsageRequest};
 use mesofs_kernel::tls::{Guard, Kind};
 
 use crate::acls::SandboxAcls;
+use crate::containerizer::{unix_ms, Containerizer};
 use nix::errno::Errno;
 use nix::fcntl::{openat, OFlag};
 use nix::sys::stat::Mode;
@@ -28,21 +30,31 @@ use tracing::warn;
 /// The most one read returns.
 const MAX_READ: u64 = 1 << 20;
 
-/// Serves sandbox files under a work directory.
+/// Serves sandbox files under a work directory, and the usage of the tasks a containerizer
+/// runs.
 pub struct FilesService {
     work_dir: PathBuf,
     guard: Guard,
     acls: Arc<SandboxAcls>,
+    /// Weak: a connection the server still holds must not keep the tasks' handle alive.
+    containerizer: Weak<Containerizer>,
 }
 
 impl FilesService {
     /// A service for sandboxes under `work_dir/sandboxes`, to masters and mounts only (when
-    /// `guard` checks certificates), as far as the cluster's `acls` let them.
-    pub fn new(work_dir: PathBuf, guard: Guard, acls: Arc<SandboxAcls>) -> FilesService {
+    /// `guard` checks certificates), as far as the cluster's `acls` let them; and for the
+    /// usage of what `containerizer` runs while it lives.
+    pub fn new(
+        work_dir: PathBuf,
+        guard: Guard,
+        acls: Arc<SandboxAcls>,
+        containerizer: &Arc<Containerizer>,
+    ) -> FilesService {
         FilesService {
             work_dir,
             guard,
             acls,
+            containerizer: Arc::downgrade(containerizer),
         }
     }
 }
@@ -200,6 +212,51 @@ impl Files for FilesService {
         .await
         .map_err(|e| Status::internal(e.to_string()))?
         .map(Response::new)
+    }
+
+    /// Usage is figures about tasks, as the cluster state is, and no task's data: any master
+    /// or mount may ask, without the sandbox ACLs.
+    async fn usage(&self, request: Request<UsageRequest>) -> Result<Response<UsageReply>, Status> {
+        self.guard
+            .admit(&request, "read task usage", &[Kind::Master, Kind::Mount])?;
+        let asked = request.into_inner().task_ids;
+        let containerizer = self
+            .containerizer
+            .upgrade()
+            .ok_or_else(|| Status::unavailable("the agent is stopping"))?;
+        // Reads of cgroup files: off the async workers.
+        tokio::task::spawn_blocking(move || {
+            let ids = if asked.is_empty() {
+                containerizer.running()
+            } else {
+                asked
+            };
+            let tasks = ids
+                .into_iter()
+                .filter_map(|id| {
+                    let used = containerizer.usage(&id)?;
+                    let disk = containerizer.disk(&id);
+                    Some(TaskUsage {
+                        cpu_ns: used.cpu_ns,
+                        cpu_user_ns: used.cpu_user_ns,
+                        cpu_system_ns: used.cpu_system_ns,
+                        mem_bytes: used.mem_bytes,
+                        mem_peak_bytes: used.mem_peak_bytes,
+                        pids: used.pids,
+                        disk_bytes: disk.map(|d| d.bytes),
+                        disk_measured_ms: disk.map(|d| d.measured_ms),
+                        task_id: id,
+                    })
+                })
+                .collect();
+            UsageReply {
+                tasks,
+                measured_ms: unix_ms(),
+            }
+        })
+        .await
+        .map(Response::new)
+        .map_err(|e| Status::internal(e.to_string()))
     }
 }
 

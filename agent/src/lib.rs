@@ -1,8 +1,8 @@
 //! The mesofs agent: registers its resources with the leading master, runs tasks in
 //! sandboxes, each process tree in its own isolation (cgroups when the agent is root, process
 //! groups otherwise), reports how each one ended until the master acknowledges it, and serves
-//! the sandboxes' files. It checkpoints what it runs, so that restarted after a crash it takes
-//! its running tasks back and loses no status update.
+//! the sandboxes' files and what the tasks use. It checkpoints what it runs, so that restarted
+//! after a crash it takes its running tasks back and loses no status update.
 
 pub mod acls;
 pub mod checkpoint;

@@ -1,6 +1,7 @@
 //! The FUSE callbacks. Everything answerable from the local copy is answered on the session
-//! thread at once; anything that waits (blocking reads, commands, sandbox reads) runs on the
-//! tokio runtime and replies from there, so the session thread never blocks.
+//! thread at once; anything that waits (blocking reads, commands, sandbox reads, a running
+//! task's usage) runs on the tokio runtime and replies from there, so the session thread never
+//! blocks.
 
 use std::ffi::OsStr;
 use std::future::Future;
@@ -26,7 +27,7 @@ use crate::permissions;
 use crate::reads::{read_answer, read_events, read_sandbox};
 use crate::render;
 use crate::sandbox::SIZE_TIMEOUT;
-use crate::shared::{sandbox_target, Shared};
+use crate::shared::{sandbox_target, usage_target, Shared};
 use crate::tree::{self, Content, Kind, Node};
 use crate::write_limit::{command_limit, negotiated_max_pages, page_size, MAX_WRITE};
 
@@ -473,12 +474,46 @@ impl Filesystem for MesoFs {
         // Direct I/O everywhere: every read reaches us, so no page cache can serve a stale
         // version, and a read returns exactly what the open's content holds.
         let open_flags = FopenFlags::FOPEN_DIRECT_IO;
+        if let Content::Measured { task_id } = node.content() {
+            if let Some(address) = usage_target(&view, &task_id) {
+                drop(view);
+                let opener = process(req.pid());
+                let shared = self.shared.clone();
+                self.spawn(async move {
+                    let usage = shared
+                        .usages
+                        .of(&shared.sandbox, &address, &task_id)
+                        .await
+                        .ok()
+                        .flatten();
+                    let view = shared.copy.view();
+                    // Gone while its agent was asked.
+                    let Some(text) = render::measured(&view, &node, usage.as_ref()) else {
+                        return reply.error(Errno::ENOENT);
+                    };
+                    let mut attr = shared.attr(&view, &node, ino.0, 0);
+                    attr.size = text.len() as u64;
+                    attr.blocks = attr.size.div_ceil(512);
+                    let file = OpenFile {
+                        ino: ino.0,
+                        opener,
+                        attr,
+                        snapshot: true,
+                    };
+                    let handle = Handle::Content(Arc::from(text.into_bytes()));
+                    let fh = shared.handles.insert_file(handle, file);
+                    reply.opened(FileHandle(fh), open_flags);
+                });
+                return;
+            }
+        }
         let mut attr = self.shared.attr(&view, &node, ino.0, 0);
         let mut snapshot = false;
         let handle = match node.content() {
             // A setting opened for writing takes commands; opened to read, it is rendered.
             Content::Setting if write => Handle::Control(node.clone()),
-            Content::Rendered | Content::Setting => {
+            // Measured files of a task not running have nothing to measure.
+            Content::Rendered | Content::Setting | Content::Measured { .. } => {
                 let text = render::render(&view, &node, &self.shared.users).unwrap_or_default();
                 attr.size = text.len() as u64;
                 attr.blocks = attr.size.div_ceil(512);

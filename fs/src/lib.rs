@@ -22,6 +22,7 @@ pub mod render;
 pub mod sandbox;
 pub mod shared;
 pub mod tree;
+pub mod usage;
 pub mod users;
 pub mod write_limit;
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use mesofs_kernel::client::{Connector, MasterClient};
 use mesofs_kernel::proto::files_server::{Files, FilesServer};
-use mesofs_kernel::proto::{ReadReply, ReadRequest};
+use mesofs_kernel::proto::{ReadReply, ReadRequest, TaskUsage, UsageReply, UsageRequest};
 use mesofs_kernel::state::TaskState;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -39,7 +39,10 @@ fn can_mount() -> bool {
 /// Sandbox files an in-test agent serves, by (task id, file).
 type SandboxContent = Arc<Mutex<HashMap<(String, String), Vec<u8>>>>;
 
-struct TestFiles(SandboxContent);
+/// Usage an in-test agent reports, and when it says it measured it.
+type UsageContent = Arc<Mutex<(Vec<TaskUsage>, u64)>>;
+
+struct TestFiles(SandboxContent, UsageContent);
 
 #[tonic::async_trait]
 impl Files for TestFiles {
@@ -57,6 +60,14 @@ impl Files for TestFiles {
             size: data.len() as u64,
         }))
     }
+
+    async fn usage(
+        &self,
+        _request: tonic::Request<UsageRequest>,
+    ) -> Result<tonic::Response<UsageReply>, tonic::Status> {
+        let (tasks, measured_ms) = self.1.lock().unwrap().clone();
+        Ok(tonic::Response::new(UsageReply { tasks, measured_ms }))
+    }
 }
 
 /// A mounted test cluster.
@@ -65,6 +76,7 @@ struct Mounted {
     hello: String,
     idle: String,
     sandbox: SandboxContent,
+    usage: UsageContent,
     mount: Option<Mount>,
     dir: tempfile::TempDir,
     rt: tokio::runtime::Runtime,
@@ -78,13 +90,14 @@ impl Mounted {
             .build()
             .unwrap();
         let sandbox: SandboxContent = Arc::default();
+        let usage: UsageContent = Arc::default();
         let listener = rt
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();
         let files_addr = listener.local_addr().unwrap().to_string();
         rt.spawn(
             tonic::transport::Server::builder()
-                .add_service(FilesServer::new(TestFiles(sandbox.clone())))
+                .add_service(FilesServer::new(TestFiles(sandbox.clone(), usage.clone())))
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
         let (cluster, hello, idle) = standard(&files_addr);
@@ -105,6 +118,7 @@ impl Mounted {
             hello,
             idle,
             sandbox,
+            usage,
             mount: Some(mount),
             dir,
             rt,
@@ -246,6 +260,8 @@ fn the_tree_lists_reads_sizes_and_links_like_a_filesystem() {
         "ctl",
         "stdout",
         "stderr",
+        // Measured at open, by the task's agent (see the usage test).
+        "usage",
     ];
     let mut checked = 0;
     for line in found.lines() {
@@ -573,6 +589,45 @@ fn stdout_and_stderr_come_from_the_agent_at_the_read_offset() {
     assert_eq!(lines.next().unwrap().unwrap(), "line three");
     tail.kill().unwrap();
     tail.wait().unwrap();
+    m.unmount();
+}
+
+#[test]
+fn a_running_tasks_usage_is_its_agents_answer_in_usage_and_status_json() {
+    if !can_mount() {
+        return;
+    }
+    let m = Mounted::start();
+    *m.usage.lock().unwrap() = (
+        vec![TaskUsage {
+            task_id: format!("{}.web", m.hello),
+            cpu_ns: 2_500_000_000,
+            cpu_user_ns: Some(2_000_000_000),
+            cpu_system_ns: Some(500_000_000),
+            mem_bytes: 4096,
+            mem_peak_bytes: Some(8192),
+            pids: Some(3),
+            disk_bytes: Some(12288),
+            disk_measured_ms: Some(1_700_000_009_000),
+        }],
+        1_700_000_009_500,
+    );
+    assert_eq!(
+        m.read("frameworks/hello/tasks/web/usage"),
+        "cpu_seconds 2.500000\ncpu_user_seconds 2.000000\ncpu_system_seconds 0.500000\n\
+         mem_bytes 4096\nmem_peak_bytes 8192\npids 3\ndisk_bytes 12288\n\
+         disk_time_ms 1700000009000\ntime_ms 1700000009500\n"
+    );
+    let status: serde_json::Value =
+        serde_json::from_str(&m.read("frameworks/hello/tasks/web/status.json")).unwrap();
+    assert_eq!(status["usage"]["cpu_seconds"], 2.5);
+    assert_eq!(status["usage"]["pids"], 3);
+    assert_eq!(status["usage"]["time_ms"], 1_700_000_009_500u64);
+    // An ended task has no usage: the file is empty and status.json has none.
+    assert_eq!(m.read("frameworks/hello/tasks/batch/usage"), "");
+    let status: serde_json::Value =
+        serde_json::from_str(&m.read("frameworks/hello/tasks/batch/status.json")).unwrap();
+    assert!(status.get("usage").is_none(), "{status}");
     m.unmount();
 }
 

@@ -12,6 +12,7 @@ use crate::tree::{
     active_framework, agent_link_task, task_of, AgentFile, ClusterFile, FrameworkFile, MasterFile,
     Node, OfferFile, RoleFile, TaskFile,
 };
+use crate::usage::{self, Measured};
 use crate::users::Users;
 
 /// The text of `/README`.
@@ -128,7 +129,7 @@ pub fn render(view: &View, node: &Node, users: &Users) -> Option<String> {
             let task = task_of(view, f, t)?;
             match file {
                 TaskFile::State => line(task.state().as_str()),
-                TaskFile::StatusJson => status_json(view, task),
+                TaskFile::StatusJson | TaskFile::Usage => return measured(view, node, None),
                 TaskFile::Spec => line(task.spec.to_line()),
                 _ => return None,
             }
@@ -205,8 +206,22 @@ pub fn wait_result(view: &View, task_id: &str) -> Option<String> {
         .then(|| line(task.state().as_str()))
 }
 
-/// `status.json`: the whole task as one JSON object.
-pub fn status_json(view: &View, task: &TaskInfo) -> String {
+/// `status.json` or `usage` of a task, with its usage as measured (`None`: not known, as for
+/// a task that is not running).
+pub fn measured(view: &View, node: &Node, usage: Option<&Measured>) -> Option<String> {
+    let Node::TaskFile(f, t, file) = node else {
+        return None;
+    };
+    let task = task_of(view, f, t)?;
+    match file {
+        TaskFile::StatusJson => Some(status_json(view, task, usage)),
+        TaskFile::Usage => Some(usage.map(usage::text).unwrap_or_default()),
+        _ => None,
+    }
+}
+
+/// `status.json`: the whole task as one JSON object, with its usage when known.
+pub fn status_json(view: &View, task: &TaskInfo, usage: Option<&Measured>) -> String {
     let last = task.last();
     let framework = view
         .state
@@ -256,6 +271,9 @@ pub fn status_json(view: &View, task: &TaskInfo) -> String {
     }
     if let Some(signal) = last.signal {
         value["signal"] = json!(signal);
+    }
+    if let Some(u) = usage {
+        value["usage"] = usage::json(u);
     }
     let mut text = serde_json::to_string_pretty(&value).expect("a JSON value serializes");
     text.push('\n');

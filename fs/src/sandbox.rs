@@ -1,5 +1,5 @@
-//! Task sandbox files (`stdout`, `stderr`), read from the Files service of the task's agent
-//! over one cached connection per agent.
+//! Task sandbox files (`stdout`, `stderr`) and running tasks' usage, read from the Files
+//! service of the task's agent over one cached connection per agent.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use mesofs_kernel::client::Connector;
 use mesofs_kernel::proto::files_client::FilesClient;
-use mesofs_kernel::proto::{ReadReply, ReadRequest};
+use mesofs_kernel::proto::{ReadReply, ReadRequest, UsageReply, UsageRequest};
 use tonic::transport::Channel;
 use tracing::debug;
 
@@ -97,15 +97,45 @@ impl SandboxFiles {
         length: u64,
         timeout: Duration,
     ) -> Result<ReadReply, SandboxError> {
+        let request = ReadRequest {
+            task_id: task_id.to_string(),
+            file: file.to_string(),
+            offset,
+            length,
+        };
+        self.call(address, timeout, |mut client| async move {
+            client.read(request).await
+        })
+        .await
+        .inspect_err(|e| debug!(task = %task_id, error = %e, "sandbox read failed"))
+    }
+
+    /// What every task the agent at `address` runs uses now.
+    pub async fn usage(
+        &self,
+        address: &str,
+        timeout: Duration,
+    ) -> Result<UsageReply, SandboxError> {
+        self.call(address, timeout, |mut client| async move {
+            client.usage(UsageRequest::default()).await
+        })
+        .await
+        .inspect_err(|e| debug!(agent = %address, error = %e, "usage request failed"))
+    }
+
+    /// One call to the agent at `address`, given up after `timeout`.
+    async fn call<T, F>(
+        &self,
+        address: &str,
+        timeout: Duration,
+        call: impl FnOnce(FilesClient<Channel>) -> F,
+    ) -> Result<T, SandboxError>
+    where
+        F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
         let request = async {
-            let mut client = self.client(address).await?;
-            client
-                .read(ReadRequest {
-                    task_id: task_id.to_string(),
-                    file: file.to_string(),
-                    offset,
-                    length,
-                })
+            let client = self.client(address).await?;
+            call(client)
                 .await
                 .map(|r| r.into_inner())
                 .map_err(|status| SandboxError::Refused {
@@ -120,9 +150,8 @@ impl SandboxFiles {
                 timeout,
             }),
         };
-        if let Err(e) = &result {
+        if result.is_err() {
             // A fresh connection next time: the agent may have restarted elsewhere.
-            debug!(task = %task_id, error = %e, "sandbox read failed");
             self.channels.lock().expect("channels lock").remove(address);
         }
         result

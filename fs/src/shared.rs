@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{FileAttr, FileType, INodeNo};
 use mesofs_kernel::client::{LocalCopy, MasterClient, WriteError, Writer};
 use mesofs_kernel::proto::write_request::Op;
+use mesofs_kernel::state::{AgentState, TaskState};
 use mesofs_kernel::watch::View;
 use tracing::info;
 
@@ -20,6 +21,7 @@ use crate::inodes::Inodes;
 use crate::render;
 use crate::sandbox::SandboxFiles;
 use crate::tree::{self, Content, Kind, Node};
+use crate::usage::Usages;
 use crate::users::Users;
 use crate::write_limit::DEFAULT_COMMAND_LIMIT;
 
@@ -35,8 +37,10 @@ pub struct Shared {
     pub inodes: Mutex<Inodes>,
     /// Open files and directories.
     pub handles: Handles,
-    /// Connections to agents for stdout/stderr.
+    /// Connections to agents for stdout/stderr and usage.
     pub sandbox: SandboxFiles,
+    /// Agents' latest answers about their tasks' usage.
+    pub usages: Usages,
     /// uid to user name.
     pub users: Users,
     /// Byte offsets of the `events` files.
@@ -58,6 +62,7 @@ impl Shared {
     pub fn new(client: MasterClient, copy: LocalCopy, rt: tokio::runtime::Handle) -> Shared {
         Shared {
             sandbox: SandboxFiles::new(client.connector().clone()),
+            usages: Usages::default(),
             client,
             copy,
             rt,
@@ -120,7 +125,7 @@ impl Shared {
             ),
             Kind::File => {
                 let size = match node.content() {
-                    Content::Rendered | Content::Setting => {
+                    Content::Rendered | Content::Setting | Content::Measured { .. } => {
                         render::render(view, node, &self.users).map_or(0, |t| t.len() as u64)
                     }
                     Content::Sandbox { .. } => sandbox_size,
@@ -171,6 +176,18 @@ impl Shared {
         };
         ms.map_or(self.started, |ms| UNIX_EPOCH + Duration::from_millis(ms))
     }
+}
+
+/// The Files address of the agent to ask for a task's usage: only while the task has started
+/// and is not over, on an agent that is connected.
+pub(crate) fn usage_target(view: &View, task_id: &str) -> Option<String> {
+    let task = view.state.tasks.get(task_id)?;
+    let state = task.state();
+    if state.is_terminal() || state == TaskState::Staging {
+        return None;
+    }
+    let agent = view.state.agents.get(&task.agent_id)?;
+    (agent.state == AgentState::Active).then(|| agent.address.clone())
 }
 
 /// Where a sandbox file lives: the agent's Files address, the task id and the file name.

@@ -174,6 +174,8 @@ named_files! {
         Kill => "kill",
         /// `wait`: blocks until the task ends.
         Wait => "wait",
+        /// `usage`: what the running task uses, asked of its agent.
+        Usage => "usage",
     }
 }
 
@@ -280,6 +282,12 @@ pub enum Content {
         task_id: String,
         /// `stdout` or `stderr`.
         file: &'static str,
+    },
+    /// `status.json` and `usage`: rendered at open with what the task uses now, asked of its
+    /// agent while it runs; without it at getattr.
+    Measured {
+        /// The task's cluster-unique id.
+        task_id: String,
     },
     /// `launch`, `decline`, `kill`: each write is one command.
     Control,
@@ -671,6 +679,9 @@ impl Node {
             Node::TaskFile(f, t, TaskFile::Wait) => Content::Wait {
                 task_id: task_id(f, t),
             },
+            Node::TaskFile(f, t, TaskFile::StatusJson | TaskFile::Usage) => Content::Measured {
+                task_id: task_id(f, t),
+            },
             Node::TaskFile(f, t, TaskFile::Stdout) => Content::Sandbox {
                 task_id: task_id(f, t),
                 file: "stdout",
@@ -970,7 +981,8 @@ mod tests {
                 "stdout",
                 "stderr",
                 "kill",
-                "wait"
+                "wait",
+                "usage"
             ]
         );
     }

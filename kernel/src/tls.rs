@@ -395,7 +395,7 @@ mod tests {
     use super::*;
     use crate::proto::files_client::FilesClient;
     use crate::proto::files_server::{Files, FilesServer};
-    use crate::proto::{ReadReply, ReadRequest};
+    use crate::proto::{ReadReply, ReadRequest, UsageReply, UsageRequest};
     use tonic::transport::{Endpoint, Server};
 
     fn issued(ca: &Path, kind: Kind, name: &str, out: &Path) -> TlsFiles {
@@ -458,6 +458,15 @@ mod tests {
                 data: who.to_string().into_bytes(),
                 size: 0,
             }))
+        }
+
+        async fn usage(
+            &self,
+            _request: tonic::Request<UsageRequest>,
+        ) -> Result<tonic::Response<UsageReply>, tonic::Status> {
+            Err(tonic::Status::unimplemented(
+                "this test asks only who reads",
+            ))
         }
     }
 

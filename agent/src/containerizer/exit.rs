@@ -121,6 +121,7 @@ mod tests {
             recovered: false,
             deadline_ms: None,
             timed_out: AtomicBool::new(false),
+            disk: std::sync::Mutex::new(None),
         }
     }
 

@@ -1,16 +1,23 @@
-//! Limits the agent enforces itself while a task runs, beyond what its isolation's kernel
-//! limits do: its timeout, and a whole-task kill when the kernel killed one of its processes
-//! for memory.
+//! What the agent watches and enforces itself while a task runs, beyond what its isolation's
+//! kernel limits do: its timeout, a whole-task kill when the kernel killed one of its
+//! processes for memory, and its sandbox's disk use.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tracing::{info, warn};
 
 use super::{kill_all, unix_ms, Inner, Task};
+use crate::sandbox::{self, DiskUse};
+
+/// The least time between two measurements of one sandbox's disk use.
+pub const DISK_INTERVAL: Duration = Duration::from_secs(1);
+/// A measurement that took `t` is followed by the next one no sooner than this many `t`
+/// later, so that measuring a sandbox of many files costs at most a twentieth of a core.
+const DISK_BACKOFF: u32 = 20;
 
 impl Inner {
     /// Kills a task with its kill policy once its timeout runs out, unless it ended before.
@@ -36,6 +43,47 @@ impl Inner {
         task.timed_out.store(true, Ordering::SeqCst);
         if let Err(e) = self.kill(&task.id).await {
             warn!(error = %e, "cannot kill a task past its timeout");
+        }
+    }
+
+    /// Measures the task's sandbox disk use from its start until it ends: every
+    /// [`DISK_INTERVAL`], or less often when a measurement is slow.
+    pub(super) async fn watch_disk(self: Arc<Self>, task: Arc<Task>) {
+        let dir = sandbox::path(&self.work_dir, &task.id);
+        let ended = task.ended.notified();
+        tokio::pin!(ended);
+        ended.as_mut().enable();
+        let mut warned = false;
+        loop {
+            if task.exited.load(Ordering::SeqCst) {
+                return;
+            }
+            let started = Instant::now();
+            let measured = {
+                let dir = dir.clone();
+                tokio::task::spawn_blocking(move || sandbox::disk_used(&dir)).await
+            };
+            let took = started.elapsed();
+            match measured {
+                Ok(Ok(bytes)) => {
+                    *task.disk.lock().expect("disk lock") = Some(DiskUse {
+                        bytes,
+                        measured_ms: unix_ms(),
+                    });
+                    warned = false;
+                }
+                Ok(Err(e)) if !warned => {
+                    warn!(error = %e, "cannot measure the task's disk use");
+                    warned = true;
+                }
+                Ok(Err(_)) => {}
+                // The runtime is shutting down.
+                Err(_) => return,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(DISK_INTERVAL.max(took * DISK_BACKOFF)) => {}
+                _ = &mut ended => return,
+            }
         }
     }
 }

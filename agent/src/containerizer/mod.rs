@@ -35,7 +35,7 @@ pub use crate::process::TaskUser;
 use crate::process::{huge_pages_disabled, spawn_isolated, Ended};
 use crate::procfs;
 use crate::reaper::{Reaper, Watch};
-use crate::sandbox::{self, Sandbox};
+use crate::sandbox::{self, DiskUse, Sandbox};
 use crate::spawner::Spawner;
 use crate::supervisor::Plan;
 
@@ -136,6 +136,8 @@ struct Task {
     deadline_ms: Option<u64>,
     /// The agent killed it for running past its timeout (see [`Inner::enforce_timeout`]).
     timed_out: AtomicBool,
+    /// Its sandbox's latest disk measurement (see [`Inner::watch_disk`]).
+    disk: Mutex<Option<DiskUse>>,
 }
 
 impl Containerizer {
@@ -274,6 +276,7 @@ impl Containerizer {
                 recovered: true,
                 deadline_ms: saved.deadline_ms,
                 timed_out: AtomicBool::new(false),
+                disk: Mutex::new(None),
             });
             inner
                 .tasks
@@ -328,6 +331,11 @@ impl Containerizer {
     /// What a running task has used so far.
     pub fn usage(&self, task_id: &str) -> Option<Usage> {
         Some(self.inner.task(task_id)?.isolation.usage())
+    }
+
+    /// The latest measurement of a running task's sandbox disk use, once there is one.
+    pub fn disk(&self, task_id: &str) -> Option<DiskUse> {
+        *self.inner.task(task_id)?.disk.lock().expect("disk lock")
     }
 
     /// The cgroup directories of a running task (empty without cgroup isolation).
@@ -443,6 +451,7 @@ impl Inner {
             recovered: false,
             deadline_ms,
             timed_out: AtomicBool::new(false),
+            disk: Mutex::new(None),
         });
         let killed_meanwhile = matches!(
             self.tasks
@@ -594,6 +603,11 @@ impl Inner {
         launched: oneshot::Receiver<()>,
     ) {
         tokio::spawn(enforce_memory_limit(task.clone()).instrument(tracing::Span::current()));
+        tokio::spawn(
+            self.clone()
+                .watch_disk(task.clone())
+                .instrument(tracing::Span::current()),
+        );
         if task.deadline_ms.is_some() {
             tokio::spawn(
                 self.clone()
