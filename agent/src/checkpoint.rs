@@ -37,6 +37,12 @@ pub struct TaskCheckpoint {
     /// When its timeout runs out (unix ms), if it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_ms: Option<u64>,
+    /// The most disk its sandbox may take (MiB), when enforced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_limit_mb: Option<u64>,
+    /// The only ports it may listen on, when watched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_ports: Option<Vec<u16>>,
 }
 
 /// A status update not yet acknowledged by the master.
@@ -337,6 +343,8 @@ mod tests {
             mem_mb: 32,
             kill_grace_ms: 3000,
             deadline_ms: Some(1_800_000_000_000),
+            disk_limit_mb: Some(16),
+            allowed_ports: Some(vec![31000, 31001]),
         };
         c.save_task(&task).unwrap();
         for n in [10, 2, 9] {

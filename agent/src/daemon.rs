@@ -16,7 +16,7 @@ use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
 
 use crate::acls::SandboxAcls;
-use crate::containerizer::Containerizer;
+use crate::containerizer::{Containerizer, Enforcement};
 use crate::files::FilesService;
 use crate::session::{Identity, Session};
 use mesofs_kernel::limits::{MAX_FILES_REQUEST, MAX_IN_FLIGHT_PER_CONNECTION};
@@ -78,6 +78,8 @@ pub struct AgentConfig {
     /// Its certificate (kind agent, named by the agent's id) for mutual TLS with the masters
     /// and on its file service; `None`: plain gRPC (`--insecure`).
     pub tls: Option<TlsFiles>,
+    /// Which of a task's resources it enforces beyond its cgroups (ports, disk).
+    pub enforcement: Enforcement,
 }
 
 /// A running agent.
@@ -224,6 +226,7 @@ pub async fn start(mut config: AgentConfig) -> Result<AgentHandle, AgentError> {
         exits,
         recovered,
         acls,
+        config.enforcement,
     );
     info!(agent = %agent_id, %resources, files = %files_addr, "agent started");
     Ok(AgentHandle {

@@ -21,7 +21,7 @@ mod reaper;
 mod spawner;
 
 pub use containerizer::{
-    bare_launch_cycle, Command, Containerizer, ExitKind, KillError, LaunchError, LaunchSpec,
-    TaskExit, TaskUser,
+    bare_launch_cycle, Command, Containerizer, Enforcement, ExitKind, KillError, LaunchError,
+    LaunchSpec, TaskExit, TaskUser,
 };
 pub use isolator::{detect, Isolation, Isolator, IsolatorError, Limits, Usage};

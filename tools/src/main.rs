@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use mesofs_agent::daemon::{self as agent, AgentConfig};
+use mesofs_agent::Enforcement;
 use mesofs_kernel::acls::Acls;
 use mesofs_kernel::client::{Connector, MasterClient};
 use mesofs_kernel::master::{self, LeaderConfig, MasterConfig, RaftTimings};
@@ -271,7 +272,31 @@ struct AgentArgs {
     #[arg(long, default_value = "")]
     attributes: String,
     #[command(flatten)]
+    enforcement: EnforcementArgs,
+    #[command(flatten)]
     tls: certs::TlsArgs,
+}
+
+/// What an agent holds its tasks to beyond their cgroups.
+#[derive(Args, Clone)]
+struct EnforcementArgs {
+    /// Let tasks listen on ports they were not given (by default such a task is killed,
+    /// TASK_FAILED with REASON_CONTAINER_LIMITATION).
+    #[arg(long)]
+    no_port_enforcement: bool,
+    /// Let sandboxes grow past their task's disk (by default such a task is killed,
+    /// TASK_FAILED with REASON_CONTAINER_LIMITATION_DISK).
+    #[arg(long)]
+    no_disk_enforcement: bool,
+}
+
+impl EnforcementArgs {
+    fn config(&self) -> Enforcement {
+        Enforcement {
+            ports: !self.no_port_enforcement,
+            disk: !self.no_disk_enforcement,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -306,6 +331,8 @@ struct DevArgs {
     /// The agent's attributes, e.g. "rack:r1;zone:a".
     #[arg(long, default_value = "")]
     attributes: String,
+    #[command(flatten)]
+    enforcement: EnforcementArgs,
     #[command(flatten)]
     leader: LeaderArgs,
 }
@@ -423,6 +450,7 @@ async fn run_agent(a: AgentArgs) -> Result<()> {
             &[Kind::Agent],
             "mesofs cert issue --ca CA --kind agent --name ID --host HOST --out DIR",
         )?,
+        enforcement: a.enforcement.config(),
     })
     .await?;
     let sig = stop_signal().await?;
@@ -506,6 +534,7 @@ async fn run_dev(a: DevArgs) -> Result<()> {
         attributes: a.attributes,
         supervisor: std::env::current_exe().ok(),
         tls: Some(tls.agent),
+        enforcement: a.enforcement.config(),
     })
     .await?;
     let client = MasterClient::new(vec![master_addr.clone()], Connector::tls(tls.mount));

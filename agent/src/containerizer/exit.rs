@@ -38,15 +38,22 @@ pub struct TaskExit {
     pub signal: Option<i32>,
 }
 
-/// The report of a task's end: a kill on request wins over an OOM kill, which wins over
-/// the exit status.
+/// The report of a task's end: a limit the agent enforced (disk, ports, timeout) wins over a
+/// kill on request, which wins over an OOM kill, which wins over the exit status.
 pub(super) fn report(task: &Task, ended: Ended, killed: bool, oom: bool) -> TaskExit {
     let (exit_code, signal) = match ended {
         Ended::Exited(c) => (Some(c), None),
         Ended::Signaled(s) => (None, Some(s)),
         Ended::Unknown => (None, None),
     };
-    let (kind, reason, message) = if task.timed_out.load(Ordering::SeqCst) {
+    let limitation = task.limitation.lock().expect("limitation lock").clone();
+    let (kind, reason, message) = if let Some((reason, why)) = limitation {
+        (
+            ExitKind::Failed,
+            reason,
+            format!("{why} (main process: {})", ended.describe()),
+        )
+    } else if task.timed_out.load(Ordering::SeqCst) {
         (
             ExitKind::Failed,
             REASON_MAX_COMPLETION_TIME_REACHED,
@@ -122,6 +129,9 @@ mod tests {
             deadline_ms: None,
             timed_out: AtomicBool::new(false),
             disk: std::sync::Mutex::new(None),
+            disk_limit_mb: None,
+            allowed_ports: None,
+            limitation: std::sync::Mutex::new(None),
         }
     }
 

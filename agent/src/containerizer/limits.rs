@@ -1,16 +1,18 @@
 //! What the agent watches and enforces itself while a task runs, beyond what its isolation's
 //! kernel limits do: its timeout, a whole-task kill when the kernel killed one of its
-//! processes for memory, and its sandbox's disk use.
+//! processes for memory, its sandbox's disk use, and the ports it listens on.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
-use tracing::{info, warn};
+use tracing::{info, info_span, warn, Instrument};
 
-use super::{kill_all, unix_ms, Inner, Task};
+use super::{kill_all, unix_ms, Inner, Slot, Task};
+use super::{REASON_CONTAINER_LIMITATION, REASON_CONTAINER_LIMITATION_DISK};
+use crate::procfs::{self, Listening};
 use crate::sandbox::{self, DiskUse};
 
 /// The least time between two measurements of one sandbox's disk use.
@@ -18,6 +20,12 @@ pub const DISK_INTERVAL: Duration = Duration::from_secs(1);
 /// A measurement that took `t` is followed by the next one no sooner than this many `t`
 /// later, so that measuring a sandbox of many files costs at most a twentieth of a core.
 const DISK_BACKOFF: u32 = 20;
+/// The least time between two looks at the ports the watched tasks listen on.
+pub const PORTS_INTERVAL: Duration = Duration::from_millis(500);
+/// As [`DISK_BACKOFF`], for the look at every watched task's ports.
+const PORTS_BACKOFF: u32 = 20;
+
+const MIB: u64 = 1024 * 1024;
 
 impl Inner {
     /// Kills a task with its kill policy once its timeout runs out, unless it ended before.
@@ -46,6 +54,67 @@ impl Inner {
         }
     }
 
+    /// Looks, every [`PORTS_INTERVAL`] (less often when a look is slow), at the sockets the
+    /// processes of every watched task hold, and kills a task that listens on a port it was
+    /// not given. One loop for all tasks, since every look reads the whole system's socket
+    /// tables; it ends with the containerizer.
+    pub(super) async fn watch_ports(inner: Weak<Inner>) {
+        loop {
+            let Some(me) = inner.upgrade() else {
+                return;
+            };
+            let watched: Vec<Arc<Task>> = me
+                .tasks
+                .lock()
+                .expect("tasks lock")
+                .values()
+                .filter_map(|slot| match slot {
+                    Slot::Running(t) if t.allowed_ports.is_some() => Some(t.clone()),
+                    _ => None,
+                })
+                .collect();
+            drop(me);
+            let started = Instant::now();
+            if !watched.is_empty() {
+                let found = tokio::task::spawn_blocking(move || {
+                    let listening = procfs::listening_sockets();
+                    watched
+                        .into_iter()
+                        .filter(|t| !t.exited.load(Ordering::SeqCst))
+                        .filter_map(|t| {
+                            let l = unlawful_listener(&t, &listening)?;
+                            Some((t, l))
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .await;
+                let Ok(found) = found else {
+                    // The runtime is shutting down.
+                    return;
+                };
+                for (task, l) in found {
+                    let allowed = task.allowed_ports.as_deref().unwrap_or_default();
+                    let given = if allowed.is_empty() {
+                        "it was given none".to_string()
+                    } else {
+                        let ports: Vec<String> = allowed.iter().map(u16::to_string).collect();
+                        format!("its ports are {}", ports.join(", "))
+                    };
+                    let message = format!(
+                        "it listens on {} port {}, which it was not given ({given})",
+                        l.proto, l.port
+                    );
+                    let span = info_span!("task", task = %task.id);
+                    impose(&task, REASON_CONTAINER_LIMITATION, message)
+                        .instrument(span)
+                        .await;
+                }
+            }
+            let took = started.elapsed();
+            tokio::time::sleep(PORTS_INTERVAL.max(took * PORTS_BACKOFF)).await;
+        }
+    }
+
     /// Measures the task's sandbox disk use from its start until it ends: every
     /// [`DISK_INTERVAL`], or less often when a measurement is slow.
     pub(super) async fn watch_disk(self: Arc<Self>, task: Arc<Task>) {
@@ -71,6 +140,14 @@ impl Inner {
                         measured_ms: unix_ms(),
                     });
                     warned = false;
+                    if let Some(limit) = task.disk_limit_mb.filter(|&l| bytes > l * MIB) {
+                        let message = format!(
+                            "its sandbox takes {:.1} MB of disk, more than its disk of {limit} MB",
+                            bytes as f64 / MIB as f64
+                        );
+                        impose(&task, REASON_CONTAINER_LIMITATION_DISK, message).await;
+                        return;
+                    }
                 }
                 Ok(Err(e)) if !warned => {
                     warn!(error = %e, "cannot measure the task's disk use");
@@ -86,6 +163,38 @@ impl Inner {
             }
         }
     }
+}
+
+/// The first socket a process of `task` listens on at a port it was not given, if any.
+/// Blocking (reads `/proc`).
+fn unlawful_listener(
+    task: &Task,
+    listening: &std::collections::HashMap<u64, Listening>,
+) -> Option<Listening> {
+    let allowed = task.allowed_ports.as_ref()?;
+    if listening.is_empty() {
+        return None;
+    }
+    task.isolation.pids().into_iter().find_map(|pid| {
+        procfs::socket_inodes(pid)
+            .into_iter()
+            .filter_map(|inode| listening.get(&inode).copied())
+            .find(|l| !allowed.contains(&l.port))
+    })
+}
+
+/// Kills the whole task at once (SIGKILL, no grace: it is breaking a limit) for a limit it
+/// broke, which its end then reports, unless it ended or broke another first.
+async fn impose(task: &Task, reason: &'static str, message: String) {
+    {
+        let mut limitation = task.limitation.lock().expect("limitation lock");
+        if limitation.is_some() || task.exited.load(Ordering::SeqCst) {
+            return;
+        }
+        warn!(reason, %message, "limit broken: killing the task");
+        *limitation = Some((reason, message));
+    }
+    kill_all(task).await;
 }
 
 /// Kills the whole task once its isolation reports that it ran out of memory, where the

@@ -55,7 +55,7 @@ use limits::enforce_memory_limit;
 pub use bare::bare_launch_cycle;
 pub use error::{KillError, LaunchError};
 pub use exit::{ExitKind, TaskExit};
-pub use spec::{Command, LaunchSpec};
+pub use spec::{Command, Enforcement, LaunchSpec};
 
 /// Reason of a task whose command exited on its own (successfully or not).
 pub const REASON_COMMAND_EXITED: &str = "REASON_COMMAND_EXITED";
@@ -65,6 +65,10 @@ pub const REASON_CONTAINER_LIMITATION_MEMORY: &str = "REASON_CONTAINER_LIMITATIO
 pub const REASON_TASK_KILLED: &str = "REASON_TASK_KILLED";
 /// Reason of a task whose end the agent could not learn because it was down.
 pub const REASON_AGENT_RESTARTED: &str = "REASON_AGENT_RESTARTED";
+/// Reason of a task killed for listening on a port it was not given.
+pub const REASON_CONTAINER_LIMITATION: &str = "REASON_CONTAINER_LIMITATION";
+/// Reason of a task killed because its sandbox grew past its disk.
+pub const REASON_CONTAINER_LIMITATION_DISK: &str = "REASON_CONTAINER_LIMITATION_DISK";
 /// Reason of a task killed because it ran past its timeout.
 pub const REASON_MAX_COMPLETION_TIME_REACHED: &str = "REASON_MAX_COMPLETION_TIME_REACHED";
 
@@ -138,6 +142,12 @@ struct Task {
     timed_out: AtomicBool,
     /// Its sandbox's latest disk measurement (see [`Inner::watch_disk`]).
     disk: Mutex<Option<DiskUse>>,
+    /// The most disk its sandbox may take (MiB), when enforced.
+    disk_limit_mb: Option<u64>,
+    /// The only ports it may listen on, when watched (see [`Inner::watch_ports`]).
+    allowed_ports: Option<Vec<u16>>,
+    /// The limit the agent killed it for, with the reason and message to report.
+    limitation: Mutex<Option<(&'static str, String)>>,
 }
 
 impl Containerizer {
@@ -173,6 +183,7 @@ impl Containerizer {
             changed: Notify::new(),
             shutting_down: AtomicBool::new(false),
         });
+        tokio::spawn(Inner::watch_ports(Arc::downgrade(&inner)));
         info!(isolator = inner.isolator.name(), "containerizer ready");
         (Containerizer { inner }, rx)
     }
@@ -277,6 +288,9 @@ impl Containerizer {
                 deadline_ms: saved.deadline_ms,
                 timed_out: AtomicBool::new(false),
                 disk: Mutex::new(None),
+                disk_limit_mb: saved.disk_limit_mb,
+                allowed_ports: saved.allowed_ports.clone(),
+                limitation: Mutex::new(None),
             });
             inner
                 .tasks
@@ -452,6 +466,9 @@ impl Inner {
             deadline_ms,
             timed_out: AtomicBool::new(false),
             disk: Mutex::new(None),
+            disk_limit_mb: spec.disk_limit_mb,
+            allowed_ports: spec.allowed_ports.clone(),
+            limitation: Mutex::new(None),
         });
         let killed_meanwhile = matches!(
             self.tasks
@@ -504,6 +521,8 @@ impl Inner {
             mem_mb: spec.mem_mb,
             kill_grace_ms: spec.kill_grace.as_millis() as u64,
             deadline_ms,
+            disk_limit_mb: spec.disk_limit_mb,
+            allowed_ports: spec.allowed_ports.clone(),
         };
         if let Err(e) = checkpoints.save_task(&saved) {
             warn!(error = %e, "cannot checkpoint the task: it will not survive a restart of the agent");

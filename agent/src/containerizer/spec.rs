@@ -38,6 +38,33 @@ pub struct LaunchSpec {
     /// How long it may run before it is killed and fails
     /// ([`REASON_MAX_COMPLETION_TIME_REACHED`](super::REASON_MAX_COMPLETION_TIME_REACHED)).
     pub timeout: Option<Duration>,
+    /// The most disk its sandbox may take, in MiB, before it is killed and fails
+    /// ([`REASON_CONTAINER_LIMITATION_DISK`](super::REASON_CONTAINER_LIMITATION_DISK));
+    /// `None`: not enforced.
+    pub disk_limit_mb: Option<u64>,
+    /// The only ports it may listen on; listening on another kills it
+    /// ([`REASON_CONTAINER_LIMITATION`](super::REASON_CONTAINER_LIMITATION)). `None`: not
+    /// watched.
+    pub allowed_ports: Option<Vec<u16>>,
+}
+
+/// Which of a task's resources the agent enforces beyond its cgroups, by watching it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Enforcement {
+    /// A task listening on a port it was not given is killed.
+    pub ports: bool,
+    /// A task whose sandbox grows past its `disk` is killed.
+    pub disk: bool,
+}
+
+impl Default for Enforcement {
+    /// Both on.
+    fn default() -> Enforcement {
+        Enforcement {
+            ports: true,
+            disk: true,
+        }
+    }
 }
 
 impl LaunchSpec {
@@ -54,6 +81,8 @@ impl LaunchSpec {
             kill_grace: DEFAULT_KILL_GRACE,
             user: None,
             timeout: None,
+            disk_limit_mb: None,
+            allowed_ports: None,
         }
     }
 

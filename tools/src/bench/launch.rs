@@ -133,6 +133,7 @@ pub async fn run(args: LaunchArgs) -> Result<()> {
         attributes: String::new(),
         supervisor: std::env::current_exe().ok(),
         tls: Some(tls.agent),
+        enforcement: Default::default(),
     };
     let agent = agent_rt.spawn(agent::start(agent_config)).await??;
     let client = MasterClient::new(vec![master.addr.to_string()], Connector::tls(tls.mount));
