@@ -16,7 +16,7 @@ use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
 
 use crate::acls::SandboxAcls;
-use crate::containerizer::{Containerizer, Enforcement};
+use crate::containerizer::{Confinement, Containerizer, Namespaces};
 use crate::files::FilesService;
 use crate::session::{Identity, Session};
 use mesofs_kernel::limits::{MAX_FILES_REQUEST, MAX_IN_FLIGHT_PER_CONNECTION};
@@ -78,8 +78,8 @@ pub struct AgentConfig {
     /// Its certificate (kind agent, named by the agent's id) for mutual TLS with the masters
     /// and on its file service; `None`: plain gRPC (`--insecure`).
     pub tls: Option<TlsFiles>,
-    /// Which of a task's resources it enforces beyond its cgroups (ports, disk).
-    pub enforcement: Enforcement,
+    /// How it confines tasks beyond their cgroups (ports, disk, namespaces).
+    pub confinement: Confinement,
 }
 
 /// A running agent.
@@ -199,6 +199,12 @@ pub async fn start(mut config: AgentConfig) -> Result<AgentHandle, AgentError> {
     });
 
     let recovered = containerizer.recover().await;
+    let mut confinement = config.confinement;
+    let ns = &mut confinement.namespaces;
+    if (ns.pid || ns.mount) && !nix::unistd::geteuid().is_root() {
+        warn!("not root: tasks run in the agent's pid and mount namespaces");
+        *ns = Namespaces::default();
+    }
     let identity = Identity {
         agent_id: agent_id.clone(),
         hostname: config.hostname.clone(),
@@ -226,7 +232,7 @@ pub async fn start(mut config: AgentConfig) -> Result<AgentHandle, AgentError> {
         exits,
         recovered,
         acls,
-        config.enforcement,
+        confinement,
     );
     info!(agent = %agent_id, %resources, files = %files_addr, "agent started");
     Ok(AgentHandle {

@@ -15,13 +15,14 @@ pub mod sandbox;
 pub mod session;
 pub mod supervisor;
 
+mod init;
 mod process;
 mod procfs;
 mod reaper;
 mod spawner;
 
 pub use containerizer::{
-    bare_launch_cycle, Command, Containerizer, Enforcement, ExitKind, KillError, LaunchError,
-    LaunchSpec, TaskExit, TaskUser,
+    bare_launch_cycle, Command, Confinement, Containerizer, ExitKind, KillError, LaunchError,
+    LaunchSpec, Namespaces, TaskExit, TaskUser,
 };
 pub use isolator::{detect, Isolation, Isolator, IsolatorError, Limits, Usage};

@@ -18,7 +18,7 @@ use crate::acls::SandboxAcls;
 use crate::checkpoint::{Checkpoints, UpdateCheckpoint};
 use crate::containerizer::unix_ms as now_ms;
 use crate::containerizer::{
-    Command, Containerizer, Enforcement, ExitKind, LaunchSpec, TaskExit, TaskUser,
+    Command, Confinement, Containerizer, ExitKind, LaunchSpec, TaskExit, TaskUser,
 };
 
 /// How often unacknowledged status updates are sent again.
@@ -216,15 +216,15 @@ pub struct Session {
     phases: Mutex<std::collections::HashMap<String, Phase>>,
     /// The cluster's ACLs, as each registration brings them.
     acls: Arc<SandboxAcls>,
-    /// Which resources its tasks are held to beyond their cgroups.
-    enforcement: Enforcement,
+    /// How its tasks are confined beyond their cgroups.
+    confinement: Confinement,
 }
 
 impl Session {
     /// A session for this agent; `exits` is the containerizer's exit channel, `recovered` the
     /// tasks the containerizer found running from an earlier run of the agent; `acls` takes
-    /// the ACLs each registration brings; `enforcement` says which of each task's resources
-    /// the agent watches.
+    /// the ACLs each registration brings; `confinement` says how the agent confines each task
+    /// beyond its cgroups.
     pub fn start(
         identity: Identity,
         masters: MasterClient,
@@ -232,7 +232,7 @@ impl Session {
         mut exits: mpsc::UnboundedReceiver<TaskExit>,
         recovered: Vec<String>,
         acls: Arc<SandboxAcls>,
-        enforcement: Enforcement,
+        confinement: Confinement,
     ) -> Arc<Session> {
         let outbox = Arc::new(Outbox::load(
             format!("{}-{}", identity.agent_id, now_ms()),
@@ -261,7 +261,7 @@ impl Session {
             outbox,
             phases: Mutex::new(phases),
             acls,
-            enforcement,
+            confinement,
         });
         let s = session.clone();
         tokio::spawn(async move {
@@ -521,9 +521,10 @@ impl Session {
                 kill_grace: Duration::from_millis(spec.grace_ms),
                 timeout: spec.timeout_ms.map(Duration::from_millis),
                 // A task with no disk (the default) is not limited, as in Mesos.
-                disk_limit_mb: (self.enforcement.disk && !spec.disk.is_zero())
+                disk_limit_mb: (self.confinement.disk && !spec.disk.is_zero())
                     .then(|| (spec.disk.milli() as u64).div_ceil(1000)),
-                allowed_ports: self.enforcement.ports.then(|| {
+                namespaces: self.confinement.namespaces,
+                allowed_ports: self.confinement.ports.then(|| {
                     l.ports
                         .iter()
                         .filter_map(|&p| u16::try_from(p).ok())

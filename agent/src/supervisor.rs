@@ -6,11 +6,13 @@
 //! OOM kill, not counted in its pids), ignores the signals a kill sends first (SIGTERM is for
 //! the command), waits, records how the command ended in its exit file, and ends the same
 //! way. If the agent dies, the supervisor lives on, and the restarted agent reads the exit
-//! file.
+//! file. With namespaces, what it forks is the task's [init](crate::init), pid 1 of the task's
+//! pid namespace, which forks the command in turn and tells the supervisor how it ended.
 
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
@@ -37,13 +39,19 @@ pub struct Plan {
     /// Whether the command runs with transparent huge pages disabled: the agent's own
     /// setting, given back to it (supervisors run without them, as their spawner does).
     pub huge_pages_disabled: bool,
+    /// Whether the task gets a pid namespace of its own, under an init of ours.
+    pub pid_namespace: bool,
+    /// Whether the task gets a mount namespace of its own (its sandbox's `tmp` as `/tmp`;
+    /// with a pid namespace, its own `/proc`).
+    pub mount_namespace: bool,
     /// The command; its first element is a path to the program.
     pub argv: Vec<OsString>,
 }
 
 impl Plan {
     /// The arguments that follow the program name: `supervise --exit-file F [--join DIR]...
-    /// [--user UID:GID] [--started-fd] [--huge-pages-disabled] -- ARGV...`.
+    /// [--user UID:GID] [--started-fd] [--huge-pages-disabled] [--pid-namespace]
+    /// [--mount-namespace] -- ARGV...`.
     pub fn to_args(&self) -> Vec<OsString> {
         let mut args: Vec<OsString> = vec![SUBCOMMAND.into(), "--exit-file".into()];
         args.push(self.exit_file.clone().into());
@@ -61,6 +69,12 @@ impl Plan {
         if self.huge_pages_disabled {
             args.push("--huge-pages-disabled".into());
         }
+        if self.pid_namespace {
+            args.push("--pid-namespace".into());
+        }
+        if self.mount_namespace {
+            args.push("--mount-namespace".into());
+        }
         args.push("--".into());
         args.extend(self.argv.iter().cloned());
         args
@@ -73,6 +87,8 @@ impl Plan {
         let mut user = None;
         let mut started_fd = false;
         let mut huge_pages_disabled = false;
+        let mut pid_namespace = false;
+        let mut mount_namespace = false;
         loop {
             let arg = args.next().ok_or("missing `--` before the command")?;
             match arg.to_str() {
@@ -98,6 +114,8 @@ impl Plan {
                 }
                 Some("--started-fd") => started_fd = true,
                 Some("--huge-pages-disabled") => huge_pages_disabled = true,
+                Some("--pid-namespace") => pid_namespace = true,
+                Some("--mount-namespace") => mount_namespace = true,
                 Some("--") => break,
                 _ => return Err(format!("unexpected argument {arg:?}")),
             }
@@ -112,6 +130,8 @@ impl Plan {
             user,
             started_fd,
             huge_pages_disabled,
+            pid_namespace,
+            mount_namespace,
             argv,
         })
     }
@@ -132,13 +152,35 @@ pub fn main(args: impl Iterator<Item = OsString>) -> ! {
     }
 }
 
-/// Forks and waits for the command, records how it ended, and ends the same way.
+/// Forks and waits for the command (or the task's init), records how it ended, and ends the
+/// same way.
 pub(crate) fn run(plan: &Plan) -> ! {
     let credentials = plan.user.map(|u| u.credentials());
     if plan.started_fd {
         // SAFETY: marking our descriptor 3 close-on-exec: the command's exec closes it.
         unsafe { libc::fcntl(STARTED_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
     }
+    let with_init = plan.pid_namespace || plan.mount_namespace;
+    if plan.pid_namespace {
+        // Our next child is pid 1 of a new pid namespace.
+        if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID) {
+            eprintln!("mesofs: cannot give the task a pid namespace: {e}");
+            std::process::exit(126);
+        }
+    }
+    // How the init says the command ended: a pid namespace's init cannot die of a signal it
+    // raises itself, so its own end cannot say it.
+    let report = if with_init {
+        match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("mesofs: cannot make the task's report pipe: {e}");
+                std::process::exit(126);
+            }
+        }
+    } else {
+        None
+    };
     // SAFETY: this process is single-threaded (no runtime was started), so the child may do
     // anything before exec.
     let pid = unsafe { libc::fork() };
@@ -150,7 +192,10 @@ pub(crate) fn run(plan: &Plan) -> ! {
         std::process::exit(126);
     }
     if pid == 0 {
-        exec_command(plan, credentials.as_ref());
+        match &report {
+            Some((_, w)) => be_init(plan, credentials.as_ref(), w.as_raw_fd()),
+            None => exec_command(plan, credentials.as_ref(), true),
+        }
     }
     if plan.started_fd {
         // SAFETY: closing our copy, so that the agent sees the end of the pipe when the
@@ -161,7 +206,21 @@ pub(crate) fn run(plan: &Plan) -> ! {
         // SAFETY: setting a signal to be ignored.
         unsafe { libc::signal(sig, libc::SIG_IGN) };
     }
+    let report = report.map(|(r, w)| {
+        drop(w);
+        r
+    });
     let ended = wait_for(pid);
+    let ended = match report {
+        Some(r) => {
+            let mut message = [0u8; 8];
+            let n = nix::unistd::read(&r, &mut message).unwrap_or(0);
+            // No word from the init: it was killed (SIGKILL of the whole task), or failed
+            // before the command ran; its own end says which.
+            crate::init::decode(&message[..n]).unwrap_or(ended)
+        }
+        None => ended,
+    };
     if let Err(e) = write_exit_file(&plan.exit_file, ended) {
         eprintln!(
             "mesofs: cannot record how the task ended in {}: {e}",
@@ -171,11 +230,26 @@ pub(crate) fn run(plan: &Plan) -> ! {
     end_like(ended)
 }
 
-/// In the forked child: joins the cgroups, becomes the task's user, then execs the command
-/// (inheriting environment, working directory and standard streams).
-fn exec_command(plan: &Plan, credentials: Option<&Credentials>) -> ! {
-    reset_signals();
-    disable_huge_pages(plan.huge_pages_disabled);
+/// In the forked child: the task's init. Joins the cgroups (so the whole namespace is in them),
+/// makes the task's mount namespace, then forks the command and serves it.
+fn be_init(plan: &Plan, credentials: Option<&Credentials>, report: i32) -> ! {
+    join_cgroups(plan);
+    if plan.mount_namespace {
+        if let Err(e) = crate::init::private_mounts(plan.user, plan.pid_namespace) {
+            eprintln!("mesofs: cannot give the task its mount namespace: {e}");
+            // SAFETY: leaving the forked child without running the parent's exit handlers.
+            unsafe { libc::_exit(126) };
+        }
+    }
+    crate::init::serve(
+        || exec_command(plan, credentials, false),
+        report,
+        plan.started_fd.then_some(STARTED_FD),
+    )
+}
+
+/// Joins the task's cgroups, or leaves the forked child.
+fn join_cgroups(plan: &Plan) {
     for dir in &plan.joins {
         if let Err(e) = fs::write(dir.join("cgroup.procs"), "0") {
             eprintln!(
@@ -185,6 +259,17 @@ fn exec_command(plan: &Plan, credentials: Option<&Credentials>) -> ! {
             // SAFETY: leaving the forked child without running the parent's exit handlers.
             unsafe { libc::_exit(126) };
         }
+    }
+}
+
+/// In the forked child: joins the cgroups (unless `join` is false: the init did), becomes the
+/// task's user, then execs the command (inheriting environment, working directory and
+/// standard streams).
+fn exec_command(plan: &Plan, credentials: Option<&Credentials>, join: bool) -> ! {
+    reset_signals();
+    disable_huge_pages(plan.huge_pages_disabled);
+    if join {
+        join_cgroups(plan);
     }
     if let Some(c) = credentials {
         if let Err(e) = c.switch() {
@@ -288,6 +373,8 @@ mod tests {
             }),
             started_fd: true,
             huge_pages_disabled: true,
+            pid_namespace: true,
+            mount_namespace: true,
             argv: vec!["/bin/sh".into(), "-c".into(), "echo -- --join".into()],
         };
         let args = plan.to_args();

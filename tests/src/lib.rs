@@ -50,10 +50,7 @@ pub fn mesofs_bin() -> PathBuf {
             .status()
             .expect("running cargo build for the mesofs binary");
         assert!(status.success(), "building the mesofs binary failed");
-        let target = std::env::var("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| workspace_root().join("target"));
-        target.join("debug").join("mesofs")
+        target_dir().join("debug").join("mesofs")
     })
     .clone()
 }
@@ -422,10 +419,21 @@ impl TestCa {
 
 /// A fresh temporary directory for one test's processes.
 pub fn temp_dir() -> tempfile::TempDir {
+    // Under the build's target directory, not /tmp: a task's /tmp is its own (it runs in a
+    // mount namespace of its own), and tests share files with their tasks.
+    let under = target_dir().join("tmp");
+    std::fs::create_dir_all(&under).expect("the target's tmp directory");
     tempfile::Builder::new()
         .prefix("mesofs-test-")
-        .tempdir()
+        .tempdir_in(under)
         .expect("temp dir")
+}
+
+/// The build's target directory.
+fn target_dir() -> PathBuf {
+    std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| workspace_root().join("target"))
 }
 
 /// Waits for a fresh mount to show a leader and a registered agent.

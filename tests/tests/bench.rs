@@ -124,7 +124,7 @@ fn the_launch_benchmark_prints_each_round_and_a_ratio_that_is_the_quotient_of_it
         assert!(master <= all, "{fsync_line}");
     }
     // The memory of tasks left running: found by their supervisors, each with a PSS.
-    let supervisor = figure(&stdout, "its supervisor's PSS", "KiB (median)");
+    let supervisor = figure(&stdout, "its supervisor's and init's PSS", "KiB (median)");
     assert!(supervisor > 0.0, "{stdout}");
     assert!(figure(&stdout, "KiB;", "KiB in all") >= supervisor);
 }

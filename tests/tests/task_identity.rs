@@ -153,7 +153,7 @@ fn a_task_keeps_the_agents_huge_page_setting_which_its_supervisor_runs_without()
             .sh_ok("cat frameworks/thp/offers/next")
             .trim()
             .to_string();
-        // The command's parent is its supervisor.
+        // The command's parent is its init, a fork of its supervisor.
         dev.sh_ok(&format!(
             "echo 'name={name} -- grep THP_enabled /proc/self/status; \
              grep THP_enabled /proc/$PPID/status; xargs -0 echo < /proc/$PPID/cmdline' \

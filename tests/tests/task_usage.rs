@@ -60,7 +60,7 @@ fn a_busy_tasks_usage_shows_its_cpu_seconds_growing_about_one_per_second_and_its
         then["mem_bytes"] > 0.0 && then["mem_peak_bytes"] > 0.0,
         "{then:?}"
     );
-    assert_eq!(then["pids"], 1.0, "the shell alone: {then:?}");
+    assert_eq!(then["pids"], 2.0, "the task's init and the shell: {then:?}");
 
     // status.json holds the same figures, measured when it was opened.
     let status = dev.status_json("f", "busy");

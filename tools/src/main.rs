@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use mesofs_agent::daemon::{self as agent, AgentConfig};
-use mesofs_agent::Enforcement;
+use mesofs_agent::{Confinement, Namespaces};
 use mesofs_kernel::acls::Acls;
 use mesofs_kernel::client::{Connector, MasterClient};
 use mesofs_kernel::master::{self, LeaderConfig, MasterConfig, RaftTimings};
@@ -272,14 +272,22 @@ struct AgentArgs {
     #[arg(long, default_value = "")]
     attributes: String,
     #[command(flatten)]
-    enforcement: EnforcementArgs,
+    confinement: ConfinementArgs,
     #[command(flatten)]
     tls: certs::TlsArgs,
 }
 
-/// What an agent holds its tasks to beyond their cgroups.
-#[derive(Args, Clone)]
-struct EnforcementArgs {
+/// How an agent confines its tasks beyond their cgroups.
+#[derive(Args, Clone, Debug)]
+pub(crate) struct ConfinementArgs {
+    /// Run tasks in the agent's pid namespace (by default each task has its own, whose pid 1
+    /// is an init of mesofs's).
+    #[arg(long)]
+    no_pid_namespace: bool,
+    /// Run tasks in the agent's mount namespace (by default each task has its own, with its
+    /// sandbox's tmp as /tmp and, with its own pid namespace, its own /proc).
+    #[arg(long)]
+    no_mount_namespace: bool,
     /// Let tasks listen on ports they were not given (by default such a task is killed,
     /// TASK_FAILED with REASON_CONTAINER_LIMITATION).
     #[arg(long)]
@@ -290,11 +298,16 @@ struct EnforcementArgs {
     no_disk_enforcement: bool,
 }
 
-impl EnforcementArgs {
-    fn config(&self) -> Enforcement {
-        Enforcement {
+impl ConfinementArgs {
+    /// The agent's configuration these flags say.
+    pub(crate) fn config(&self) -> Confinement {
+        Confinement {
             ports: !self.no_port_enforcement,
             disk: !self.no_disk_enforcement,
+            namespaces: Namespaces {
+                pid: !self.no_pid_namespace,
+                mount: !self.no_mount_namespace,
+            },
         }
     }
 }
@@ -332,7 +345,7 @@ struct DevArgs {
     #[arg(long, default_value = "")]
     attributes: String,
     #[command(flatten)]
-    enforcement: EnforcementArgs,
+    confinement: ConfinementArgs,
     #[command(flatten)]
     leader: LeaderArgs,
 }
@@ -450,7 +463,7 @@ async fn run_agent(a: AgentArgs) -> Result<()> {
             &[Kind::Agent],
             "mesofs cert issue --ca CA --kind agent --name ID --host HOST --out DIR",
         )?,
-        enforcement: a.enforcement.config(),
+        confinement: a.confinement.config(),
     })
     .await?;
     let sig = stop_signal().await?;
@@ -534,7 +547,7 @@ async fn run_dev(a: DevArgs) -> Result<()> {
         attributes: a.attributes,
         supervisor: std::env::current_exe().ok(),
         tls: Some(tls.agent),
-        enforcement: a.enforcement.config(),
+        confinement: a.confinement.config(),
     })
     .await?;
     let client = MasterClient::new(vec![master_addr.clone()], Connector::tls(tls.mount));

@@ -55,7 +55,7 @@ use limits::enforce_memory_limit;
 pub use bare::bare_launch_cycle;
 pub use error::{KillError, LaunchError};
 pub use exit::{ExitKind, TaskExit};
-pub use spec::{Command, Enforcement, LaunchSpec};
+pub use spec::{Command, Confinement, LaunchSpec, Namespaces};
 
 /// Reason of a task whose command exited on its own (successfully or not).
 pub const REASON_COMMAND_EXITED: &str = "REASON_COMMAND_EXITED";
@@ -570,6 +570,8 @@ impl Inner {
                     user,
                     started_fd: true,
                     huge_pages_disabled: huge_pages_disabled(),
+                    pid_namespace: spec.namespaces.pid,
+                    mount_namespace: spec.namespaces.mount,
                     argv,
                 };
                 let exec = command(spec, &sandbox, Some((spawner.bin(), plan)))?;

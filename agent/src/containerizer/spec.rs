@@ -46,30 +46,54 @@ pub struct LaunchSpec {
     /// ([`REASON_CONTAINER_LIMITATION`](super::REASON_CONTAINER_LIMITATION)). `None`: not
     /// watched.
     pub allowed_ports: Option<Vec<u16>>,
+    /// The namespaces it gets of its own (with a supervisor only).
+    pub namespaces: Namespaces,
 }
 
-/// Which of a task's resources the agent enforces beyond its cgroups, by watching it.
+/// The namespaces a task gets of its own.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Namespaces {
+    /// A pid namespace, whose pid 1 is an init of ours.
+    pub pid: bool,
+    /// A mount namespace: its sandbox's `tmp` as `/tmp`, and with a pid namespace its own
+    /// `/proc`.
+    pub mount: bool,
+}
+
+impl Namespaces {
+    /// Both.
+    pub const ALL: Namespaces = Namespaces {
+        pid: true,
+        mount: true,
+    };
+}
+
+/// How an agent confines its tasks beyond their cgroups: the resources it enforces by
+/// watching them, and the namespaces it gives them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Enforcement {
+pub struct Confinement {
     /// A task listening on a port it was not given is killed.
     pub ports: bool,
     /// A task whose sandbox grows past its `disk` is killed.
     pub disk: bool,
+    /// The namespaces each task gets of its own.
+    pub namespaces: Namespaces,
 }
 
-impl Default for Enforcement {
-    /// Both on.
-    fn default() -> Enforcement {
-        Enforcement {
+impl Default for Confinement {
+    /// All of it.
+    fn default() -> Confinement {
+        Confinement {
             ports: true,
             disk: true,
+            namespaces: Namespaces::ALL,
         }
     }
 }
 
 impl LaunchSpec {
     /// A spec with one core, 128 MiB, [`DEFAULT_PIDS_MAX`], [`DEFAULT_KILL_GRACE`], no
-    /// extra environment, run as the agent's user.
+    /// extra environment, run as the agent's user, in the agent's namespaces.
     pub fn new(task_id: impl Into<String>, command: Command) -> LaunchSpec {
         LaunchSpec {
             task_id: task_id.into(),
@@ -83,6 +107,7 @@ impl LaunchSpec {
             timeout: None,
             disk_limit_mb: None,
             allowed_ports: None,
+            namespaces: Namespaces::default(),
         }
     }
 

@@ -69,7 +69,7 @@ pub async fn run(args: FailoverArgs) -> Result<()> {
                 attributes: String::new(),
                 supervisor: std::env::current_exe().ok(),
                 tls: Some(masters.issue(Kind::Agent, &format!("bench-agent-{i}"))?),
-                enforcement: Default::default(),
+                confinement: Default::default(),
             })
             .await?,
         );

@@ -47,6 +47,9 @@ pub struct LaunchArgs {
     /// Where to put the temporary cluster's data and mount (a fresh directory under it).
     #[arg(long, default_value = "/tmp")]
     dir: PathBuf,
+    /// The agent's confinement, as `mesofs agent` takes it (all of it by default).
+    #[command(flatten)]
+    confinement: crate::ConfinementArgs,
 }
 
 /// The most floor launches at a time, however many tasks mesofs had in flight.
@@ -133,7 +136,7 @@ pub async fn run(args: LaunchArgs) -> Result<()> {
         attributes: String::new(),
         supervisor: std::env::current_exe().ok(),
         tls: Some(tls.agent),
-        enforcement: Default::default(),
+        confinement: args.confinement.config(),
     };
     let agent = agent_rt.spawn(agent::start(agent_config)).await??;
     let client = MasterClient::new(vec![master.addr.to_string()], Connector::tls(tls.mount));
@@ -175,7 +178,7 @@ pub async fn run(args: LaunchArgs) -> Result<()> {
     }
     if let Some(r) = &measured.resident {
         println!(
-            "memory per running task beyond its command ({} tasks of `sleep`): its supervisor's PSS {:.0} KiB (median), this process's (master, agent, mount) PSS growth {:.0} KiB; {:.0} KiB in all",
+            "memory per running task beyond its command ({} tasks of `sleep`): its supervisor's and init's PSS {:.0} KiB (median), this process's (master, agent, mount) PSS growth {:.0} KiB; {:.0} KiB in all",
             r.tasks,
             r.supervisor_pss,
             r.process_pss,
@@ -273,7 +276,7 @@ const RESIDENT: &str = "resident-";
 /// What running tasks cost in memory beyond their commands, in KiB.
 struct Resident {
     tasks: usize,
-    /// The median PSS of a task's supervisor.
+    /// The median PSS of a task's supervisor and init.
     supervisor_pss: f64,
     /// The growth of this process's PSS (master, agent and mount) per running task.
     process_pss: f64,
@@ -287,8 +290,10 @@ fn pss_kib(pid: &str) -> Option<f64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-/// The pids of the supervisors of tasks whose work directory is under `agent_dir`.
-fn supervisors(agent_dir: &Path) -> Vec<String> {
+/// The pids of the supervisors of tasks whose work directory is under `agent_dir`, and of
+/// their inits (which show the same command line), each with its task's exit file: one per
+/// task.
+fn supervisors(agent_dir: &Path) -> Vec<(String, Vec<u8>)> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -296,12 +301,14 @@ fn supervisors(agent_dir: &Path) -> Vec<String> {
     dir.filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()))
-        .filter(|pid| {
-            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-                return false;
-            };
+        .filter_map(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
             let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-            args.get(1) == Some(&&b"supervise"[..]) && args.iter().any(|a| a.starts_with(under))
+            if args.get(1) != Some(&&b"supervise"[..]) {
+                return None;
+            }
+            let exit_file = args.iter().find(|a| a.starts_with(under))?.to_vec();
+            Some((pid, exit_file))
         })
         .collect()
 }
@@ -491,11 +498,18 @@ impl Driver {
         })?;
         let after = pss_kib(&me).context("reading this process's PSS")?;
         let found = supervisors(agent_dir);
-        let mut each: Vec<f64> = found.iter().filter_map(|pid| pss_kib(pid)).collect();
+        // Each task's supervisor and init together.
+        let mut per_task: std::collections::BTreeMap<&[u8], f64> = Default::default();
+        for (pid, task) in &found {
+            if let Some(pss) = pss_kib(pid) {
+                *per_task.entry(task).or_default() += pss;
+            }
+        }
+        let mut each: Vec<f64> = per_task.into_values().collect();
         if each.len() != n {
             let shown: Vec<String> = found
                 .iter()
-                .map(|pid| {
+                .map(|(pid, _)| {
                     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
                     format!(
                         "{pid}: {}",
@@ -504,7 +518,7 @@ impl Driver {
                 })
                 .collect();
             bail!(
-                "found {} supervisors of {n} running tasks:\n{}",
+                "found the supervisors of {} tasks, not of the {n} running:\n{}",
                 each.len(),
                 shown.join("\n")
             );
