@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use nix::mount::{mount, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 
-use crate::process::{Ended, TaskUser};
+use crate::process::{fork_or_exit, Ended, TaskUser};
 
 /// Signals the init passes on to the command: those a kill or a terminal sends.
 const PASSED_ON: [libc::c_int; 9] = [
@@ -139,15 +139,7 @@ pub(crate) fn serve(command: impl FnOnce(), report: RawFd, started: Option<RawFd
         libc::sigprocmask(libc::SIG_BLOCK, &all, &mut old);
         old
     };
-    // SAFETY: this process is single-threaded, so the child may do anything before exec.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        eprintln!(
-            "mesofs: cannot fork the task's command: {}",
-            io::Error::last_os_error()
-        );
-        std::process::exit(126);
-    }
+    let pid = fork_or_exit("the task's command");
     if pid == 0 {
         command();
         // SAFETY: leaving the forked child, should the command return, without running the
@@ -187,11 +179,7 @@ pub(crate) fn serve(command: impl FnOnce(), report: RawFd, started: Option<RawFd
         // SAFETY: waiting for any child of ours: the command, or an orphan of the task.
         let r = unsafe { libc::waitpid(-1, &mut status, 0) };
         if r == pid {
-            break if libc::WIFSIGNALED(status) {
-                Ended::Signaled(libc::WTERMSIG(status))
-            } else {
-                Ended::Exited(libc::WEXITSTATUS(status))
-            };
+            break Ended::from_wait_status(status);
         }
         if r < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
             break Ended::Unknown;

@@ -75,6 +75,19 @@ impl Credentials {
     }
 }
 
+/// Forks the calling single-threaded process (a supervisor, an init); the child may do
+/// anything before it execs. A fork that fails ends the process with 126, saying what it
+/// could not fork.
+pub(crate) fn fork_or_exit(what: &str) -> libc::pid_t {
+    // SAFETY: fork(2); callers are single-threaded (no runtime was started in them).
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        eprintln!("mesofs: cannot fork {what}: {}", io::Error::last_os_error());
+        std::process::exit(126);
+    }
+    pid
+}
+
 /// Gives the calling process default signal dispositions and an empty signal mask: an
 /// ignored signal survives exec, and a task must not inherit the agent's (or the shell's that
 /// started it: background jobs ignore SIGINT and SIGQUIT). Async-signal-safe.
@@ -346,6 +359,15 @@ pub(crate) enum Ended {
 }
 
 impl Ended {
+    /// How a process ended, from the status `waitpid` gave for it.
+    pub(crate) fn from_wait_status(status: i32) -> Ended {
+        if libc::WIFSIGNALED(status) {
+            Ended::Signaled(libc::WTERMSIG(status))
+        } else {
+            Ended::Exited(libc::WEXITSTATUS(status))
+        }
+    }
+
     /// Says how it ended, e.g. "exited with status 3" or "killed by signal 9 (SIGKILL)".
     pub(crate) fn describe(self) -> String {
         match self {

@@ -16,7 +16,9 @@ use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
-use crate::process::{disable_huge_pages, reset_signals, Credentials, Ended, TaskUser};
+use crate::process::{
+    disable_huge_pages, fork_or_exit, reset_signals, Credentials, Ended, TaskUser,
+};
 
 /// The subcommand of the `mesofs` binary that runs a supervisor.
 pub const SUBCOMMAND: &str = "supervise";
@@ -181,16 +183,7 @@ pub(crate) fn run(plan: &Plan) -> ! {
     } else {
         None
     };
-    // SAFETY: this process is single-threaded (no runtime was started), so the child may do
-    // anything before exec.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        eprintln!(
-            "mesofs: cannot fork the task: {}",
-            io::Error::last_os_error()
-        );
-        std::process::exit(126);
-    }
+    let pid = fork_or_exit("the task");
     if pid == 0 {
         match &report {
             Some((_, w)) => be_init(plan, credentials.as_ref(), w.as_raw_fd()),
@@ -298,11 +291,7 @@ fn wait_for(pid: i32) -> Ended {
             return Ended::Unknown;
         }
     }
-    if libc::WIFSIGNALED(status) {
-        Ended::Signaled(libc::WTERMSIG(status))
-    } else {
-        Ended::Exited(libc::WEXITSTATUS(status))
-    }
+    Ended::from_wait_status(status)
 }
 
 /// Ends this process the way the command ended, so the agent's wait sees the same.

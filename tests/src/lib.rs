@@ -512,6 +512,13 @@ impl Dev {
         self.process.stop()
     }
 
+    /// Like [`Dev::start_with`], with framework `f` registered.
+    pub fn with_framework(extra_args: &[&str]) -> Dev {
+        let dev = Dev::start_with(extra_args);
+        dev.sh_ok("mkdir frameworks/f");
+        dev
+    }
+
     /// Starts `mesofs dev` again on the same data directory and mountpoint.
     pub fn restart(&mut self) {
         self.process.restart();

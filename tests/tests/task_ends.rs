@@ -10,19 +10,12 @@ fn launch(dev: &Dev, keys: &str, command: &str) {
     dev.launch("f", &format!("{keys} cpus=0.1 mem=32 -- {command}"));
 }
 
-/// A mesofs dev with framework `f`.
-fn dev_with_framework() -> Dev {
-    let dev = Dev::start();
-    dev.sh_ok("mkdir frameworks/f");
-    dev
-}
-
 #[test]
 fn status_json_gives_the_exit_code_of_a_command_that_exited_and_the_signal_of_one_killed() {
     if !can_run() {
         return;
     }
-    let mut dev = dev_with_framework();
+    let mut dev = Dev::with_framework(&[]);
 
     launch(&dev, "name=three", "echo bye; exit 3");
     let (state, status) = dev.end_of("f", "three");
@@ -61,7 +54,7 @@ fn a_task_past_its_timeout_is_killed_and_fails_with_the_timeout_reason() {
     if !can_run() {
         return;
     }
-    let dev = dev_with_framework();
+    let dev = Dev::with_framework(&[]);
     let started = Instant::now();
     launch(&dev, "name=bounded timeout=1s", "sleep 619");
     assert!(
@@ -89,7 +82,7 @@ fn a_timeout_still_runs_out_after_a_sigkill_and_restart_of_the_agent() {
     if !can_run() {
         return;
     }
-    let mut dev = dev_with_framework();
+    let mut dev = Dev::with_framework(&[]);
     launch(&dev, "name=bounded timeout=5s", "sleep 623");
     dev.wait_running("f", "bounded");
     dev.kill9();

@@ -26,18 +26,12 @@ fn free_udp_port() -> u16 {
         .expect("a free UDP port")
 }
 
-fn dev_with_framework(flags: &[&str]) -> Dev {
-    let dev = Dev::start_with(flags);
-    dev.sh_ok("mkdir frameworks/f");
-    dev
-}
-
 #[test]
 fn a_task_listening_on_a_port_it_was_not_given_fails_naming_the_port_and_its_own_port_is_fine() {
     if !can_run() {
         return;
     }
-    let mut dev = dev_with_framework(&[]);
+    let mut dev = Dev::with_framework(&[]);
     // Listens on its own port: lawful.
     dev.launch(
         "f",
@@ -102,7 +96,7 @@ fn a_task_whose_sandbox_grows_past_its_disk_fails_with_the_disk_reason() {
     if !can_run() {
         return;
     }
-    let dev = dev_with_framework(&[]);
+    let dev = Dev::with_framework(&[]);
     dev.launch(
         "f",
         "name=hog disk=1 cpus=0.1 mem=32 -- head -c 3000000 /dev/zero > ballast; sleep 653",
@@ -128,7 +122,7 @@ fn limits_are_enforced_on_tasks_a_restarted_agent_takes_back() {
     if !can_run() {
         return;
     }
-    let mut dev = dev_with_framework(&[]);
+    let mut dev = Dev::with_framework(&[]);
     // Listens only once the test says so, after the agent's SIGKILL and restart.
     dev.launch(
         "f",
@@ -156,7 +150,7 @@ fn agent_flags_turn_port_and_disk_enforcement_off() {
     if !can_run() {
         return;
     }
-    let mut dev = dev_with_framework(&["--no-port-enforcement", "--no-disk-enforcement"]);
+    let mut dev = Dev::with_framework(&["--no-port-enforcement", "--no-disk-enforcement"]);
     dev.launch(
         "f",
         &format!(

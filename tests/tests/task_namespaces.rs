@@ -4,12 +4,6 @@
 
 use mesofs_tests::{can_run, pids_of, process_running, Dev, Mounted};
 
-fn dev_with_framework(flags: &[&str]) -> Dev {
-    let dev = Dev::start_with(flags);
-    dev.sh_ok("mkdir frameworks/f");
-    dev
-}
-
 /// Runs `command` as task `name` to its end; returns its stdout.
 fn output_of(dev: &Dev, name: &str, command: &str) -> String {
     dev.launch("f", &format!("name={name} cpus=0.1 mem=32 -- {command}"));
@@ -23,7 +17,7 @@ fn a_task_sees_only_its_own_processes_under_our_init_and_cannot_signal_another_t
     if !can_run() {
         return;
     }
-    let mut dev = dev_with_framework(&[]);
+    let mut dev = Dev::with_framework(&[]);
     dev.launch("f", "name=neighbour cpus=0.1 mem=32 -- sleep 671");
     dev.wait_running("f", "neighbour");
     let neighbour = pids_of("sleep 671")[0];
@@ -62,7 +56,7 @@ fn the_init_reaps_what_the_task_orphans_and_passes_on_what_the_task_sends_it() {
     if !can_run() {
         return;
     }
-    let dev = dev_with_framework(&[]);
+    let dev = Dev::with_framework(&[]);
     let out = output_of(
         &dev,
         "orphans",
@@ -77,7 +71,7 @@ fn what_a_task_writes_to_tmp_is_invisible_to_another_task_and_to_the_machine() {
     if !can_run() {
         return;
     }
-    let mut dev = dev_with_framework(&[]);
+    let mut dev = Dev::with_framework(&[]);
     let name = format!("mesofs-private-{}", std::process::id());
     dev.launch(
         "f",
@@ -117,7 +111,7 @@ fn agent_flags_run_tasks_in_the_agents_pid_and_mount_namespaces() {
     if !can_run() {
         return;
     }
-    let mut dev = dev_with_framework(&["--no-pid-namespace", "--no-mount-namespace"]);
+    let mut dev = Dev::with_framework(&["--no-pid-namespace", "--no-mount-namespace"]);
     dev.launch("f", "name=neighbour cpus=0.1 mem=32 -- sleep 677");
     dev.wait_running("f", "neighbour");
     let ps = output_of(&dev, "ps", "ps ax -o args=");
