@@ -419,10 +419,15 @@ impl TestCa {
 
 /// A fresh temporary directory for one test's processes.
 pub fn temp_dir() -> tempfile::TempDir {
-    // Under the build's target directory, not /tmp: a task's /tmp is its own (it runs in a
-    // mount namespace of its own), and tests share files with their tasks.
-    let under = target_dir().join("tmp");
-    std::fs::create_dir_all(&under).expect("the target's tmp directory");
+    // Not under /tmp (nor a checkout there): a task's /tmp is its own (it runs in a mount
+    // namespace of its own), and tests share files with their tasks.
+    let var_tmp = Path::new("/var/tmp");
+    let under = if var_tmp.is_dir() {
+        var_tmp.to_path_buf()
+    } else {
+        target_dir().join("tmp")
+    };
+    std::fs::create_dir_all(&under).expect("a directory for the tests' files");
     tempfile::Builder::new()
         .prefix("mesofs-test-")
         .tempdir_in(under)

@@ -249,7 +249,7 @@ fn a_killed_spawner_leaves_its_tasks_running_and_reported_and_another_takes_its_
     // Its supervisor, now the agent's to reap, still reports how the command ended.
     std::fs::write(&go, "").unwrap();
     assert_eq!(
-        c.sh_ok("cat frameworks/f/tasks/s/wait").trim(),
+        c.sh_ok("timeout 60 cat frameworks/f/tasks/s/wait").trim(),
         "TASK_FAILED"
     );
     let status = c.read("frameworks/f/tasks/s/status.json");
