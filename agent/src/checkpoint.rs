@@ -43,6 +43,9 @@ pub struct TaskCheckpoint {
     /// The only ports it may listen on, when watched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_ports: Option<Vec<u16>>,
+    /// Whether its supervisor runs a health check (and keeps a health file).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub health: bool,
 }
 
 /// A status update not yet acknowledged by the master.
@@ -66,6 +69,16 @@ pub struct UpdateCheckpoint {
     /// The signal that killed the command, on an end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signal: Option<i32>,
+    /// The task's health, on an update that says it changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy: Option<bool>,
+    /// The number of that health change.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub health_seq: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The agent's checkpoint directory (`<work dir>/meta`).
@@ -120,6 +133,11 @@ impl Checkpoints {
         self.tasks.join(format!("{task_id}.exit"))
     }
 
+    /// Where a task's supervisor records its health checks' results.
+    pub fn health_file(&self, task_id: &str) -> PathBuf {
+        self.tasks.join(format!("{task_id}.health"))
+    }
+
     /// Records a running task.
     pub fn save_task(&self, task: &TaskCheckpoint) -> io::Result<()> {
         write_json(&self.tasks.join(format!("{}.json", task.task_id)), task)
@@ -134,6 +152,7 @@ impl Checkpoints {
     pub fn forget_task(&self, task_id: &str) {
         remove(&self.tasks.join(format!("{task_id}.json")));
         remove(&self.exit_file(task_id));
+        remove(&self.health_file(task_id));
     }
 
     /// Records status update number `n`.
@@ -329,6 +348,8 @@ mod tests {
             time_ms: 1,
             exit_code: None,
             signal: None,
+            healthy: Some(false),
+            health_seq: 3,
         }
     }
 
@@ -345,6 +366,7 @@ mod tests {
             deadline_ms: Some(1_800_000_000_000),
             disk_limit_mb: Some(16),
             allowed_ports: Some(vec![31000, 31001]),
+            health: true,
         };
         c.save_task(&task).unwrap();
         for n in [10, 2, 9] {

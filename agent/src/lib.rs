@@ -15,6 +15,7 @@ pub mod sandbox;
 pub mod session;
 pub mod supervisor;
 
+mod health;
 mod init;
 mod process;
 mod procfs;
@@ -23,6 +24,6 @@ mod spawner;
 
 pub use containerizer::{
     bare_launch_cycle, Command, Confinement, Containerizer, ExitKind, KillError, LaunchError,
-    LaunchSpec, Namespaces, TaskExit, TaskUser,
+    LaunchSpec, Namespaces, TaskEvent, TaskExit, TaskUser,
 };
 pub use isolator::{detect, Isolation, Isolator, IsolatorError, Limits, Usage};

@@ -88,6 +88,18 @@ pub(crate) fn fork_or_exit(what: &str) -> libc::pid_t {
     pid
 }
 
+/// A pidfd for `pid` (`pidfd_open(2)`): readable once the process has exited, whoever reaps
+/// it.
+pub(crate) fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor that nothing else owns.
+    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(raw) })
+}
+
 /// Gives the calling process default signal dispositions and an empty signal mask: an
 /// ignored signal survives exec, and a task must not inherit the agent's (or the shell's that
 /// started it: background jobs ignore SIGINT and SIGQUIT). Async-signal-safe.

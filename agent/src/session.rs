@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mesofs_kernel::client::{master_rpc, MasterClient};
+use mesofs_kernel::health::TaskHealth;
 use mesofs_kernel::proto::{self, agent_message, master_message, AgentMessage};
 use mesofs_kernel::spec::{TaskCommand, TaskSpec};
 use mesofs_kernel::state::TaskState;
@@ -18,7 +19,8 @@ use crate::acls::SandboxAcls;
 use crate::checkpoint::{Checkpoints, UpdateCheckpoint};
 use crate::containerizer::unix_ms as now_ms;
 use crate::containerizer::{
-    Command, Confinement, Containerizer, ExitKind, LaunchSpec, TaskExit, TaskUser,
+    Command, Confinement, Containerizer, ExitKind, LaunchSpec, TaskEvent, TaskExit, TaskUser,
+    REASON_TASK_HEALTH_CHECK_STATUS_UPDATED,
 };
 
 /// How often unacknowledged status updates are sent again.
@@ -78,6 +80,8 @@ impl Outbox {
                     time_ms: u.time_ms,
                     exit_code: u.exit_code,
                     signal: u.signal,
+                    healthy: u.healthy,
+                    health_seq: u.health_seq,
                 };
                 (n, update)
             })
@@ -92,31 +96,51 @@ impl Outbox {
     }
 
     fn push(&self, task_id: &str, state: TaskState, reason: &str, message: &str) {
-        self.push_end(task_id, state, reason, message, None, None);
-    }
-
-    /// Pushes an update that may say how the task's command ended.
-    fn push_end(
-        &self,
-        task_id: &str,
-        state: TaskState,
-        reason: &str,
-        message: &str,
-        exit_code: Option<i32>,
-        signal: Option<i32>,
-    ) {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let update = proto::StatusUpdate {
-            update_id: format!("{}-{n}", self.instance),
+        self.push_update(proto::StatusUpdate {
             task_id: task_id.to_string(),
             state: state.as_str().to_string(),
             reason: reason.to_string(),
             message: message.to_string(),
             time_ms: now_ms(),
-            exit_code,
-            signal,
-        };
-        info!(task = %task_id, state = state.as_str(), reason, message, "status update");
+            ..proto::StatusUpdate::default()
+        });
+    }
+
+    /// Pushes the report of a task's end.
+    fn push_end(&self, exit: &TaskExit, state: TaskState) {
+        self.push_update(proto::StatusUpdate {
+            task_id: exit.task_id.clone(),
+            state: state.as_str().to_string(),
+            reason: exit.reason.clone(),
+            message: exit.message.clone(),
+            time_ms: now_ms(),
+            exit_code: exit.exit_code,
+            signal: exit.signal,
+            ..proto::StatusUpdate::default()
+        });
+    }
+
+    /// Pushes a change of a running task's health: a TASK_RUNNING update with `healthy`, the
+    /// check's output as its message.
+    fn push_health(&self, task_id: &str, health: &TaskHealth) {
+        self.push_update(proto::StatusUpdate {
+            task_id: task_id.to_string(),
+            state: TaskState::Running.as_str().to_string(),
+            reason: REASON_TASK_HEALTH_CHECK_STATUS_UPDATED.to_string(),
+            message: health.output.clone(),
+            time_ms: health.time_ms,
+            healthy: Some(health.healthy),
+            health_seq: health.seq,
+            ..proto::StatusUpdate::default()
+        });
+    }
+
+    /// Numbers, checkpoints and sends an update.
+    fn push_update(&self, mut update: proto::StatusUpdate) {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        update.update_id = format!("{}-{n}", self.instance);
+        let task_id = update.task_id.as_str();
+        info!(task = %task_id, state = %update.state, reason = %update.reason, message = %update.message, healthy = ?update.healthy, "status update");
         if let Some(c) = &self.checkpoints {
             let saved = UpdateCheckpoint {
                 update_id: update.update_id.clone(),
@@ -127,6 +151,8 @@ impl Outbox {
                 time_ms: update.time_ms,
                 exit_code: update.exit_code,
                 signal: update.signal,
+                healthy: update.healthy,
+                health_seq: update.health_seq,
             };
             if let Err(e) = c.save_update(n, &saved) {
                 warn!(task = %task_id, error = %e, "cannot checkpoint a status update: it is lost if the agent restarts before it is acknowledged");
@@ -229,7 +255,7 @@ impl Session {
         identity: Identity,
         masters: MasterClient,
         containerizer: Arc<Containerizer>,
-        mut exits: mpsc::UnboundedReceiver<TaskExit>,
+        mut events: mpsc::UnboundedReceiver<TaskEvent>,
         recovered: Vec<String>,
         acls: Arc<SandboxAcls>,
         confinement: Confinement,
@@ -265,7 +291,14 @@ impl Session {
         });
         let s = session.clone();
         tokio::spawn(async move {
-            while let Some(exit) = exits.recv().await {
+            while let Some(event) = events.recv().await {
+                let exit = match event {
+                    TaskEvent::Ended(exit) => exit,
+                    TaskEvent::Health { task_id, health } => {
+                        s.health_changed(&task_id, &health);
+                        continue;
+                    }
+                };
                 let state = match exit.kind {
                     ExitKind::Finished => TaskState::Finished,
                     ExitKind::Failed => TaskState::Failed,
@@ -279,14 +312,7 @@ impl Session {
                     s.outbox.push(&exit.task_id, TaskState::Running, "", "");
                 }
                 phases.remove(&exit.task_id);
-                s.outbox.push_end(
-                    &exit.task_id,
-                    state,
-                    &exit.reason,
-                    &exit.message,
-                    exit.exit_code,
-                    exit.signal,
-                );
+                s.outbox.push_end(&exit, state);
                 // Its end is now kept as an update: the task's own checkpoint can go.
                 s.containerizer.forget(&exit.task_id);
             }
@@ -323,6 +349,24 @@ impl Session {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         true
+    }
+
+    /// Reports a running task's health change.
+    fn health_changed(self: &Arc<Self>, task_id: &str, health: &TaskHealth) {
+        let mut phases = self.phases.lock().expect("phases lock");
+        // The launch task may not have reported TASK_RUNNING yet: report it first, and leave
+        // the launch nothing to report (but a kill that came meanwhile to carry out).
+        if let Some(Phase::Launching { kill_requested }) = phases.get(task_id) {
+            let kill = *kill_requested;
+            self.outbox.push(task_id, TaskState::Running, "", "");
+            phases.insert(task_id.to_string(), Phase::Running);
+            if kill {
+                let s = self.clone();
+                let id = task_id.to_string();
+                tokio::spawn(async move { s.kill(&id).await });
+            }
+        }
+        self.outbox.push_health(task_id, health);
     }
 
     async fn run(self: Arc<Self>) {
@@ -531,6 +575,7 @@ impl Session {
                         .collect()
                 }),
                 user: Some(user),
+                health: spec.health.clone(),
             };
             let cancelled = matches!(
                 self.phases.lock().expect("phases lock").get(&l.task_id),
@@ -686,6 +731,8 @@ mod tests {
             time_ms: n,
             exit_code: None,
             signal: None,
+            healthy: None,
+            health_seq: 0,
         };
         c.save_update(n, &u).unwrap();
     }

@@ -488,12 +488,7 @@ fn start_supervisor(
     drop(report_w);
     drop(request);
     // Opened before anything here reaps: the pid surely names our child.
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
-    let pidfd = (raw >= 0).then(|| {
-        // SAFETY: a fresh descriptor that nothing else owns.
-        unsafe { OwnedFd::from_raw_fd(raw) }
-    });
+    let pidfd = crate::process::pidfd_open(pid).ok();
     let mut errno = [0u8; 4];
     let failed = match (&File::from(report_r)).read(&mut errno) {
         Ok(4) => Some((

@@ -15,7 +15,11 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use mesofs_kernel::health::HealthCheck;
+
+use crate::health::Target;
 use crate::process::{
     disable_huge_pages, fork_or_exit, reset_signals, Credentials, Ended, TaskUser,
 };
@@ -46,14 +50,27 @@ pub struct Plan {
     /// Whether the task gets a mount namespace of its own (its sandbox's `tmp` as `/tmp`;
     /// with a pid namespace, its own `/proc`).
     pub mount_namespace: bool,
+    /// The task's health check and where to record its results, if it has one.
+    pub health: Option<HealthPlan>,
+    /// Time between SIGTERM and SIGKILL when the supervisor kills the task (for its health).
+    pub kill_grace_ms: u64,
     /// The command; its first element is a path to the program.
     pub argv: Vec<OsString>,
+}
+
+/// A task's health check as its supervisor runs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthPlan {
+    /// The check.
+    pub check: HealthCheck,
+    /// Where each result is recorded (see the health module).
+    pub file: PathBuf,
 }
 
 impl Plan {
     /// The arguments that follow the program name: `supervise --exit-file F [--join DIR]...
     /// [--user UID:GID] [--started-fd] [--huge-pages-disabled] [--pid-namespace]
-    /// [--mount-namespace] -- ARGV...`.
+    /// [--mount-namespace] [--health JSON --health-file F] --kill-grace-ms N -- ARGV...`.
     pub fn to_args(&self) -> Vec<OsString> {
         let mut args: Vec<OsString> = vec![SUBCOMMAND.into(), "--exit-file".into()];
         args.push(self.exit_file.clone().into());
@@ -77,6 +94,14 @@ impl Plan {
         if self.mount_namespace {
             args.push("--mount-namespace".into());
         }
+        if let Some(h) = &self.health {
+            args.push("--health".into());
+            args.push(serde_json::to_string(&h.check).expect("plain data").into());
+            args.push("--health-file".into());
+            args.push(h.file.clone().into());
+        }
+        args.push("--kill-grace-ms".into());
+        args.push(self.kill_grace_ms.to_string().into());
         args.push("--".into());
         args.extend(self.argv.iter().cloned());
         args
@@ -91,6 +116,9 @@ impl Plan {
         let mut huge_pages_disabled = false;
         let mut pid_namespace = false;
         let mut mount_namespace = false;
+        let mut health_check = None;
+        let mut health_file = None;
+        let mut kill_grace_ms = 0;
         loop {
             let arg = args.next().ok_or("missing `--` before the command")?;
             match arg.to_str() {
@@ -118,6 +146,25 @@ impl Plan {
                 Some("--huge-pages-disabled") => huge_pages_disabled = true,
                 Some("--pid-namespace") => pid_namespace = true,
                 Some("--mount-namespace") => mount_namespace = true,
+                Some("--health") => {
+                    let text = args.next().ok_or("--health needs a check")?;
+                    let check = text
+                        .to_str()
+                        .and_then(|t| serde_json::from_str::<HealthCheck>(t).ok())
+                        .ok_or("--health needs a health check in JSON")?;
+                    health_check = Some(check);
+                }
+                Some("--health-file") => {
+                    health_file = Some(PathBuf::from(
+                        args.next().ok_or("--health-file needs a path")?,
+                    ))
+                }
+                Some("--kill-grace-ms") => {
+                    kill_grace_ms = args
+                        .next()
+                        .and_then(|t| t.to_str()?.parse().ok())
+                        .ok_or("--kill-grace-ms needs a number of milliseconds")?
+                }
                 Some("--") => break,
                 _ => return Err(format!("unexpected argument {arg:?}")),
             }
@@ -126,6 +173,11 @@ impl Plan {
         if argv.is_empty() {
             return Err("no command after `--`".into());
         }
+        let health = match (health_check, health_file) {
+            (Some(check), Some(file)) => Some(HealthPlan { check, file }),
+            (None, None) => None,
+            _ => return Err("--health and --health-file go together".into()),
+        };
         Ok(Plan {
             exit_file: exit_file.ok_or("missing --exit-file")?,
             joins,
@@ -134,6 +186,8 @@ impl Plan {
             huge_pages_disabled,
             pid_namespace,
             mount_namespace,
+            health,
+            kill_grace_ms,
             argv,
         })
     }
@@ -203,6 +257,17 @@ pub(crate) fn run(plan: &Plan) -> ! {
         drop(w);
         r
     });
+    if let Some(h) = &plan.health {
+        let target = Target {
+            child: pid,
+            joins: &plan.joins,
+            credentials: credentials.as_ref(),
+            pid_namespace: plan.pid_namespace,
+            mount_namespace: plan.mount_namespace,
+            kill_grace: Duration::from_millis(plan.kill_grace_ms),
+        };
+        crate::health::supervise(&target, &h.check, &h.file);
+    }
     let ended = wait_for(pid);
     let ended = match report {
         Some(r) => {
@@ -364,6 +429,14 @@ mod tests {
             huge_pages_disabled: true,
             pid_namespace: true,
             mount_namespace: true,
+            health: Some(HealthPlan {
+                check: HealthCheck::new(mesofs_kernel::health::Probe::Http {
+                    port_index: 1,
+                    path: "/ready?x=--".into(),
+                }),
+                file: "/w/meta/tasks/f-1.t.health".into(),
+            }),
+            kill_grace_ms: 2500,
             argv: vec!["/bin/sh".into(), "-c".into(), "echo -- --join".into()],
         };
         let args = plan.to_args();
@@ -378,6 +451,8 @@ mod tests {
         assert!(parse(&["--join", "/c", "--", "true"]).is_err());
         assert!(parse(&["--exit-file"]).is_err());
         assert!(parse(&["--bogus", "--", "true"]).is_err());
+        assert!(parse(&["--exit-file", "/x", "--health", "{}", "--", "true"]).is_err());
+        assert!(parse(&["--exit-file", "/x", "--kill-grace-ms", "soon", "--", "true"]).is_err());
     }
 
     #[test]

@@ -520,8 +520,8 @@ async fn shutdown_kills_every_task_and_returns_once_all_are_reported() {
         .await
         .expect("shutdown in time");
     let mut ended = [
-        agent.exits.try_recv().unwrap(),
-        agent.exits.try_recv().unwrap(),
+        agent.next_exit(Duration::ZERO).await,
+        agent.next_exit(Duration::ZERO).await,
     ];
     ended.sort_by(|a, b| a.task_id.cmp(&b.task_id));
     assert_eq!(ended[0].task_id, "down.1");

@@ -131,6 +131,10 @@ pub fn render(view: &View, node: &Node, users: &Users) -> Option<String> {
                 TaskFile::State => line(task.state().as_str()),
                 TaskFile::StatusJson | TaskFile::Usage => return measured(view, node, None),
                 TaskFile::Spec => line(task.spec.to_line()),
+                TaskFile::Healthy => match &task.health {
+                    Some(h) => line(h.healthy.to_string()),
+                    None => String::new(),
+                },
                 _ => return None,
             }
         }
@@ -271,6 +275,19 @@ pub fn status_json(view: &View, task: &TaskInfo, usage: Option<&Measured>) -> St
     }
     if let Some(signal) = last.signal {
         value["signal"] = json!(signal);
+    }
+    // With a health check: whether it is healthy (null before the first counted result),
+    // and the change that made it so, with its check's output.
+    if task.spec.health.is_some() {
+        value["healthy"] = json!(task.health.as_ref().map(|h| h.healthy));
+    }
+    if let Some(h) = &task.health {
+        value["health"] = json!({
+            "healthy": h.healthy,
+            "output": h.output,
+            "time_ms": h.time_ms,
+            "changes": h.seq,
+        });
     }
     if let Some(u) = usage {
         value["usage"] = usage::json(u);

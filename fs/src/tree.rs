@@ -176,6 +176,8 @@ named_files! {
         Wait => "wait",
         /// `usage`: what the running task uses, asked of its agent.
         Usage => "usage",
+        /// `healthy`: `true` or `false` as its health check last found, empty before.
+        Healthy => "healthy",
     }
 }
 
@@ -982,7 +984,8 @@ mod tests {
                 "stderr",
                 "kill",
                 "wait",
-                "usage"
+                "usage",
+                "healthy"
             ]
         );
     }

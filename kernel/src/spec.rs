@@ -10,6 +10,7 @@ use serde::de::{self, Deserializer, MapAccess};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::health::{self, HealthCheck, Probe};
 use crate::resources::{self, parse_decimal_milli, Resources, Scalar, ScalarProblem};
 
 /// The cpus a task gets when its spec names none.
@@ -22,9 +23,14 @@ pub const DEFAULT_GRACE_MS: u64 = 3_000;
 pub const MAX_PORTS: u32 = 65_535;
 /// The longest task name; names become directory names.
 pub const MAX_NAME_LEN: usize = 64;
+/// The most consecutive failures a health check may allow before the task is killed.
+pub const MAX_HEALTH_FAILURES: u32 = 1000;
 
-const SHELL_KEYS: &str = "name, cpus, mem, disk, ports, env, grace, timeout";
-const JSON_FIELDS: &str = "name, cmd, argv, cpus, mem, disk, ports, env, grace, timeout";
+const SHELL_KEYS: &str = "name, cpus, mem, disk, ports, env, grace, timeout, health_cmd, \
+    health_http, health_tcp, health_delay, health_interval, health_timeout, health_grace, \
+    health_failures";
+const JSON_FIELDS: &str = "name, cmd, argv, cpus, mem, disk, ports, env, grace, timeout, health";
+const HEALTH_FIELDS: &str = "cmd, http, tcp, delay, interval, timeout, grace, failures";
 
 /// What a task runs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +65,9 @@ pub struct TaskSpec {
     /// (`REASON_MAX_COMPLETION_TIME_REACHED`); none: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// The check the agent runs on the task while it runs; none: no health checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthCheck>,
 }
 
 /// Why a name is not a valid task (or framework) name.
@@ -197,6 +206,68 @@ pub enum SpecErrorKind {
     /// Two specs of one write with the same name.
     #[error("duplicate task name {0:?}")]
     DuplicateName(String),
+    /// Health check keys without a probe saying what to check.
+    #[error(
+        "a health check needs a probe: add health_cmd=\"command\", health_http=PORT_INDEX/path \
+         or health_tcp=PORT_INDEX (JSON: \"cmd\", \"http\" or \"tcp\" in \"health\")"
+    )]
+    MissingHealthProbe,
+    /// A health check with two probes.
+    #[error("a health check has one probe: give either {0} or {1}, not both")]
+    TwoHealthProbes(&'static str, &'static str),
+    /// A health check command that is empty or blank.
+    #[error(
+        "empty health check command; give a shell command that exits 0 when the task is \
+         healthy, e.g. health_cmd=\"curl -fs localhost:$PORT0\""
+    )]
+    EmptyHealthCmd,
+    /// A `health_http` that is not `PORT_INDEX/path`.
+    #[error("invalid {key} {text:?}: {problem}; write PORT_INDEX/path, e.g. 0/healthz for /healthz on $PORT0")]
+    InvalidHealthHttp {
+        /// The key or field it was given for.
+        key: &'static str,
+        /// The offending text.
+        text: String,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+    /// A `health_tcp` that is not a port index.
+    #[error("invalid health_tcp {0:?}: expected a port index, a whole number from 0 (the task's $PORT0) to 65534")]
+    InvalidHealthTcp(String),
+    /// A `health_failures` that is not a whole number from 1 to [`MAX_HEALTH_FAILURES`].
+    #[error("invalid health_failures {0:?}: expected a whole number of consecutive failures from 1 to 1000")]
+    InvalidHealthFailures(String),
+    /// A health check on a port the task does not ask for.
+    #[error(
+        "health check port index {index}, but the task asks for {} (indices start at 0); \
+         give ports={} or more{}",
+        PortCount(*.ports),
+        u64::from(*.index) + 1,
+        // A lower index only helps when the task has ports.
+        if *.ports > 0 { ", or a lower index" } else { "" }
+    )]
+    HealthPortIndex {
+        /// The port index the check names.
+        index: u32,
+        /// How many ports the task asks for.
+        ports: u32,
+    },
+    /// A field of the JSON form's `health` object that is not known.
+    #[error("unknown health field {0:?} (expected {HEALTH_FIELDS})")]
+    UnknownHealthField(String),
+}
+
+/// "no ports", "1 port", "2 ports".
+struct PortCount(u32);
+
+impl fmt::Display for PortCount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            0 => f.write_str("no ports"),
+            1 => f.write_str("1 port"),
+            n => write!(f, "{n} ports"),
+        }
+    }
 }
 
 /// A spec that does not parse, and on which line of the write.
@@ -362,10 +433,15 @@ impl TaskSpec {
     /// but trimmed, and nothing may break the line.
     fn fits_shell_form(&self, cmd: &str) -> bool {
         let one_line = |s: &str| !s.contains(['\n', '\r']);
+        let health_one_line = match self.health.as_ref().map(|h| &h.probe) {
+            Some(Probe::Cmd(c)) => one_line(c),
+            _ => true,
+        };
         !cmd.is_empty()
             && cmd.trim() == cmd
             && one_line(cmd)
             && self.env.values().all(|v| one_line(v))
+            && health_one_line
     }
 
     fn shell_line(&self, cmd: &str) -> String {
@@ -388,6 +464,21 @@ impl TaskSpec {
         }
         if let Some(t) = self.timeout_ms {
             words.push(format!("timeout={}", format_duration_ms(t)));
+        }
+        if let Some(h) = &self.health {
+            words.push(match &h.probe {
+                Probe::Cmd(c) => format!("health_cmd={}", quote(c)),
+                Probe::Http { port_index, path } => {
+                    format!("health_http={}", quote(&format!("{port_index}{path}")))
+                }
+                Probe::Tcp { port_index } => format!("health_tcp={port_index}"),
+            });
+            for (key, ms) in non_default_durations(h) {
+                words.push(format!("health_{key}={}", format_duration_ms(ms)));
+            }
+            if h.failures != health::DEFAULT_FAILURES {
+                words.push(format!("health_failures={}", h.failures));
+            }
         }
         format!("{} -- {cmd}", words.join(" "))
     }
@@ -419,8 +510,39 @@ impl TaskSpec {
         if let Some(t) = self.timeout_ms {
             fields.push(format!("\"timeout\":{}", json(&format_duration_ms(t))));
         }
+        if let Some(h) = &self.health {
+            let mut check = vec![match &h.probe {
+                Probe::Cmd(c) => format!("\"cmd\":{}", json(c)),
+                Probe::Http { port_index, path } => {
+                    format!("\"http\":{}", json(&format!("{port_index}{path}")))
+                }
+                Probe::Tcp { port_index } => format!("\"tcp\":{port_index}"),
+            }];
+            for (key, ms) in non_default_durations(h) {
+                check.push(format!("\"{key}\":{}", json(&format_duration_ms(ms))));
+            }
+            if h.failures != health::DEFAULT_FAILURES {
+                check.push(format!("\"failures\":{}", h.failures));
+            }
+            fields.push(format!("\"health\":{{{}}}", check.join(",")));
+        }
         format!("{{{}}}", fields.join(","))
     }
+}
+
+/// A health check's durations that differ from the defaults, by key without `health_`, in
+/// the order the canonical forms write them.
+fn non_default_durations(check: &HealthCheck) -> Vec<(&'static str, u64)> {
+    [
+        ("delay", check.delay_ms, health::DEFAULT_DELAY_MS),
+        ("interval", check.interval_ms, health::DEFAULT_INTERVAL_MS),
+        ("timeout", check.timeout_ms, health::DEFAULT_TIMEOUT_MS),
+        ("grace", check.grace_ms, health::DEFAULT_GRACE_MS),
+    ]
+    .into_iter()
+    .filter(|&(_, ms, default)| ms != default)
+    .map(|(key, ms, _)| (key, ms))
+    .collect()
 }
 
 /// JSON text of plain data (strings, string lists and maps), which cannot fail to serialize.
@@ -457,6 +579,68 @@ struct Draft {
     env: BTreeMap<String, String>,
     grace_ms: Option<u64>,
     timeout_ms: Option<u64>,
+    health: HealthDraft,
+}
+
+/// Health check fields gathered from either form.
+#[derive(Default)]
+struct HealthDraft {
+    /// Whether any health key (or the JSON `health` object) was given.
+    given: bool,
+    /// The probe, with the key that gave it, to name both when another is given.
+    probe: Option<(&'static str, Probe)>,
+    delay_ms: Option<u64>,
+    interval_ms: Option<u64>,
+    timeout_ms: Option<u64>,
+    grace_ms: Option<u64>,
+    failures: Option<u32>,
+}
+
+impl HealthDraft {
+    fn set_probe(&mut self, key: &'static str, probe: Probe) -> Result<(), SpecErrorKind> {
+        if let Some((first, _)) = self.probe {
+            return Err(SpecErrorKind::TwoHealthProbes(first, key));
+        }
+        self.probe = Some((key, probe));
+        Ok(())
+    }
+
+    /// The check, once the task's port count is known to hold its port index.
+    fn finish(self, ports: u32) -> Result<Option<HealthCheck>, SpecErrorKind> {
+        if !self.given {
+            return Ok(None);
+        }
+        let (_, probe) = self.probe.ok_or(SpecErrorKind::MissingHealthProbe)?;
+        match &probe {
+            Probe::Cmd(cmd) => {
+                if cmd.trim().is_empty() {
+                    return Err(SpecErrorKind::EmptyHealthCmd);
+                }
+                if cmd.contains('\0') {
+                    return Err(SpecErrorKind::ContainsNul(
+                        "the health check command".into(),
+                    ));
+                }
+            }
+            Probe::Http { port_index, .. } | Probe::Tcp { port_index } => {
+                if *port_index >= ports {
+                    return Err(SpecErrorKind::HealthPortIndex {
+                        index: *port_index,
+                        ports,
+                    });
+                }
+            }
+        }
+        let defaults = HealthCheck::new(probe);
+        Ok(Some(HealthCheck {
+            delay_ms: self.delay_ms.unwrap_or(defaults.delay_ms),
+            interval_ms: self.interval_ms.unwrap_or(defaults.interval_ms),
+            timeout_ms: self.timeout_ms.unwrap_or(defaults.timeout_ms),
+            grace_ms: self.grace_ms.unwrap_or(defaults.grace_ms),
+            failures: self.failures.unwrap_or(defaults.failures),
+            ..defaults
+        }))
+    }
 }
 
 impl Draft {
@@ -507,16 +691,19 @@ impl Draft {
         if mem <= Scalar::ZERO {
             return Err(SpecErrorKind::NotPositive("mem"));
         }
+        let ports = self.ports.unwrap_or(0);
+        let health = self.health.finish(ports)?;
         Ok(TaskSpec {
             name,
             command,
             cpus,
             mem,
             disk: self.disk.unwrap_or(Scalar::ZERO),
-            ports: self.ports.unwrap_or(0),
+            ports,
             env: self.env,
             grace_ms: self.grace_ms.unwrap_or(DEFAULT_GRACE_MS),
             timeout_ms: self.timeout_ms,
+            health,
         })
     }
 }
@@ -547,14 +734,60 @@ fn parse_grace(text: &str) -> Result<u64, SpecErrorKind> {
 
 /// A timeout: a duration of at least a millisecond (a task cannot run for no time).
 fn parse_timeout(text: &str) -> Result<u64, SpecErrorKind> {
-    match spec_duration(text, "timeout")? {
+    nonzero_duration(text, "timeout")
+}
+
+/// A duration of at least a millisecond, for `key`.
+fn nonzero_duration(text: &str, key: &'static str) -> Result<u64, SpecErrorKind> {
+    match spec_duration(text, key)? {
         0 => Err(SpecErrorKind::InvalidDuration {
-            key: "timeout",
+            key,
             text: text.to_string(),
             problem: DurationError::Zero,
         }),
         ms => Ok(ms),
     }
+}
+
+/// A port index written with digits only, below [`MAX_PORTS`] (so some task can have it).
+fn parse_port_index(text: &str) -> Option<u32> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse::<u32>().ok().filter(|&i| i < MAX_PORTS)
+}
+
+/// A health check's allowed failures: digits only, from 1 to [`MAX_HEALTH_FAILURES`].
+fn parse_failures(text: &str) -> Option<u32> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse::<u32>()
+        .ok()
+        .filter(|n| (1..=MAX_HEALTH_FAILURES).contains(n))
+}
+
+/// `PORT_INDEX[/path]` (`0/healthz`; `1` alone is path `/`), given for `key`.
+fn parse_health_http(key: &'static str, text: &str) -> Result<Probe, SpecErrorKind> {
+    let invalid = |problem| SpecErrorKind::InvalidHealthHttp {
+        key,
+        text: text.to_string(),
+        problem,
+    };
+    let (index, path) = match text.split_once('/') {
+        Some((index, rest)) => (index, format!("/{rest}")),
+        None => (text, "/".to_string()),
+    };
+    let port_index = parse_port_index(index).ok_or_else(|| {
+        invalid("the port index before \"/\" must be a whole number from 0 to 65534")
+    })?;
+    // The path goes into the request line as it is, where spaces and controls would break it.
+    if !path.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid(
+            "the path may hold only printable ASCII, without spaces or control characters",
+        ));
+    }
+    Ok(Probe::Http { port_index, path })
 }
 
 fn spec_duration(text: &str, key: &'static str) -> Result<u64, SpecErrorKind> {
@@ -639,6 +872,9 @@ fn parse_shell(line: &str) -> Result<TaskSpec, SpecErrorKind> {
         if !seen.insert(key.to_string()) {
             return Err(SpecErrorKind::DuplicateKey(key.to_string()));
         }
+        if key.starts_with("health_") {
+            draft.health.given = true;
+        }
         match key {
             "name" => draft.name = Some(value.to_string()),
             "cpus" => draft.cpus = Some(parse_scalar("cpus", value)?),
@@ -647,6 +883,33 @@ fn parse_shell(line: &str) -> Result<TaskSpec, SpecErrorKind> {
             "ports" => draft.ports = Some(parse_ports(value)?),
             "grace" => draft.grace_ms = Some(parse_grace(value)?),
             "timeout" => draft.timeout_ms = Some(parse_timeout(value)?),
+            "health_cmd" => draft
+                .health
+                .set_probe("health_cmd", Probe::Cmd(value.to_string()))?,
+            "health_http" => draft
+                .health
+                .set_probe("health_http", parse_health_http("health_http", value)?)?,
+            "health_tcp" => {
+                let port_index = parse_port_index(value)
+                    .ok_or_else(|| SpecErrorKind::InvalidHealthTcp(value.to_string()))?;
+                draft
+                    .health
+                    .set_probe("health_tcp", Probe::Tcp { port_index })?
+            }
+            "health_delay" => draft.health.delay_ms = Some(spec_duration(value, "health_delay")?),
+            "health_interval" => {
+                draft.health.interval_ms = Some(nonzero_duration(value, "health_interval")?)
+            }
+            "health_timeout" => {
+                draft.health.timeout_ms = Some(nonzero_duration(value, "health_timeout")?)
+            }
+            "health_grace" => draft.health.grace_ms = Some(spec_duration(value, "health_grace")?),
+            "health_failures" => {
+                draft.health.failures = Some(
+                    parse_failures(value)
+                        .ok_or_else(|| SpecErrorKind::InvalidHealthFailures(value.to_string()))?,
+                )
+            }
             _ => unreachable!("checked against SHELL_KEYS"),
         }
     }
@@ -747,6 +1010,7 @@ fn parse_json(line: &str) -> Result<TaskSpec, SpecErrorKind> {
             }
             "grace" => draft.grace_ms = Some(json_duration(raw, "grace", parse_grace)?),
             "timeout" => draft.timeout_ms = Some(json_duration(raw, "timeout", parse_timeout)?),
+            "health" => parse_json_health(raw, &mut draft.health)?,
             _ => return Err(SpecErrorKind::UnknownField(field)),
         }
     }
@@ -757,6 +1021,68 @@ fn parse_json(line: &str) -> Result<TaskSpec, SpecErrorKind> {
         (None, None) => None,
     };
     draft.finish()
+}
+
+/// Reads the JSON form's `health` object; its fields are named `health.<field>` in errors.
+fn parse_json_health(raw: &str, draft: &mut HealthDraft) -> Result<(), SpecErrorKind> {
+    let fields = RawObject::parse(raw)
+        .map_err(|_| SpecErrorKind::InvalidField {
+            field: "health".into(),
+            expected: "an object such as {\"http\":\"0/healthz\"}",
+        })?
+        .unique()
+        .map_err(|f| SpecErrorKind::DuplicateField(format!("health.{f}")))?;
+    draft.given = true;
+    for (field, raw) in fields {
+        let raw = raw.get();
+        let invalid = |expected| SpecErrorKind::InvalidField {
+            field: format!("health.{field}"),
+            expected,
+        };
+        match field.as_str() {
+            "cmd" => {
+                let cmd = serde_json::from_str(raw).map_err(|_| invalid("a string"))?;
+                draft.set_probe("\"cmd\"", Probe::Cmd(cmd))?
+            }
+            "http" => {
+                let text: String = serde_json::from_str(raw)
+                    .map_err(|_| invalid("a string such as \"0/healthz\""))?;
+                draft.set_probe("\"http\"", parse_health_http("health.http", &text)?)?
+            }
+            "tcp" => {
+                let port_index = parse_port_index(raw)
+                    .ok_or_else(|| invalid("a port index, a whole number from 0 to 65534"))?;
+                draft.set_probe("\"tcp\"", Probe::Tcp { port_index })?
+            }
+            "delay" => {
+                draft.delay_ms = Some(json_duration(raw, "health.delay", |t| {
+                    spec_duration(t, "health.delay")
+                })?)
+            }
+            "interval" => {
+                draft.interval_ms = Some(json_duration(raw, "health.interval", |t| {
+                    nonzero_duration(t, "health.interval")
+                })?)
+            }
+            "timeout" => {
+                draft.timeout_ms = Some(json_duration(raw, "health.timeout", |t| {
+                    nonzero_duration(t, "health.timeout")
+                })?)
+            }
+            "grace" => {
+                draft.grace_ms = Some(json_duration(raw, "health.grace", |t| {
+                    spec_duration(t, "health.grace")
+                })?)
+            }
+            "failures" => {
+                draft.failures = Some(
+                    parse_failures(raw).ok_or_else(|| invalid("a whole number from 1 to 1000"))?,
+                )
+            }
+            _ => return Err(SpecErrorKind::UnknownHealthField(field)),
+        }
+    }
+    Ok(())
 }
 
 /// Reads cpus, mem or disk from a JSON number (exactly, from its digits) or a decimal string.
@@ -792,7 +1118,7 @@ fn json_scalar(
 fn json_duration(
     raw: &str,
     key: &'static str,
-    parse: fn(&str) -> Result<u64, SpecErrorKind>,
+    parse: impl Fn(&str) -> Result<u64, SpecErrorKind>,
 ) -> Result<u64, SpecErrorKind> {
     let invalid = || SpecErrorKind::InvalidField {
         field: key.to_string(),
@@ -940,6 +1266,7 @@ mod tests {
                     .into(),
                 grace_ms: 5000,
                 timeout_ms: Some(120_000),
+                health: None,
             }
         );
     }
@@ -978,7 +1305,9 @@ mod tests {
     fn shell_form_rejects_unknown_keys_naming_them() {
         assert_eq!(
             err("name=x cpu=1 -- true"),
-            "line 1: unknown key \"cpu\" (expected name, cpus, mem, disk, ports, env, grace, timeout)"
+            "line 1: unknown key \"cpu\" (expected name, cpus, mem, disk, ports, env, grace, timeout, \
+             health_cmd, health_http, health_tcp, health_delay, health_interval, health_timeout, \
+             health_grace, health_failures)"
         );
     }
 
@@ -1315,7 +1644,7 @@ mod tests {
     fn json_form_rejects_unknown_and_repeated_fields() {
         assert_eq!(
             err(r#"{"name":"x","cmd":"a","cpu":1}"#),
-            "line 1: unknown field \"cpu\" (expected name, cmd, argv, cpus, mem, disk, ports, env, grace, timeout)"
+            "line 1: unknown field \"cpu\" (expected name, cmd, argv, cpus, mem, disk, ports, env, grace, timeout, health)"
         );
         assert_eq!(
             kind(r#"{"name":"x","cmd":"a","name":"y"}"#),
@@ -1383,6 +1712,408 @@ mod tests {
         ));
     }
 
+    // --- health checks ---
+
+    fn check(line: &str) -> HealthCheck {
+        spec(line)
+            .health
+            .unwrap_or_else(|| panic!("{line}: no health check"))
+    }
+
+    #[test]
+    fn a_spec_without_health_keys_has_no_health_check() {
+        assert_eq!(spec("name=x -- true").health, None);
+        assert_eq!(spec(r#"{"name":"x","cmd":"true"}"#).health, None);
+    }
+
+    #[test]
+    fn health_cmd_is_a_quoted_shell_command_with_default_timing_in_both_forms() {
+        let want = HealthCheck::new(Probe::Cmd("curl -fs localhost:$PORT0".into()));
+        assert_eq!(
+            check(r#"name=x health_cmd="curl -fs localhost:$PORT0" -- ./serve"#),
+            want
+        );
+        assert_eq!(
+            check(r#"{"name":"x","cmd":"./serve","health":{"cmd":"curl -fs localhost:$PORT0"}}"#),
+            want
+        );
+        assert_eq!(want.delay_ms, 15_000);
+        assert_eq!(want.interval_ms, 10_000);
+        assert_eq!(want.timeout_ms, 20_000);
+        assert_eq!(want.grace_ms, 10_000);
+        assert_eq!(want.failures, 3);
+        assert_eq!(
+            check("name=x health_cmd=true -- a").probe,
+            Probe::Cmd("true".into())
+        );
+    }
+
+    #[test]
+    fn health_http_is_a_port_index_and_a_path_that_defaults_to_the_root() {
+        let http = |port_index, path: &str| {
+            HealthCheck::new(Probe::Http {
+                port_index,
+                path: path.into(),
+            })
+        };
+        assert_eq!(
+            check("name=x ports=1 health_http=0/healthz -- a"),
+            http(0, "/healthz")
+        );
+        assert_eq!(check("name=x ports=2 health_http=1 -- a"), http(1, "/"));
+        assert_eq!(check("name=x ports=2 health_http=1/ -- a"), http(1, "/"));
+        assert_eq!(
+            check("name=x ports=1 health_http=0/a/b?c=d&e=%20 -- a"),
+            http(0, "/a/b?c=d&e=%20")
+        );
+        assert_eq!(
+            check(r#"{"name":"x","cmd":"a","ports":1,"health":{"http":"0/healthz"}}"#),
+            http(0, "/healthz")
+        );
+        assert_eq!(
+            check(r#"{"name":"x","cmd":"a","ports":2,"health":{"http":"1"}}"#),
+            http(1, "/")
+        );
+    }
+
+    #[test]
+    fn health_tcp_is_a_port_index_in_both_forms() {
+        let tcp = |port_index| HealthCheck::new(Probe::Tcp { port_index });
+        assert_eq!(check("name=x ports=3 health_tcp=2 -- a"), tcp(2));
+        assert_eq!(
+            check(r#"{"name":"x","cmd":"a","ports":1,"health":{"tcp":0}}"#),
+            tcp(0)
+        );
+    }
+
+    #[test]
+    fn health_timing_keys_take_durations_and_failures_a_whole_number() {
+        let want = HealthCheck {
+            delay_ms: 500,
+            interval_ms: 5_000,
+            timeout_ms: 120_000,
+            grace_ms: 7_000,
+            failures: 10,
+            ..HealthCheck::new(Probe::Tcp { port_index: 0 })
+        };
+        assert_eq!(
+            check(
+                "name=x ports=1 health_tcp=0 health_delay=500ms health_interval=5s \
+                 health_timeout=2m health_grace=7 health_failures=10 -- a"
+            ),
+            want
+        );
+        assert_eq!(
+            check(
+                r#"{"name":"x","cmd":"a","ports":1,"health":{"tcp":0,"delay":"500ms",
+                   "interval":5,"timeout":"2m","grace":7,"failures":10}}"#
+            ),
+            want
+        );
+        let delay = check("name=x health_cmd=true health_delay=0 health_grace=0s -- a");
+        assert_eq!((delay.delay_ms, delay.grace_ms), (0, 0));
+        assert_eq!(
+            check("name=x health_cmd=true health_failures=1000 -- a").failures,
+            1000
+        );
+    }
+
+    #[test]
+    fn a_health_check_has_exactly_one_probe() {
+        assert_eq!(
+            kind("name=x ports=1 health_cmd=true health_tcp=0 -- a"),
+            SpecErrorKind::TwoHealthProbes("health_cmd", "health_tcp")
+        );
+        assert_eq!(
+            err("name=x ports=1 health_http=0 health_cmd=true -- a"),
+            "line 1: a health check has one probe: give either health_http or health_cmd, not both"
+        );
+        assert_eq!(
+            err(r#"{"name":"x","cmd":"a","ports":1,"health":{"tcp":0,"http":"0"}}"#),
+            "line 1: a health check has one probe: give either \"tcp\" or \"http\", not both"
+        );
+        assert_eq!(
+            kind("name=x health_cmd=a health_cmd=b -- a"),
+            SpecErrorKind::DuplicateKey("health_cmd".into())
+        );
+    }
+
+    #[test]
+    fn health_timing_without_a_probe_is_an_error_naming_the_probe_keys() {
+        assert_eq!(
+            err("name=x health_interval=5s -- a"),
+            "line 1: a health check needs a probe: add health_cmd=\"command\", \
+             health_http=PORT_INDEX/path or health_tcp=PORT_INDEX \
+             (JSON: \"cmd\", \"http\" or \"tcp\" in \"health\")"
+        );
+        assert_eq!(
+            kind("name=x health_failures=2 -- a"),
+            SpecErrorKind::MissingHealthProbe
+        );
+        assert_eq!(
+            kind(r#"{"name":"x","cmd":"a","health":{}}"#),
+            SpecErrorKind::MissingHealthProbe
+        );
+        assert_eq!(
+            kind(r#"{"name":"x","cmd":"a","health":{"grace":"1s"}}"#),
+            SpecErrorKind::MissingHealthProbe
+        );
+    }
+
+    #[test]
+    fn a_health_cmd_must_not_be_blank_or_hold_a_nul() {
+        for line in [
+            "name=x health_cmd= -- a",
+            r#"name=x health_cmd="" -- a"#,
+            r#"name=x health_cmd="  " -- a"#,
+            r#"{"name":"x","cmd":"a","health":{"cmd":" \t"}}"#,
+        ] {
+            assert_eq!(kind(line), SpecErrorKind::EmptyHealthCmd, "{line}");
+        }
+        assert!(err("name=x health_cmd= -- a").contains("health_cmd=\"curl -fs localhost:$PORT0\""));
+        assert_eq!(
+            err(r#"{"name":"x","cmd":"a","health":{"cmd":"a\u0000b"}}"#),
+            "line 1: the health check command must not contain a NUL character"
+        );
+        assert_eq!(
+            kind("name=x health_cmd=a\0b -- a"),
+            SpecErrorKind::ContainsNul("the health check command".into())
+        );
+    }
+
+    #[test]
+    fn a_health_http_must_be_a_port_index_then_a_printable_path() {
+        let problem = |line: &str| match kind(line) {
+            SpecErrorKind::InvalidHealthHttp { key, text, problem } => (key, text, problem),
+            other => panic!("{line}: {other:?}"),
+        };
+        for bad in [
+            "",
+            "/healthz",
+            "x/healthz",
+            "-1/a",
+            "+1",
+            "65535/a",
+            "99999999999/a",
+        ] {
+            let (key, text, problem) =
+                problem(&format!(r#"name=x ports=1 health_http="{bad}" -- a"#));
+            assert_eq!((key, text.as_str()), ("health_http", bad));
+            assert!(problem.contains("port index"), "{bad}: {problem}");
+        }
+        for bad in ["0/a b", "0/a\tb", "0/é", "0/a\u{7f}", "0/\u{1b}[m"] {
+            let (_, text, problem) =
+                problem(&format!(r#"name=x ports=1 health_http="{bad}" -- a"#));
+            assert_eq!(text, bad);
+            assert!(problem.contains("printable ASCII"), "{bad}: {problem}");
+        }
+        assert_eq!(
+            err(r#"name=x ports=1 health_http="0/a b" -- a"#),
+            "line 1: invalid health_http \"0/a b\": the path may hold only printable ASCII, \
+             without spaces or control characters; write PORT_INDEX/path, e.g. 0/healthz for \
+             /healthz on $PORT0"
+        );
+        let (key, ..) = problem(r#"{"name":"x","cmd":"a","ports":1,"health":{"http":"0/a\nb"}}"#);
+        assert_eq!(key, "health.http");
+    }
+
+    #[test]
+    fn a_health_tcp_and_health_failures_must_be_whole_numbers_in_range() {
+        for bad in ["", "x", "-1", "1.5", "+0", "65535"] {
+            assert_eq!(
+                kind(&format!(r#"name=x ports=1 health_tcp="{bad}" -- a"#)),
+                SpecErrorKind::InvalidHealthTcp(bad.into())
+            );
+        }
+        for bad in ["0", "1001", "-1", "2.0", "three", ""] {
+            assert_eq!(
+                kind(&format!(
+                    r#"name=x health_cmd=true health_failures="{bad}" -- a"#
+                )),
+                SpecErrorKind::InvalidHealthFailures(bad.into())
+            );
+        }
+        assert_eq!(
+            err("name=x health_cmd=true health_failures=0 -- a"),
+            "line 1: invalid health_failures \"0\": expected a whole number of consecutive \
+             failures from 1 to 1000"
+        );
+    }
+
+    #[test]
+    fn a_health_check_port_index_must_be_one_of_the_tasks_ports() {
+        assert_eq!(
+            err("name=x ports=1 health_http=1/x -- a"),
+            "line 1: health check port index 1, but the task asks for 1 port (indices start \
+             at 0); give ports=2 or more, or a lower index"
+        );
+        assert_eq!(
+            kind("name=x health_tcp=0 -- a"),
+            SpecErrorKind::HealthPortIndex { index: 0, ports: 0 }
+        );
+        assert_eq!(
+            err("name=x health_tcp=0 -- a"),
+            "line 1: health check port index 0, but the task asks for no ports (indices start \
+             at 0); give ports=1 or more"
+        );
+        assert!(err("name=x ports=2 health_tcp=5 -- a").contains("asks for 2 ports"));
+        assert_eq!(
+            kind(r#"{"name":"x","cmd":"a","health":{"http":"0/healthz"}}"#),
+            SpecErrorKind::HealthPortIndex { index: 0, ports: 0 }
+        );
+        // A cmd check needs no port.
+        assert!(parse_spec_line("name=x health_cmd=true -- a").is_ok());
+    }
+
+    #[test]
+    fn health_interval_and_timeout_must_be_some_time_while_delay_and_grace_may_be_none() {
+        for key in ["health_interval", "health_timeout"] {
+            let e = parse_spec_line(&format!("name=x health_cmd=true {key}=0s -- a")).unwrap_err();
+            assert!(
+                matches!(e.kind, SpecErrorKind::InvalidDuration { key: k, problem: DurationError::Zero, .. } if k == key),
+                "{e}"
+            );
+        }
+        assert_eq!(
+            err("name=x health_cmd=true health_timeout=0 -- a"),
+            "line 1: invalid health_timeout \"0\": must be longer than 0"
+        );
+        assert_eq!(
+            err(r#"{"name":"x","cmd":"a","health":{"cmd":"true","interval":0}}"#),
+            "line 1: invalid health.interval \"0\": must be longer than 0"
+        );
+        assert!(matches!(
+            kind("name=x health_cmd=true health_delay=soon -- a"),
+            SpecErrorKind::InvalidDuration {
+                key: "health_delay",
+                problem: DurationError::Malformed,
+                ..
+            }
+        ));
+        assert!(matches!(
+            kind(r#"{"name":"x","cmd":"a","health":{"cmd":"true","grace":"1.5ms"}}"#),
+            SpecErrorKind::InvalidDuration {
+                key: "health.grace",
+                problem: DurationError::SubMillisecond,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn the_json_health_object_rejects_unknown_repeated_and_mistyped_fields() {
+        assert_eq!(
+            err(r#"{"name":"x","cmd":"a","health":{"cmd":"true","foo":1}}"#),
+            "line 1: unknown health field \"foo\" (expected cmd, http, tcp, delay, interval, \
+             timeout, grace, failures)"
+        );
+        assert_eq!(
+            kind(r#"{"name":"x","cmd":"a","health":{"cmd":"true","cmd":"false"}}"#),
+            SpecErrorKind::DuplicateField("health.cmd".into())
+        );
+        assert_eq!(
+            kind(r#"{"name":"x","cmd":"a","health":{"cmd":"true"},"health":{"cmd":"true"}}"#),
+            SpecErrorKind::DuplicateField("health".into())
+        );
+        let field = |line: &str| match kind(line) {
+            SpecErrorKind::InvalidField { field, .. } => field,
+            other => panic!("{line}: {other:?}"),
+        };
+        let health = |body: &str| {
+            field(&format!(
+                r#"{{"name":"x","cmd":"a","ports":1,"health":{body}}}"#
+            ))
+        };
+        assert_eq!(health(r#""0/healthz""#), "health");
+        assert_eq!(health("null"), "health");
+        assert_eq!(health(r#"{"cmd":["true"]}"#), "health.cmd");
+        assert_eq!(health(r#"{"http":0}"#), "health.http");
+        assert_eq!(health(r#"{"tcp":"0"}"#), "health.tcp");
+        assert_eq!(health(r#"{"tcp":0.5}"#), "health.tcp");
+        assert_eq!(health(r#"{"tcp":70000}"#), "health.tcp");
+        assert_eq!(health(r#"{"tcp":0,"delay":[]}"#), "health.delay");
+        assert_eq!(health(r#"{"tcp":0,"failures":"3"}"#), "health.failures");
+        assert_eq!(health(r#"{"tcp":0,"failures":0}"#), "health.failures");
+        assert_eq!(health(r#"{"tcp":0,"failures":1001}"#), "health.failures");
+        assert_eq!(
+            err(r#"{"name":"x","cmd":"a","ports":1,"health":{"tcp":0,"failures":1.5}}"#),
+            "line 1: field \"health.failures\" must be a whole number from 1 to 1000"
+        );
+    }
+
+    #[test]
+    fn specs_serialized_before_health_checks_still_deserialize() {
+        let old = r#"{"name":"x","command":{"shell":"true"},"cpus":"0.1","mem":"32","disk":"0","ports":0,"env":{},"grace_ms":3000}"#;
+        let s = serde_json::from_str::<TaskSpec>(old).unwrap();
+        assert_eq!(s, spec("name=x -- true"));
+        assert!(!serde_json::to_string(&s).unwrap().contains("health"));
+        let with = spec("name=x ports=1 health_http=0/healthz health_failures=5 -- true");
+        let json = serde_json::to_string(&with).unwrap();
+        assert_eq!(serde_json::from_str::<TaskSpec>(&json).unwrap(), with);
+    }
+
+    #[test]
+    fn to_line_writes_the_health_check_in_the_shell_form_with_only_non_default_timing() {
+        let canonical = |line: &str| {
+            let s = spec(line);
+            let out = s.to_line();
+            assert_eq!(parse_spec_line(&out).unwrap(), s, "{out}");
+            out
+        };
+        assert_eq!(
+            canonical(r#"health_cmd="curl -fs \"localhost:$PORT0\"" name=x -- ./serve"#),
+            r#"name=x cpus=0.1 mem=32 health_cmd="curl -fs \"localhost:$PORT0\"" -- ./serve"#
+        );
+        assert_eq!(
+            canonical("name=x ports=2 health_http=1 timeout=1h -- ./serve"),
+            "name=x cpus=0.1 mem=32 ports=2 timeout=3600s health_http=1/ -- ./serve"
+        );
+        assert_eq!(
+            canonical(
+                "name=x ports=1 health_failures=4 health_grace=10s health_timeout=1500ms \
+                 health_interval=10 health_delay=1m health_tcp=0 -- ./serve"
+            ),
+            "name=x cpus=0.1 mem=32 ports=1 health_tcp=0 health_delay=60s \
+             health_timeout=1500ms health_failures=4 -- ./serve"
+        );
+    }
+
+    #[test]
+    fn to_line_writes_the_health_object_in_the_json_form_with_only_non_default_timing() {
+        let s = spec(
+            r#"{"name":"x","argv":["./serve"],"ports":1,"health":{"grace":0,"http":"0/healthz","failures":3}}"#,
+        );
+        assert_eq!(
+            s.to_line(),
+            r#"{"name":"x","argv":["./serve"],"cpus":0.1,"mem":32,"ports":1,"health":{"http":"0/healthz","grace":"0s"}}"#
+        );
+        assert_eq!(parse_spec_line(&s.to_line()).unwrap(), s);
+        let tcp = spec(r#"{"name":"x","argv":["a"],"ports":1,"health":{"tcp":0,"interval":2.5}}"#);
+        assert_eq!(
+            tcp.to_line(),
+            r#"{"name":"x","argv":["a"],"cpus":0.1,"mem":32,"ports":1,"health":{"tcp":0,"interval":"2500ms"}}"#
+        );
+        assert_eq!(parse_spec_line(&tcp.to_line()).unwrap(), tcp);
+    }
+
+    #[test]
+    fn to_line_writes_json_for_a_health_cmd_with_a_line_break() {
+        for cmd in [r"test -f a\ntest -f b", r"true\r"] {
+            let s = spec(&format!(
+                r#"{{"name":"x","cmd":"./serve","health":{{"cmd":"{cmd}","delay":"1s"}}}}"#
+            ));
+            let line = s.to_line();
+            assert!(!line.contains(['\n', '\r']), "{line}");
+            assert_eq!(
+                line,
+                format!(
+                    r#"{{"name":"x","cmd":"./serve","cpus":0.1,"mem":32,"health":{{"cmd":"{cmd}","delay":"1s"}}}}"#
+                )
+            );
+            assert_eq!(parse_specs(&line).unwrap(), vec![s]);
+        }
+    }
+
     // --- writes ---
 
     #[test]
@@ -1402,7 +2133,9 @@ mod tests {
             parse_specs("# c\nname=a -- x\nname=b cpu=1 -- y")
                 .unwrap_err()
                 .to_string(),
-            "line 3: unknown key \"cpu\" (expected name, cpus, mem, disk, ports, env, grace, timeout)"
+            "line 3: unknown key \"cpu\" (expected name, cpus, mem, disk, ports, env, grace, timeout, \
+             health_cmd, health_http, health_tcp, health_delay, health_interval, health_timeout, \
+             health_grace, health_failures)"
         );
     }
 
@@ -1516,18 +2249,78 @@ mod tests {
                 (0u64..1000).prop_map(|s| s * 1000)
             ],
             prop_oneof![Just(None), (1u64..).prop_map(Some)],
+            prop_oneof![Just(None), arb_health().prop_map(Some)],
         )
             .prop_map(
-                |(name, command, cpus, mem, disk, ports, env, grace_ms, timeout_ms)| TaskSpec {
+                |(
                     name,
                     command,
                     cpus,
                     mem,
                     disk,
-                    ports,
+                    mut ports,
                     env,
                     grace_ms,
                     timeout_ms,
+                    mut health,
+                )| {
+                    // A port check needs its port: take the index modulo the ports, or ask for it.
+                    if let Some(Probe::Http { port_index, .. } | Probe::Tcp { port_index }) =
+                        health.as_mut().map(|h| &mut h.probe)
+                    {
+                        match ports {
+                            0 => ports = *port_index + 1,
+                            n => *port_index %= n,
+                        }
+                    }
+                    TaskSpec {
+                        name,
+                        command,
+                        cpus,
+                        mem,
+                        disk,
+                        ports,
+                        env,
+                        grace_ms,
+                        timeout_ms,
+                        health,
+                    }
+                },
+            )
+    }
+
+    fn arb_health() -> impl Strategy<Value = HealthCheck> {
+        let probe = prop_oneof![
+            arb_text()
+                .prop_filter("non-blank", |c| !c.trim().is_empty())
+                .prop_map(Probe::Cmd),
+            (0..MAX_PORTS, "/[!-~]{0,12}")
+                .prop_map(|(port_index, path)| Probe::Http { port_index, path }),
+            (0..MAX_PORTS).prop_map(|port_index| Probe::Tcp { port_index }),
+        ];
+        let duration = |default: u64, min: u64| {
+            prop_oneof![
+                Just(default),
+                min..=u64::MAX,
+                (min..1000).prop_map(|s| s * 1000)
+            ]
+        };
+        (
+            probe,
+            duration(health::DEFAULT_DELAY_MS, 0),
+            duration(health::DEFAULT_INTERVAL_MS, 1),
+            duration(health::DEFAULT_TIMEOUT_MS, 1),
+            duration(health::DEFAULT_GRACE_MS, 0),
+            prop_oneof![Just(health::DEFAULT_FAILURES), 1..=MAX_HEALTH_FAILURES],
+        )
+            .prop_map(
+                |(probe, delay_ms, interval_ms, timeout_ms, grace_ms, failures)| HealthCheck {
+                    probe,
+                    delay_ms,
+                    interval_ms,
+                    timeout_ms,
+                    grace_ms,
+                    failures,
                 },
             )
     }
@@ -1553,6 +2346,7 @@ mod tests {
                 prop_oneof![
                     Just("name=x".to_string()), Just("--".to_string()), Just("env=".to_string()),
                     "(cpus|mem|disk|ports|grace)=[0-9.eE+-]{0,6}(ms|s|m|h)?",
+                    "health_(cmd|http|tcp|delay|interval|timeout|grace|failures)=[0-9a-z/. -]{0,6}",
                     arb_text(),
                 ],
                 0..8,
@@ -1566,11 +2360,12 @@ mod tests {
         fn prop_json_like_lines_never_panic(
             fields in prop::collection::vec(
                 (
-                    prop::sample::select(vec!["name", "cmd", "argv", "cpus", "mem", "disk", "ports", "env", "grace", "x"]),
+                    prop::sample::select(vec!["name", "cmd", "argv", "cpus", "mem", "disk", "ports", "env", "grace", "health", "x"]),
                     prop_oneof![
                         "-?[0-9]{1,4}(\\.[0-9]{0,5})?([eE][+-]?[0-9]{1,4})?",
                         "\"[a-z0-9.]{0,6}\"",
                         Just("[\"a\"]".to_string()), Just("{\"A\":\"b\"}".to_string()),
+                        "\\{\"(cmd|http|tcp|delay|interval|timeout|grace|failures|x)\":(\"[0-9a-z/. ]{0,5}\"|[0-9.-]{1,4})\\}",
                         Just("null".to_string()), Just("true".to_string()),
                     ],
                 ),

@@ -16,8 +16,9 @@ use imbl::{HashMap as ImHashMap, OrdMap, OrdSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::health::TaskHealth;
 use crate::resources::{Resources, Tally};
-use crate::state::{task_id, ClusterState, Command, FrameworkId, TaskInfo, Transition};
+use crate::state::{task_id, Applied, ClusterState, Command, FrameworkId, TaskInfo, Transition};
 
 /// An offer: one agent's unused resources, offered to one framework until used, declined,
 /// or rescinded. Offers live only on the leader and are not replicated.
@@ -402,19 +403,38 @@ impl View {
                     return None;
                 }
                 let applied = self.state.apply(index, &command);
-                for n in &applied.transitions {
-                    let Some(t) = self.state.tasks.get(&n.task_id) else {
-                        continue;
-                    };
-                    if let Some(tr) = t.history.get(n.at) {
-                        let line = task_line(t, tr);
-                        let fw = t.framework_id.clone();
-                        self.log(&fw, line);
-                    }
-                }
+                self.log_applied(&applied);
                 self.index = index;
                 None
             }
+        }
+    }
+
+    /// Logs the transitions and health changes a command made, in the order it made them.
+    fn log_applied(&mut self, applied: &Applied) {
+        if !applied.batch.is_empty() {
+            for one in &applied.batch {
+                self.log_applied(one);
+            }
+            return;
+        }
+        for n in &applied.transitions {
+            let Some(t) = self.state.tasks.get(&n.task_id) else {
+                continue;
+            };
+            if let Some(tr) = t.history.get(n.at) {
+                let line = task_line(t, tr);
+                let fw = t.framework_id.clone();
+                self.log(&fw, line);
+            }
+        }
+        for (id, h) in &applied.health {
+            let Some(t) = self.state.tasks.get(id) else {
+                continue;
+            };
+            let line = health_line(t, h);
+            let fw = t.framework_id.clone();
+            self.log(&fw, line);
         }
     }
 
@@ -428,6 +448,16 @@ impl View {
                 .map_or(0, |old| old.history.len());
             for tr in t.history.iter().skip(seen) {
                 lines.push((tr.time_ms, t.framework_id.clone(), task_line(t, tr)));
+            }
+            // Of the health changes it missed, only the latest is known.
+            let seen_health = self
+                .state
+                .tasks
+                .get(&t.id)
+                .and_then(|old| old.health.as_ref())
+                .map_or(0, |h| h.seq);
+            if let Some(h) = t.health.as_ref().filter(|h| h.seq > seen_health) {
+                lines.push((h.time_ms, t.framework_id.clone(), health_line(t, h)));
             }
         }
         lines.sort_by_key(|(time, _, _)| *time);
@@ -551,6 +581,18 @@ fn task_line(t: &TaskInfo, tr: &Transition) -> String {
     line
 }
 
+/// `health NAME true|false OUTPUT`: the first line of the check's output, if any.
+fn health_line(t: &TaskInfo, h: &TaskHealth) -> String {
+    let mut line = format!("health {} {}", t.name, h.healthy);
+    let output = h.output.lines().map(str::trim).find(|l| !l.is_empty());
+    if let Some(first) = output {
+        line.push(' ');
+        line.push_str(first);
+    }
+    line.push('\n');
+    line
+}
+
 fn offer_line(o: &Offer) -> String {
     format!(
         "offer {} agent={} hostname={} resources={}\n",
@@ -667,11 +709,25 @@ mod tests {
             index: 1,
             command: Command::Batch(setup),
         });
+        let health = |healthy, seq, output: &str| Command::TaskHealth {
+            task_id: "f-1.t".into(),
+            health: TaskHealth {
+                healthy,
+                seq,
+                output: output.into(),
+                time_ms: 3,
+            },
+        };
         // Two updates of one task in one entry: each its own line, not the last one twice.
+        // Health changes get lines of their own, with the first line of the check's output;
+        // one sent again gets none.
         v.apply_state(StateEvent::Applied {
             index: 2,
             command: Command::Batch(vec![
                 update("f-1.t", TaskState::Running),
+                health(true, 1, ""),
+                health(false, 2, "\nHTTP/1.1 503 Service Unavailable\nmore"),
+                health(false, 2, "again"),
                 update("f-1.t", TaskState::Finished),
             ]),
         });
@@ -681,7 +737,9 @@ mod tests {
             [
                 "task t TASK_STAGING\n",
                 "task t TASK_RUNNING\n",
-                "task t TASK_FINISHED\n"
+                "health t true\n",
+                "health t false HTTP/1.1 503 Service Unavailable\n",
+                "task t TASK_FINISHED\n",
             ]
         );
         assert_eq!(v.index, 2);

@@ -125,5 +125,8 @@ async fn a_supervised_launch_returns_only_once_the_command_has_execd() {
         .await
         .expect("an end")
         .expect("the channel is open");
+    let mesofs_agent::TaskEvent::Ended(exit) = exit else {
+        panic!("expected the task's end, got {exit:?}");
+    };
     assert_eq!(exit.task_id, "gated.1");
 }

@@ -2,7 +2,7 @@
 //! agent spawned on a kernel without pidfds, by looking), its command's status read from the
 //! exit file.
 
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tracing::warn;
 
-use crate::process::Ended;
+use crate::process::{pidfd_open, Ended};
 use crate::procfs;
 use crate::supervisor::read_exit_file;
 
@@ -22,14 +22,10 @@ pub(super) fn same_process(pid: i32, start_ticks: u64) -> bool {
 /// The end of a supervisor this agent did not spawn (an earlier run did): waits until it is
 /// gone, then reads how its command ended from the exit file it wrote.
 pub(super) async fn adopted_end(pid: i32, start_ticks: u64, exit_file: Option<PathBuf>) -> Ended {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
-    if raw < 0 {
+    let Ok(fd) = pidfd_open(pid) else {
         poll_until_gone(pid, start_ticks).await;
         return read_end(exit_file.as_deref());
-    }
-    // SAFETY: a fresh descriptor that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    };
     // Checked after opening: the pidfd then surely refers to the process we know.
     if !same_process(pid, start_ticks) {
         return read_end(exit_file.as_deref());

@@ -52,6 +52,9 @@ pub enum LaunchError {
         /// The task's.
         task: u32,
     },
+    /// A health check asked of an agent whose tasks have no supervisor to run it.
+    #[error("this agent runs tasks without supervisors, so it cannot run health checks; run the agent with its checkpoints and the mesofs binary, or launch the task without a health check")]
+    HealthNeedsSupervisor,
     /// An internal task of the agent failed.
     #[error("internal error: {0}")]
     Internal(String),

@@ -1,12 +1,28 @@
-//! How a task ended, and the report of it.
+//! How a task ended, and the report of it; what the containerizer reports of its tasks.
 
 use std::sync::atomic::Ordering;
 
-use super::{Task, REASON_AGENT_RESTARTED, REASON_COMMAND_EXITED};
+use mesofs_kernel::health::TaskHealth;
+
+use super::{Task, REASON_AGENT_RESTARTED, REASON_COMMAND_EXITED, REASON_HEALTH_CHECK_FAILED};
 use super::{
     REASON_CONTAINER_LIMITATION_MEMORY, REASON_MAX_COMPLETION_TIME_REACHED, REASON_TASK_KILLED,
 };
 use crate::process::Ended;
+
+/// What the containerizer reports of a task, in the order it happened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TaskEvent {
+    /// Its health changed, as its supervisor's checks found.
+    Health {
+        /// The task.
+        task_id: String,
+        /// Its health now.
+        health: TaskHealth,
+    },
+    /// It ended: its last event.
+    Ended(TaskExit),
+}
 
 /// How a task ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,7 +55,8 @@ pub struct TaskExit {
 }
 
 /// The report of a task's end: a limit the agent enforced (disk, ports, timeout) wins over a
-/// kill on request, which wins over an OOM kill, which wins over the exit status.
+/// kill for its health, which wins over a kill on request, which wins over an OOM kill,
+/// which wins over the exit status.
 pub(super) fn report(task: &Task, ended: Ended, killed: bool, oom: bool) -> TaskExit {
     let (exit_code, signal) = match ended {
         Ended::Exited(c) => (Some(c), None),
@@ -47,6 +64,7 @@ pub(super) fn report(task: &Task, ended: Ended, killed: bool, oom: bool) -> Task
         Ended::Unknown => (None, None),
     };
     let limitation = task.limitation.lock().expect("limitation lock").clone();
+    let health_killed = task.health_killed.lock().expect("health lock").clone();
     let (kind, reason, message) = if let Some((reason, why)) = limitation {
         (
             ExitKind::Failed,
@@ -61,6 +79,12 @@ pub(super) fn report(task: &Task, ended: Ended, killed: bool, oom: bool) -> Task
                 "killed for running past its timeout (main process: {})",
                 ended.describe()
             ),
+        )
+    } else if let Some(why) = health_killed {
+        (
+            ExitKind::Killed,
+            REASON_HEALTH_CHECK_FAILED,
+            format!("{why} (main process: {})", ended.describe()),
         )
     } else if killed {
         (
@@ -132,6 +156,9 @@ mod tests {
             disk_limit_mb: None,
             allowed_ports: None,
             limitation: std::sync::Mutex::new(None),
+            health_file: None,
+            health_reported: std::sync::atomic::AtomicU64::new(0),
+            health_killed: std::sync::Mutex::new(None),
         }
     }
 
@@ -187,6 +214,22 @@ mod tests {
                 r.message
             );
         }
+    }
+
+    #[test]
+    fn a_kill_for_health_is_reported_killed_with_the_health_reason_and_why() {
+        let t = task(32);
+        *t.health_killed.lock().unwrap() =
+            Some("killed after 3 consecutive failed health checks (the last: HTTP/1.1 500)".into());
+        let r = report(&t, Ended::Signaled(15), true, false);
+        assert_eq!(r.kind, ExitKind::Killed);
+        assert_eq!(r.reason, REASON_HEALTH_CHECK_FAILED);
+        assert!(
+            r.message.starts_with("killed after 3 consecutive"),
+            "{}",
+            r.message
+        );
+        assert_eq!(r.signal, Some(15));
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::future::Future;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,13 +37,14 @@ use crate::procfs;
 use crate::reaper::{Reaper, Watch};
 use crate::sandbox::{self, DiskUse, Sandbox};
 use crate::spawner::Spawner;
-use crate::supervisor::Plan;
+use crate::supervisor::{HealthPlan, Plan};
 
 mod adopted;
 mod bare;
 mod command;
 mod error;
 mod exit;
+mod health;
 mod limits;
 mod spec;
 
@@ -54,7 +55,7 @@ use limits::enforce_memory_limit;
 
 pub use bare::bare_launch_cycle;
 pub use error::{KillError, LaunchError};
-pub use exit::{ExitKind, TaskExit};
+pub use exit::{ExitKind, TaskEvent, TaskExit};
 pub use spec::{Command, Confinement, LaunchSpec, Namespaces};
 
 /// Reason of a task whose command exited on its own (successfully or not).
@@ -69,6 +70,10 @@ pub const REASON_AGENT_RESTARTED: &str = "REASON_AGENT_RESTARTED";
 pub const REASON_CONTAINER_LIMITATION: &str = "REASON_CONTAINER_LIMITATION";
 /// Reason of a task killed because its sandbox grew past its disk.
 pub const REASON_CONTAINER_LIMITATION_DISK: &str = "REASON_CONTAINER_LIMITATION_DISK";
+/// Reason of a task its supervisor killed because its health check failed too often.
+pub const REASON_HEALTH_CHECK_FAILED: &str = "REASON_HEALTH_CHECK_FAILED";
+/// Reason of the update that says a running task's health changed (as Mesos names it).
+pub const REASON_TASK_HEALTH_CHECK_STATUS_UPDATED: &str = "REASON_TASK_HEALTH_CHECK_STATUS_UPDATED";
 /// Reason of a task killed because it ran past its timeout.
 pub const REASON_MAX_COMPLETION_TIME_REACHED: &str = "REASON_MAX_COMPLETION_TIME_REACHED";
 
@@ -93,7 +98,7 @@ struct Inner {
     supervisor: Option<Spawner>,
     isolator: Box<dyn Isolator>,
     tasks: Mutex<HashMap<String, Slot>>,
-    exits: mpsc::UnboundedSender<TaskExit>,
+    events: mpsc::UnboundedSender<TaskEvent>,
     reaper: Arc<Reaper>,
     /// Notified whenever a task leaves `tasks`.
     changed: Notify,
@@ -148,6 +153,12 @@ struct Task {
     allowed_ports: Option<Vec<u16>>,
     /// The limit the agent killed it for, with the reason and message to report.
     limitation: Mutex<Option<(&'static str, String)>>,
+    /// Where its supervisor records its health checks, if it has one.
+    health_file: Option<PathBuf>,
+    /// The number of the latest health change reported.
+    health_reported: AtomicU64,
+    /// Why its supervisor killed it for its health, once known.
+    health_killed: Mutex<Option<String>>,
 }
 
 impl Containerizer {
@@ -160,11 +171,11 @@ impl Containerizer {
         work_dir: PathBuf,
         isolator: Box<dyn Isolator>,
         supervisor: Option<PathBuf>,
-    ) -> (Containerizer, mpsc::UnboundedReceiver<TaskExit>) {
+    ) -> (Containerizer, mpsc::UnboundedReceiver<TaskEvent>) {
         if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
             warn!(error = %e, "cannot become a child subreaper: orphans of tasks will not be reaped by the agent");
         }
-        let (exits, rx) = mpsc::unbounded_channel();
+        let (events, rx) = mpsc::unbounded_channel();
         let checkpoints = match Checkpoints::open(&work_dir) {
             Ok(c) => Some(Arc::new(c)),
             Err(e) => {
@@ -178,7 +189,7 @@ impl Containerizer {
             work_dir,
             isolator,
             tasks: Mutex::new(HashMap::new()),
-            exits,
+            events,
             reaper: Reaper::start(),
             changed: Notify::new(),
             shutting_down: AtomicBool::new(false),
@@ -291,6 +302,13 @@ impl Containerizer {
                 disk_limit_mb: saved.disk_limit_mb,
                 allowed_ports: saved.allowed_ports.clone(),
                 limitation: Mutex::new(None),
+                health_file: inner
+                    .checkpoints
+                    .as_ref()
+                    .filter(|_| saved.health)
+                    .map(|c| c.health_file(&saved.task_id)),
+                health_reported: AtomicU64::new(0),
+                health_killed: Mutex::new(None),
             });
             inner
                 .tasks
@@ -469,6 +487,13 @@ impl Inner {
             disk_limit_mb: spec.disk_limit_mb,
             allowed_ports: spec.allowed_ports.clone(),
             limitation: Mutex::new(None),
+            health_file: spec
+                .health
+                .as_ref()
+                .and(self.checkpoints.as_ref())
+                .map(|c| c.health_file(&id)),
+            health_reported: AtomicU64::new(0),
+            health_killed: Mutex::new(None),
         });
         let killed_meanwhile = matches!(
             self.tasks
@@ -523,6 +548,7 @@ impl Inner {
             deadline_ms,
             disk_limit_mb: spec.disk_limit_mb,
             allowed_ports: spec.allowed_ports.clone(),
+            health: spec.health.is_some(),
         };
         if let Err(e) = checkpoints.save_task(&saved) {
             warn!(error = %e, "cannot checkpoint the task: it will not survive a restart of the agent");
@@ -560,6 +586,13 @@ impl Inner {
             (Some(spawner), Some(c)) => {
                 let exit_file = c.exit_file(id);
                 let _ = std::fs::remove_file(&exit_file);
+                let health = spec.health.as_ref().map(|check| HealthPlan {
+                    check: check.clone(),
+                    file: c.health_file(id),
+                });
+                if let Some(h) = &health {
+                    let _ = std::fs::remove_file(&h.file);
+                }
                 // Found now, so that a missing program fails the launch, not the task.
                 let (found, mut argv) = task_command(spec, sandbox.dir()).map_err(spawn_err)?;
                 argv[0] = found;
@@ -572,6 +605,8 @@ impl Inner {
                     huge_pages_disabled: huge_pages_disabled(),
                     pid_namespace: spec.namespaces.pid,
                     mount_namespace: spec.namespaces.mount,
+                    health,
+                    kill_grace_ms: spec.kill_grace.as_millis() as u64,
                     argv,
                 };
                 let exec = command(spec, &sandbox, Some((spawner.bin(), plan)))?;
@@ -582,6 +617,7 @@ impl Inner {
                 wait_started(r);
                 Ok((pid, Some((pidfd, exit_file))))
             }
+            _ if spec.health.is_some() => Err(LaunchError::HealthNeedsSupervisor),
             _ => {
                 let exec = command(spec, &sandbox, None)?;
                 let credentials = user.map(|u| u.credentials());
@@ -636,6 +672,13 @@ impl Inner {
                     .instrument(tracing::Span::current()),
             );
         }
+        if task.health_file.is_some() {
+            tokio::spawn(
+                self.clone()
+                    .watch_health(task.clone())
+                    .instrument(tracing::Span::current()),
+            );
+        }
         let ended = ended.await;
         let killed = task.kill_requested.load(Ordering::SeqCst);
         task.exited.store(true, Ordering::SeqCst);
@@ -643,6 +686,8 @@ impl Inner {
         debug!(?ended, "main process ended");
         // Never report an end before its launch was reported done.
         let _ = launched.await;
+        // Every health change before the end, and why the supervisor killed it, if it did.
+        self.report_health(&task).await;
         let isolation = task.isolation.clone();
         let reaper = self.reaper.clone();
         let span = tracing::Span::current();
@@ -677,7 +722,7 @@ impl Inner {
             // One step, so `running()` never lists a task whose end was already reported.
             let mut tasks = self.tasks.lock().expect("tasks lock");
             tasks.remove(&task.id);
-            let _ = self.exits.send(exit);
+            let _ = self.events.send(TaskEvent::Ended(exit));
         }
         self.changed.notify_waiters();
     }

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use mesofs_kernel::health::HealthCheck;
+
 use super::{DEFAULT_KILL_GRACE, DEFAULT_PIDS_MAX};
 use crate::isolator::Limits;
 use crate::process::TaskUser;
@@ -48,6 +50,8 @@ pub struct LaunchSpec {
     pub allowed_ports: Option<Vec<u16>>,
     /// The namespaces it gets of its own (with a supervisor only).
     pub namespaces: Namespaces,
+    /// Its health check, run by its supervisor (so only with one).
+    pub health: Option<HealthCheck>,
 }
 
 /// The namespaces a task gets of its own.
@@ -108,6 +112,7 @@ impl LaunchSpec {
             disk_limit_mb: None,
             allowed_ports: None,
             namespaces: Namespaces::default(),
+            health: None,
         }
     }
 

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use mesofs_agent::isolator::CgroupsIsolator;
-use mesofs_agent::{Containerizer, Isolator, TaskExit};
+use mesofs_agent::{Containerizer, Isolator, TaskEvent, TaskExit};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 /// Sends the agent's logs to the test's captured output (shown when a test fails).
@@ -59,7 +59,7 @@ fn skip_or_fail(test: &str, why: &str) {
 /// A containerizer in a fresh work directory, with its exit channel.
 pub struct Agent {
     pub containerizer: Containerizer,
-    pub exits: UnboundedReceiver<TaskExit>,
+    pub exits: UnboundedReceiver<TaskEvent>,
     pub work: tempfile::TempDir,
 }
 
@@ -81,12 +81,17 @@ impl Agent {
         Some(Agent::new(Box::new(cgroups_or_skip(test)?)))
     }
 
-    /// The next reported end, within `timeout`.
+    /// The next reported end, within `timeout` (these tasks have no health checks, so every
+    /// event is an end).
     pub async fn next_exit(&mut self, timeout: Duration) -> TaskExit {
-        tokio::time::timeout(timeout, self.exits.recv())
+        let event = tokio::time::timeout(timeout, self.exits.recv())
             .await
             .expect("a task end within the timeout")
-            .expect("the exit channel is open")
+            .expect("the exit channel is open");
+        match event {
+            TaskEvent::Ended(exit) => exit,
+            other => panic!("expected a task's end, got {other:?}"),
+        }
     }
 
     /// A file of a task's sandbox.

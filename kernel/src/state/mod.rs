@@ -13,6 +13,7 @@ use imbl::{HashMap, OrdMap, OrdSet};
 use serde::{Deserialize, Serialize};
 
 use crate::allocator::roles::{RoleInfo, RoleSetting, DEFAULT_ROLE};
+use crate::health::TaskHealth;
 use crate::resources::{split_key, Resources, Tally};
 use crate::spec::TaskSpec;
 
@@ -221,6 +222,10 @@ pub struct TaskInfo {
     pub kill_requested: bool,
     /// Every state it went through, oldest first; never empty.
     pub history: Vec<Transition>,
+    /// Its health as its health check last found it; none without a check, or before its
+    /// first counted result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<TaskHealth>,
 }
 
 impl TaskInfo {
@@ -374,6 +379,13 @@ pub enum Command {
         /// The state and why.
         transition: Transition,
     },
+    /// A running task's health changed, as its agent reports it.
+    TaskHealth {
+        /// The task's cluster-unique id.
+        task_id: String,
+        /// Its health now.
+        health: TaskHealth,
+    },
     /// Commands proposed together, applied in order at one log index.
     Batch(Vec<Command>),
     /// A client's write: applied once, however often the client sends it.
@@ -444,6 +456,9 @@ pub struct Applied {
     /// The transitions tasks gained, in order.
     #[serde(default)]
     pub transitions: Vec<NewTransition>,
+    /// The health changes tasks gained, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub health: Vec<(String, TaskHealth)>,
     /// For a [`Command::Batch`], what each of its commands did, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub batch: Vec<Applied>,
@@ -1018,6 +1033,7 @@ impl ClusterState {
                 let batch: Vec<Applied> = commands.iter().map(|c| self.apply(index, c)).collect();
                 Applied {
                     transitions: batch.iter().flat_map(|a| a.transitions.clone()).collect(),
+                    health: batch.iter().flat_map(|a| a.health.clone()).collect(),
                     batch,
                     ..Applied::default()
                 }
@@ -1265,6 +1281,7 @@ impl ClusterState {
                         role: role.clone(),
                         ports: t.ports.clone(),
                         kill_requested: false,
+                        health: None,
                         history: vec![Transition {
                             state: TaskState::Staging,
                             reason: String::new(),
@@ -1366,6 +1383,23 @@ impl ClusterState {
                 let pushed = self.push_transition(task_id, transition.clone());
                 Applied {
                     transitions: pushed.into_iter().collect(),
+                    ..Applied::default()
+                }
+            }
+            Command::TaskHealth { task_id, health } => {
+                let Some(t) = self.tasks.get(task_id) else {
+                    return Applied::refused(StateError::NoTask(task_id.clone()));
+                };
+                // Updates are retried, and a restarted agent reports again the changes it
+                // may not have: only a newer change counts, and none after the task's end.
+                if t.state().is_terminal() || t.health.as_ref().is_some_and(|h| h.seq >= health.seq)
+                {
+                    return Applied::default();
+                }
+                let t = Arc::make_mut(self.tasks.get_mut(task_id).expect("looked up above"));
+                t.health = Some(health.clone());
+                Applied {
+                    health: vec![(task_id.clone(), health.clone())],
                     ..Applied::default()
                 }
             }
@@ -1588,6 +1622,59 @@ mod tests {
                 TaskState::Finished
             ]
         );
+    }
+
+    #[test]
+    fn a_health_change_is_kept_only_when_newer_and_never_after_the_task_ends() {
+        let (mut s, fw) = cluster_with_framework();
+        s.apply(3, &launch(&fw, "a1", "name=t -- true"));
+        let id = task_id(&fw, "t");
+        let health = |healthy, seq| Command::TaskHealth {
+            task_id: id.clone(),
+            health: TaskHealth {
+                healthy,
+                seq,
+                output: format!("check {seq}"),
+                time_ms: seq,
+            },
+        };
+        let seq = |s: &ClusterState| s.tasks[&id].health.as_ref().map(|h| (h.healthy, h.seq));
+        assert_eq!(seq(&s), None);
+        assert_eq!(s.apply(4, &health(true, 1)).health.len(), 1);
+        assert_eq!(s.apply(5, &health(false, 2)).health[0].1.seq, 2);
+        // Sent again by a restarted agent, or retried: changes nothing, says nothing.
+        assert!(s.apply(6, &health(true, 1)).health.is_empty());
+        assert!(s.apply(7, &health(false, 2)).health.is_empty());
+        assert_eq!(seq(&s), Some((false, 2)));
+        assert_eq!(s.tasks[&id].health.as_ref().unwrap().output, "check 2");
+        // Health is no state transition.
+        assert_eq!(s.tasks[&id].history.len(), 1);
+        s.apply(
+            8,
+            &Command::UpdateTask {
+                task_id: id.clone(),
+                transition: Transition {
+                    state: TaskState::Killed,
+                    reason: "REASON_HEALTH_CHECK_FAILED".into(),
+                    message: String::new(),
+                    time_ms: 9,
+                    exit_code: None,
+                    signal: Some(15),
+                },
+            },
+        );
+        assert!(s.apply(9, &health(true, 3)).health.is_empty());
+        assert_eq!(seq(&s), Some((false, 2)));
+        let unknown = Command::TaskHealth {
+            task_id: "nope".into(),
+            health: TaskHealth {
+                healthy: true,
+                seq: 1,
+                output: String::new(),
+                time_ms: 1,
+            },
+        };
+        assert!(s.apply(10, &unknown).error.is_some());
     }
 
     #[test]

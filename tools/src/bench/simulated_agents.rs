@@ -69,8 +69,7 @@ async fn session(id: &str, resources: String, master: &str, connector: &Connecto
             reason: reason.into(),
             message: String::new(),
             time_ms: now_ms(),
-            exit_code: None,
-            signal: None,
+            ..proto::StatusUpdate::default()
         }));
     };
     while let Some(msg) = inbound

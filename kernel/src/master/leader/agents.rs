@@ -9,6 +9,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::{after, now_ms, Leader, Session};
 use crate::attributes::Attributes;
+use crate::health::{TaskHealth, MAX_OUTPUT};
 use crate::limits::{cut, MAX_STATUS_MESSAGE};
 use crate::proto::{self, master_message, MasterMessage};
 use crate::resources::Resources;
@@ -265,6 +266,18 @@ impl Leader {
                 proposals.push(None);
                 continue;
             };
+            if let (Some(healthy), TaskState::Running) = (u.healthy, state) {
+                proposals.push(Some(Command::TaskHealth {
+                    task_id: u.task_id.clone(),
+                    health: TaskHealth {
+                        healthy,
+                        seq: u.health_seq,
+                        output: cut(&u.message, MAX_OUTPUT).to_string(),
+                        time_ms: u.time_ms,
+                    },
+                }));
+                continue;
+            }
             proposals.push(Some(Command::UpdateTask {
                 task_id: u.task_id.clone(),
                 transition: Transition {
