@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 
 use mesofs_kernel::proto::files_server::Files;
-use mesofs_kernel::proto::{ReadReply, ReadRequest, TaskUsage, UsageReply, UsageRequest};
+use mesofs_kernel::proto::{
+    HealthCheckResult, ReadReply, ReadRequest, TaskUsage, UsageReply, UsageRequest,
+};
 use mesofs_kernel::tls::{Guard, Kind};
 
 use crate::acls::SandboxAcls;
@@ -236,6 +238,17 @@ impl Files for FilesService {
                 .filter_map(|id| {
                     let used = containerizer.usage(&id)?;
                     let disk = containerizer.disk(&id);
+                    let last_check =
+                        containerizer
+                            .last_check(&id)
+                            .map(|(c, failures)| HealthCheckResult {
+                                passed: c.passed,
+                                counted: c.counted,
+                                output: c.output,
+                                time_ms: c.time_ms,
+                                took_ms: c.took_ms,
+                                failures,
+                            });
                     Some(TaskUsage {
                         cpu_ns: used.cpu_ns,
                         cpu_user_ns: used.cpu_user_ns,
@@ -245,6 +258,7 @@ impl Files for FilesService {
                         pids: used.pids,
                         disk_bytes: disk.map(|d| d.bytes),
                         disk_measured_ms: disk.map(|d| d.measured_ms),
+                        last_check,
                         task_id: id,
                     })
                 })

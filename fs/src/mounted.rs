@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use mesofs_kernel::client::{Connector, MasterClient};
 use mesofs_kernel::proto::files_server::{Files, FilesServer};
-use mesofs_kernel::proto::{ReadReply, ReadRequest, TaskUsage, UsageReply, UsageRequest};
+use mesofs_kernel::proto::{
+    HealthCheckResult, ReadReply, ReadRequest, TaskUsage, UsageReply, UsageRequest,
+};
 use mesofs_kernel::state::TaskState;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -595,7 +597,7 @@ fn stdout_and_stderr_come_from_the_agent_at_the_read_offset() {
 }
 
 #[test]
-fn a_running_tasks_usage_is_its_agents_answer_in_usage_and_status_json() {
+fn a_running_tasks_usage_and_latest_health_check_are_its_agents_answer() {
     if !can_mount() {
         return;
     }
@@ -611,6 +613,14 @@ fn a_running_tasks_usage_is_its_agents_answer_in_usage_and_status_json() {
             pids: Some(3),
             disk_bytes: Some(12288),
             disk_measured_ms: Some(1_700_000_009_000),
+            last_check: Some(HealthCheckResult {
+                passed: false,
+                counted: true,
+                output: "HTTP/1.1 503 Service Unavailable".into(),
+                time_ms: 1_700_000_008_000,
+                took_ms: 3,
+                failures: 2,
+            }),
         }],
         1_700_000_009_500,
     );
@@ -625,6 +635,18 @@ fn a_running_tasks_usage_is_its_agents_answer_in_usage_and_status_json() {
     assert_eq!(status["usage"]["cpu_seconds"], 2.5);
     assert_eq!(status["usage"]["pids"], 3);
     assert_eq!(status["usage"]["time_ms"], 1_700_000_009_500u64);
+    // The latest check, live from the agent; no health changes are recorded yet.
+    let check = &status["health"]["last_check"];
+    assert_eq!(
+        check["output"], "HTTP/1.1 503 Service Unavailable",
+        "{status}"
+    );
+    assert_eq!(
+        (check["passed"].clone(), check["took_ms"].clone()),
+        (false.into(), 3.into())
+    );
+    assert_eq!(status["health"]["failures"], 2, "{status}");
+    assert!(status["health"].get("healthy").is_none(), "{status}");
     // An ended task has no usage: the file is empty and status.json has none.
     assert_eq!(m.read("frameworks/hello/tasks/batch/usage"), "");
     let status: serde_json::Value =

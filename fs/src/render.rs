@@ -289,6 +289,20 @@ pub fn status_json(view: &View, task: &TaskInfo, usage: Option<&Measured>) -> St
             "changes": h.seq,
         });
     }
+    // The latest check, whatever it changed, while the task runs on a connected agent.
+    if let Some(c) = usage.and_then(|m| m.usage.last_check.as_ref()) {
+        if value.get("health").is_none() {
+            value["health"] = json!({});
+        }
+        value["health"]["last_check"] = json!({
+            "passed": c.passed,
+            "counted": c.counted,
+            "output": c.output,
+            "time_ms": c.time_ms,
+            "took_ms": c.took_ms,
+        });
+        value["health"]["failures"] = json!(c.failures);
+    }
     if let Some(u) = usage {
         value["usage"] = usage::json(u);
     }

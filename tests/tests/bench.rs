@@ -37,7 +37,8 @@ fn the_launch_benchmark_prints_each_round_and_a_ratio_that_is_the_quotient_of_it
             "--one-at-a-time",
             "5",
         ])
-        .args(["--rounds", "2", "--warmup", "4", "--resident", "3", "--dir"])
+        .args(["--rounds", "2", "--warmup", "4", "--resident", "3"])
+        .args(["--usage-seconds", "2", "--dir"])
         .arg(tmp.path())
         .output()
         .expect("running mesofs bench");
@@ -127,6 +128,19 @@ fn the_launch_benchmark_prints_each_round_and_a_ratio_that_is_the_quotient_of_it
     let supervisor = figure(&stdout, "its supervisor's and init's PSS", "KiB (median)");
     assert!(supervisor > 0.0, "{stdout}");
     assert!(figure(&stdout, "KiB;", "KiB in all") >= supervisor);
+    // Every resident task's usage read once a second: each second's reads took some time,
+    // and the cost above idle is split into the parts it names.
+    let usage_line = stdout
+        .lines()
+        .find(|l| l.starts_with("usage of every running task read once a second (3 tasks, 2 s"))
+        .unwrap_or_else(|| panic!("no usage line in:\n{stdout}"));
+    assert!(
+        figure(usage_line, "reads take", "ms (median") > 0.0,
+        "{usage_line}"
+    );
+    assert!(figure(usage_line, "slowest", "ms)") >= figure(usage_line, "reads take", "ms (median"));
+    figure(usage_line, "above idle", "ms in all");
+    figure(usage_line, "agent", ", mount");
 }
 
 /// Runs `mesofs bench ARGS` in a temporary directory; returns what it printed.

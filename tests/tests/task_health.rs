@@ -112,6 +112,9 @@ fn a_web_server_whose_http_check_fails_turns_unhealthy_and_is_killed_for_it() {
     let status = dev.status_json("f", "web");
     assert_eq!(status["healthy"], true, "{status}");
     assert_eq!(status["health"]["output"], "HTTP/1.1 200 OK", "{status}");
+    // The latest check, live from the agent.
+    assert_eq!(status["health"]["last_check"]["passed"], true, "{status}");
+    assert_eq!(status["health"]["failures"], 0, "{status}");
 
     std::fs::write(sandbox(&dev, "web").join("sick"), "").unwrap();
     dev.wait_for_file(

@@ -159,6 +159,7 @@ mod tests {
             health_file: None,
             health_reported: std::sync::atomic::AtomicU64::new(0),
             health_killed: std::sync::Mutex::new(None),
+            last_check: std::sync::Mutex::new(None),
         }
     }
 

@@ -67,6 +67,9 @@ impl Inner {
             });
             task.health_reported.store(change.seq, Ordering::SeqCst);
         }
+        if let Some(last) = record.last {
+            *task.last_check.lock().expect("health lock") = Some((last, record.failures));
+        }
         if killed.is_none() {
             *killed = record.killed;
         }

@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::checkpoint::{Checkpoints, TaskCheckpoint};
+pub use crate::health::CheckResult;
 use crate::isolator::{validate_id, Isolation, Isolator, Usage};
 pub use crate::process::TaskUser;
 use crate::process::{huge_pages_disabled, spawn_isolated, Ended};
@@ -56,6 +57,7 @@ use limits::enforce_memory_limit;
 pub use bare::bare_launch_cycle;
 pub use error::{KillError, LaunchError};
 pub use exit::{ExitKind, TaskEvent, TaskExit};
+pub use health::HEALTH_POLL;
 pub use spec::{Command, Confinement, LaunchSpec, Namespaces};
 
 /// Reason of a task whose command exited on its own (successfully or not).
@@ -159,6 +161,8 @@ struct Task {
     health_reported: AtomicU64,
     /// Why its supervisor killed it for its health, once known.
     health_killed: Mutex<Option<String>>,
+    /// Its latest health check as the agent last read it, with the counted failures in a row.
+    last_check: Mutex<Option<(CheckResult, u32)>>,
 }
 
 impl Containerizer {
@@ -309,6 +313,7 @@ impl Containerizer {
                     .map(|c| c.health_file(&saved.task_id)),
                 health_reported: AtomicU64::new(0),
                 health_killed: Mutex::new(None),
+                last_check: Mutex::new(None),
             });
             inner
                 .tasks
@@ -368,6 +373,17 @@ impl Containerizer {
     /// The latest measurement of a running task's sandbox disk use, once there is one.
     pub fn disk(&self, task_id: &str) -> Option<DiskUse> {
         *self.inner.task(task_id)?.disk.lock().expect("disk lock")
+    }
+
+    /// A running task's latest health check (as the agent last read it, at most
+    /// [`HEALTH_POLL`] ago), with its counted failures in a row.
+    pub fn last_check(&self, task_id: &str) -> Option<(CheckResult, u32)> {
+        self.inner
+            .task(task_id)?
+            .last_check
+            .lock()
+            .expect("health lock")
+            .clone()
     }
 
     /// The cgroup directories of a running task (empty without cgroup isolation).
@@ -494,6 +510,7 @@ impl Inner {
                 .map(|c| c.health_file(&id)),
             health_reported: AtomicU64::new(0),
             health_killed: Mutex::new(None),
+            last_check: Mutex::new(None),
         });
         let killed_meanwhile = matches!(
             self.tasks

@@ -44,6 +44,10 @@ pub struct LaunchArgs {
     /// its command (0: not measured).
     #[arg(long, default_value = "20")]
     resident: usize,
+    /// Seconds for which the resident tasks' `usage` files are read, every one once a second,
+    /// to measure what that costs (against as many seconds idle before; 0: not measured).
+    #[arg(long, default_value = "5")]
+    usage_seconds: u64,
     /// Where to put the temporary cluster's data and mount (a fresh directory under it).
     #[arg(long, default_value = "/tmp")]
     dir: PathBuf,
@@ -184,6 +188,22 @@ pub async fn run(args: LaunchArgs) -> Result<()> {
             r.process_pss,
             r.supervisor_pss + r.process_pss.max(0.0)
         );
+        if let Some(u) = &r.usage {
+            let (median, _) = super::percentiles(&u.rounds);
+            let (all, parts) = u.cost();
+            println!(
+                "usage of every running task read once a second ({} tasks, {} s, against {} s idle before): a second's reads take {:.2} ms (median; slowest {:.2} ms); CPU per second above idle {:.2} ms in all; master {:.2}, agent {:.2}, mount {:.2}",
+                r.tasks,
+                u.seconds,
+                u.seconds,
+                ms(median),
+                ms(u.rounds.iter().copied().max().unwrap_or_default()),
+                all,
+                parts[0],
+                parts[1],
+                parts[2]
+            );
+        }
     }
     Ok(())
 }
@@ -253,7 +273,7 @@ fn measure(mount: &Path, agent_dir: &Path, args: &LaunchArgs) -> Result<Measured
     };
     let resident = match args.resident {
         0 => None,
-        n => Some(driver.resident(n, agent_dir)?),
+        n => Some(driver.resident(n, agent_dir, args.usage_seconds)?),
     };
     Ok(Measured {
         rounds,
@@ -280,6 +300,29 @@ struct Resident {
     supervisor_pss: f64,
     /// The growth of this process's PSS (master, agent and mount) per running task.
     process_pss: f64,
+    /// What reading every one's usage once a second cost, if measured.
+    usage: Option<UsageReads>,
+}
+
+/// Reads of every resident task's `usage` file, once a second, and idle seconds before them.
+struct UsageReads {
+    /// How long each second's reads took.
+    rounds: Vec<Duration>,
+    /// CPU time over the idle seconds, and over the reading seconds (as many).
+    idle: Cpu,
+    reading: Cpu,
+    seconds: u64,
+}
+
+impl UsageReads {
+    /// CPU per second above idle, in ms: in all, and for the master, the agent and the mount.
+    fn cost(&self) -> (f64, [f64; 3]) {
+        let per_s = |reading: Duration, idle: Duration| {
+            (reading.as_secs_f64() - idle.as_secs_f64()) * 1000.0 / self.seconds as f64
+        };
+        let parts = [0, 1, 2].map(|i| per_s(self.reading.parts[i], self.idle.parts[i]));
+        (per_s(self.reading.total(), self.idle.total()), parts)
+    }
 }
 
 /// The proportional set size of a process in KiB, from `smaps_rollup`.
@@ -486,7 +529,7 @@ impl Driver {
 
     /// Launches `n` tasks of `sleep`, measures what they cost in memory once all run, then
     /// kills them and waits for their ends.
-    fn resident(&self, n: usize, agent_dir: &Path) -> Result<Resident> {
+    fn resident(&self, n: usize, agent_dir: &Path, usage_seconds: u64) -> Result<Resident> {
         let me = std::process::id().to_string();
         let before = pss_kib(&me).context("reading this process's PSS")?;
         let names: Vec<String> = (0..n).map(|i| format!("{RESIDENT}{i}")).collect();
@@ -524,6 +567,10 @@ impl Driver {
             );
         }
         each.sort_by(f64::total_cmp);
+        let usage = match usage_seconds {
+            0 => None,
+            s => Some(self.usage_reads(&names, s)?),
+        };
         for name in &names {
             let kill = self.framework.join("tasks").join(name).join("kill");
             std::fs::write(&kill, "\n").with_context(|| format!("writing {}", kill.display()))?;
@@ -535,6 +582,39 @@ impl Driver {
             tasks: n,
             supervisor_pss: each[each.len() / 2],
             process_pss: (after - before) / n as f64,
+            usage,
+        })
+    }
+
+    /// Idles `seconds`, then reads every named task's `usage` file once a second for as long,
+    /// as a monitor would; the CPU time of each half.
+    fn usage_reads(&self, names: &[String], seconds: u64) -> Result<UsageReads> {
+        let idle_start = Cpu::now();
+        std::thread::sleep(Duration::from_secs(seconds));
+        let reading_start = Cpu::now();
+        let idle = reading_start.since(&idle_start);
+        let start = Instant::now();
+        let mut rounds = Vec::new();
+        for s in 0..seconds {
+            let began = Instant::now();
+            for name in names {
+                let path = self.framework.join("tasks").join(name).join("usage");
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                if !text.starts_with("cpu_seconds ") {
+                    bail!("{} gave no usage: {text:?}", path.display());
+                }
+            }
+            rounds.push(began.elapsed());
+            let next = start + Duration::from_secs(s + 1);
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        }
+        let reading = Cpu::now().since(&reading_start);
+        Ok(UsageReads {
+            rounds,
+            idle,
+            reading,
+            seconds,
         })
     }
 
