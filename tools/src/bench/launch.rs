@@ -189,20 +189,32 @@ pub async fn run(args: LaunchArgs) -> Result<()> {
             r.supervisor_pss + r.process_pss.max(0.0)
         );
         if let Some(u) = &r.usage {
-            let (median, _) = super::percentiles(&u.rounds);
-            let (all, parts) = u.cost();
             println!(
-                "usage of every running task read once a second ({} tasks, {} s, against {} s idle before): a second's reads take {:.2} ms (median; slowest {:.2} ms); CPU per second above idle {:.2} ms in all; master {:.2}, agent {:.2}, mount {:.2}",
-                r.tasks,
-                u.seconds,
-                u.seconds,
-                ms(median),
-                ms(u.rounds.iter().copied().max().unwrap_or_default()),
-                all,
-                parts[0],
-                parts[1],
-                parts[2]
+                "every running task's file read once a second ({} tasks, {} s each, after {} s idle):",
+                r.tasks, u.seconds, u.seconds
             );
+            for (name, reads) in [("state", &u.state), ("usage", &u.usage)] {
+                let (median, _) = super::percentiles(&reads.rounds);
+                let (all, parts) = u.cost(reads);
+                println!(
+                    "  {name}: a second's reads take {:.2} ms (median; slowest {:.2} ms); CPU per second above idle {:.2} ms in all; master {:.2}, agent {:.2}, mount {:.2}",
+                    ms(median),
+                    ms(reads.rounds.iter().copied().max().unwrap_or_default()),
+                    all,
+                    parts[0],
+                    parts[1],
+                    parts[2]
+                );
+            }
+            let (usage, state) = (u.cost(&u.usage).0, u.cost(&u.state).0);
+            if state > 0.0 {
+                println!(
+                    "  CPU of usage reads / CPU of state reads: {:.2}",
+                    usage / state
+                );
+            } else {
+                println!("  CPU of usage reads / CPU of state reads: none (state reads cost nothing measurable above idle)");
+            }
         }
     }
     Ok(())
@@ -304,24 +316,32 @@ struct Resident {
     usage: Option<UsageReads>,
 }
 
-/// Reads of every resident task's `usage` file, once a second, and idle seconds before them.
-struct UsageReads {
+/// Reads of one file of every resident task, once a second.
+struct Reads {
     /// How long each second's reads took.
     rounds: Vec<Duration>,
-    /// CPU time over the idle seconds, and over the reading seconds (as many).
+    /// CPU time over those seconds.
+    cpu: Cpu,
+}
+
+/// Every resident task's `usage` read once a second, against its `state` (which the mount
+/// answers from its copy of the state, asking no agent), after as many idle seconds.
+struct UsageReads {
     idle: Cpu,
-    reading: Cpu,
+    state: Reads,
+    usage: Reads,
     seconds: u64,
 }
 
 impl UsageReads {
-    /// CPU per second above idle, in ms: in all, and for the master, the agent and the mount.
-    fn cost(&self) -> (f64, [f64; 3]) {
+    /// CPU per second above idle, in ms, of some reads: in all, and for the master, the agent
+    /// and the mount.
+    fn cost(&self, reads: &Reads) -> (f64, [f64; 3]) {
         let per_s = |reading: Duration, idle: Duration| {
             (reading.as_secs_f64() - idle.as_secs_f64()) * 1000.0 / self.seconds as f64
         };
-        let parts = [0, 1, 2].map(|i| per_s(self.reading.parts[i], self.idle.parts[i]));
-        (per_s(self.reading.total(), self.idle.total()), parts)
+        let parts = [0, 1, 2].map(|i| per_s(reads.cpu.parts[i], self.idle.parts[i]));
+        (per_s(reads.cpu.total(), self.idle.total()), parts)
     }
 }
 
@@ -586,35 +606,54 @@ impl Driver {
         })
     }
 
-    /// Idles `seconds`, then reads every named task's `usage` file once a second for as long,
-    /// as a monitor would; the CPU time of each half.
+    /// Idles `seconds`, then reads every named task's `state` once a second for as long, then
+    /// its `usage`, as a monitor would.
     fn usage_reads(&self, names: &[String], seconds: u64) -> Result<UsageReads> {
         let idle_start = Cpu::now();
         std::thread::sleep(Duration::from_secs(seconds));
-        let reading_start = Cpu::now();
-        let idle = reading_start.since(&idle_start);
+        let idle = Cpu::now().since(&idle_start);
+        let state = self.read_every_second(names, "state", seconds, "TASK_RUNNING")?;
+        let usage = self.read_every_second(names, "usage", seconds, "cpu_seconds ")?;
+        Ok(UsageReads {
+            idle,
+            state,
+            usage,
+            seconds,
+        })
+    }
+
+    /// Reads `file` of every named task once a second for `seconds`; each read must start
+    /// with `expect`.
+    fn read_every_second(
+        &self,
+        names: &[String],
+        file: &str,
+        seconds: u64,
+        expect: &str,
+    ) -> Result<Reads> {
+        let cpu_start = Cpu::now();
         let start = Instant::now();
         let mut rounds = Vec::new();
         for s in 0..seconds {
             let began = Instant::now();
             for name in names {
-                let path = self.framework.join("tasks").join(name).join("usage");
+                let path = self.framework.join("tasks").join(name).join(file);
                 let text = std::fs::read_to_string(&path)
                     .with_context(|| format!("reading {}", path.display()))?;
-                if !text.starts_with("cpu_seconds ") {
-                    bail!("{} gave no usage: {text:?}", path.display());
+                if !text.starts_with(expect) {
+                    bail!(
+                        "{} does not start with {expect:?}: {text:?}",
+                        path.display()
+                    );
                 }
             }
             rounds.push(began.elapsed());
             let next = start + Duration::from_secs(s + 1);
             std::thread::sleep(next.saturating_duration_since(Instant::now()));
         }
-        let reading = Cpu::now().since(&reading_start);
-        Ok(UsageReads {
+        Ok(Reads {
             rounds,
-            idle,
-            reading,
-            seconds,
+            cpu: Cpu::now().since(&cpu_start),
         })
     }
 
