@@ -14,7 +14,7 @@ use tracing::debug;
 use crate::sandbox::SandboxFiles;
 
 /// How long one agent's answer serves further reads.
-pub const USAGE_FRESH: Duration = Duration::from_millis(250);
+pub const USAGE_FRESH: Duration = Duration::from_secs(1);
 /// How long the agent may take to answer before the usage is left out.
 pub const USAGE_TIMEOUT: Duration = Duration::from_secs(1);
 
