@@ -330,7 +330,15 @@ fn run_command(
     let dir = std::env::current_dir().map_err(|e| format!("no sandbox: {e}"))?;
     let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| format!("cannot make a pipe: {e}"))?;
-    let pid = fork_or_exit("a health check");
+    // Not fork_or_exit: a fork that fails fails the check, never the supervisor.
+    // SAFETY: fork(2) in the single-threaded supervisor.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(format!(
+            "cannot fork the check: {}",
+            io::Error::last_os_error()
+        ));
+    }
     if pid == 0 {
         drop(out_r);
         be_command_check(cmd, target, ns, &dir, out_w.as_raw_fd());
@@ -444,7 +452,7 @@ fn be_command_check(cmd: &str, target: &Target, ns: &Namespaces, dir: &Path, out
     // SAFETY: setpgid, open and dup2 on descriptors we own.
     unsafe {
         libc::setpgid(0, 0);
-        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
         libc::dup2(null, 0);
         libc::dup2(out, 1);
         libc::dup2(out, 2);
@@ -637,6 +645,89 @@ mod tests {
         assert_eq!(r.changes.len(), CHANGES_KEPT);
         assert_eq!(r.changes.last().unwrap().seq, CHANGES_KEPT as u64 + 5);
         assert_eq!(r.changes[0].seq, 6);
+    }
+
+    /// A server on a loopback port that answers each connection with `reply` (none: reads
+    /// and never answers).
+    fn server(reply: Option<&'static str>) -> u16 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for mut c in listener.incoming().flatten() {
+                let mut buf = [0u8; 1024];
+                let _ = c.read(&mut buf);
+                match reply {
+                    Some(r) => {
+                        let _ = c.write_all(r.as_bytes());
+                    }
+                    None => std::thread::sleep(Duration::from_secs(30)),
+                }
+            }
+        });
+        port
+    }
+
+    fn get(port: u16, timeout: Duration) -> (bool, String) {
+        // This process stands for the task: it runs throughout.
+        let task = pidfd_open(std::process::id() as i32).unwrap();
+        match http_get(port, "/healthz", Instant::now() + timeout, &task) {
+            Ok(Outcome::Done(passed, output)) => (passed, output),
+            Ok(Outcome::TaskEnded) => panic!("the task did not end"),
+            Err(e) => (false, e),
+        }
+    }
+
+    #[test]
+    fn an_http_check_passes_on_2xx_and_3xx_and_fails_otherwise_saying_why() {
+        let ok = |reply| get(server(Some(reply)), Duration::from_secs(5));
+        assert_eq!(
+            ok("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+            (true, "HTTP/1.1 200 OK".into())
+        );
+        assert_eq!(
+            ok("HTTP/1.0 302 Found\r\n\r\n"),
+            (true, "HTTP/1.0 302 Found".into())
+        );
+        assert_eq!(
+            ok("HTTP/1.1 503 Service Unavailable\r\n\r\n"),
+            (false, "HTTP/1.1 503 Service Unavailable".into())
+        );
+        assert_eq!(
+            ok("SSH-2.0-OpenSSH\r\n"),
+            (false, "not an HTTP response: SSH-2.0-OpenSSH".into())
+        );
+        assert_eq!(ok(""), (false, "no HTTP response".into()));
+        let (passed, why) = get(server(None), Duration::from_millis(500));
+        assert!(
+            !passed && why.starts_with("timed out waiting for a response"),
+            "{why}"
+        );
+        // Nothing listens on a port just freed.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let (passed, why) = get(port, Duration::from_secs(5));
+        assert!(
+            !passed && why.starts_with("cannot connect to 127.0.0.1:"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn a_check_stops_when_the_task_ends() {
+        let port = server(None);
+        let mut child = std::process::Command::new("sleep")
+            .arg("0.3")
+            .spawn()
+            .unwrap();
+        let task = pidfd_open(child.id() as i32).unwrap();
+        // A server that never answers: the check ends with the task, not at its timeout.
+        let outcome = http_get(port, "/", Instant::now() + Duration::from_secs(600), &task);
+        assert!(matches!(outcome, Ok(Outcome::TaskEnded)));
+        child.wait().unwrap();
+        assert!(wait_end(&task, None));
     }
 
     #[test]
