@@ -467,6 +467,22 @@ async fn a_launch_that_cannot_exec_fails_and_leaves_nothing_behind() {
 }
 
 #[tokio::test]
+async fn a_health_check_is_refused_by_an_agent_without_supervisors_to_run_it() {
+    let Some(agent) = Agent::with_cgroups("nohealth") else {
+        return;
+    };
+    let mut spec = shell("nohealth.1", "sleep 600");
+    spec.health = Some(mesofs_kernel::health::HealthCheck::new(
+        mesofs_kernel::health::Probe::Cmd("true".into()),
+    ));
+    let err = agent.containerizer.launch(spec).await.unwrap_err();
+    assert!(matches!(err, LaunchError::HealthNeedsSupervisor), "{err}");
+    assert!(err.to_string().contains("without a health check"), "{err}");
+    assert!(agent.containerizer.running().is_empty());
+    assert!(!agent.work.path().join("sandboxes/nohealth.1").exists());
+}
+
+#[tokio::test]
 async fn bad_ids_duplicates_and_empty_commands_are_refused() {
     let Some(mut agent) = Agent::with_cgroups("refused") else {
         return;

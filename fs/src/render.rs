@@ -441,7 +441,8 @@ mod tests {
     use super::*;
     use crate::fixture::standard;
     use mesofs_kernel::allocator::roles::parse_setting;
-    use mesofs_kernel::state::Command;
+    use mesofs_kernel::health::TaskHealth;
+    use mesofs_kernel::state::{task_id, Command, TaskState};
     use mesofs_kernel::watch::LeaderEvent;
 
     fn text(view: &View, node: Node) -> String {
@@ -628,6 +629,70 @@ mod tests {
             "TASK_FINISHED\n"
         );
         assert_eq!(wait_result(&view, &format!("{hello}.web")), None);
+    }
+
+    #[test]
+    fn a_health_checked_task_shows_its_health_in_healthy_and_status_json() {
+        let (mut c, hello, _) = standard("127.0.0.1:1");
+        c.launch(
+            &hello,
+            "a1",
+            &["name=svc cpus=0.1 mem=8 ports=1 health_tcp=0 -- ./serve"],
+            &[31010],
+        );
+        c.update(&hello, "svc", TaskState::Running, "", "");
+        let status = |c: &crate::fixture::Cluster| -> serde_json::Value {
+            let view = c.copy.view();
+            serde_json::from_str(&text(
+                &view,
+                Node::TaskFile(hello.clone(), "svc".into(), TaskFile::StatusJson),
+            ))
+            .unwrap()
+        };
+        let healthy = |c: &crate::fixture::Cluster| {
+            text(
+                &c.copy.view(),
+                Node::TaskFile(hello.clone(), "svc".into(), TaskFile::Healthy),
+            )
+        };
+        // Before the first counted result: empty, and null.
+        assert_eq!(healthy(&c), "");
+        assert_eq!(status(&c)["healthy"], serde_json::Value::Null);
+        assert!(status(&c).get("health").is_none());
+        c.command(Command::TaskHealth {
+            task_id: task_id(&hello, "svc"),
+            health: TaskHealth {
+                healthy: false,
+                seq: 1,
+                output: "cannot connect to 127.0.0.1:31010: Connection refused".into(),
+                time_ms: 1_700_000_004_000,
+            },
+        });
+        assert_eq!(healthy(&c), "false\n");
+        let s = status(&c);
+        assert_eq!(s["healthy"], false);
+        assert_eq!(
+            s["health"]["output"],
+            "cannot connect to 127.0.0.1:31010: Connection refused"
+        );
+        assert_eq!(
+            (
+                s["health"]["changes"].clone(),
+                s["health"]["time_ms"].clone()
+            ),
+            (1.into(), 1_700_000_004_000u64.into())
+        );
+        // A task without a health check has neither.
+        let view = c.copy.view();
+        let web: serde_json::Value = serde_json::from_str(&text(
+            &view,
+            Node::TaskFile(hello.clone(), "web".into(), TaskFile::StatusJson),
+        ))
+        .unwrap();
+        assert!(
+            web.get("healthy").is_none() && web.get("health").is_none(),
+            "{web}"
+        );
     }
 
     #[test]

@@ -448,6 +448,10 @@ impl Inner {
         {
             return Err(LaunchError::InvalidEnv(k.clone()));
         }
+        // Health checks are run by supervisors, which need the checkpoints to record in.
+        if spec.health.is_some() && (self.supervisor.is_none() || self.checkpoints.is_none()) {
+            return Err(LaunchError::HealthNeedsSupervisor);
+        }
         {
             let mut tasks = self.tasks.lock().expect("tasks lock");
             if self.shutting_down.load(Ordering::SeqCst) {
@@ -634,7 +638,6 @@ impl Inner {
                 wait_started(r);
                 Ok((pid, Some((pidfd, exit_file))))
             }
-            _ if spec.health.is_some() => Err(LaunchError::HealthNeedsSupervisor),
             _ => {
                 let exec = command(spec, &sandbox, None)?;
                 let credentials = user.map(|u| u.credentials());
