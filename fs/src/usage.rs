@@ -89,56 +89,61 @@ impl Usages {
     }
 }
 
-fn seconds(ns: u64) -> String {
-    format!("{}.{:06}", ns / 1_000_000_000, ns % 1_000_000_000 / 1000)
+/// One figure of a task's usage.
+enum Figure {
+    /// A time, in nanoseconds: seconds in the file and in JSON.
+    Nanos(u64),
+    /// A count, a size or a time in unix milliseconds: as is.
+    Whole(u64),
+}
+
+/// The figures the agent knows, named as the `usage` file and `status.json` name them, in
+/// order.
+fn figures(m: &Measured) -> Vec<(&'static str, Figure)> {
+    let u = &m.usage;
+    let named = [
+        ("cpu_seconds", Some(Figure::Nanos(u.cpu_ns))),
+        ("cpu_user_seconds", u.cpu_user_ns.map(Figure::Nanos)),
+        ("cpu_system_seconds", u.cpu_system_ns.map(Figure::Nanos)),
+        ("mem_bytes", Some(Figure::Whole(u.mem_bytes))),
+        ("mem_peak_bytes", u.mem_peak_bytes.map(Figure::Whole)),
+        ("pids", u.pids.map(Figure::Whole)),
+        ("disk_bytes", u.disk_bytes.map(Figure::Whole)),
+        ("disk_time_ms", u.disk_measured_ms.map(Figure::Whole)),
+        ("time_ms", Some(Figure::Whole(m.time_ms))),
+    ];
+    named
+        .into_iter()
+        .filter_map(|(name, f)| Some((name, f?)))
+        .collect()
 }
 
 /// The `usage` file: one `name value` line per figure the agent knows, CPU in seconds with
 /// microseconds, sizes in bytes, times in unix milliseconds.
 pub fn text(m: &Measured) -> String {
-    let u = &m.usage;
     let mut out = String::new();
-    let mut line = |name: &str, value: Option<String>| {
-        if let Some(v) = value {
-            let _ = writeln!(out, "{name} {v}");
-        }
-    };
-    line("cpu_seconds", Some(seconds(u.cpu_ns)));
-    line("cpu_user_seconds", u.cpu_user_ns.map(seconds));
-    line("cpu_system_seconds", u.cpu_system_ns.map(seconds));
-    line("mem_bytes", Some(u.mem_bytes.to_string()));
-    line("mem_peak_bytes", u.mem_peak_bytes.map(|b| b.to_string()));
-    line("pids", u.pids.map(|p| p.to_string()));
-    line("disk_bytes", u.disk_bytes.map(|b| b.to_string()));
-    line("disk_time_ms", u.disk_measured_ms.map(|t| t.to_string()));
-    line("time_ms", Some(m.time_ms.to_string()));
+    for (name, figure) in figures(m) {
+        let _ = match figure {
+            Figure::Nanos(ns) => writeln!(
+                out,
+                "{name} {}.{:06}",
+                ns / 1_000_000_000,
+                ns % 1_000_000_000 / 1000
+            ),
+            Figure::Whole(n) => writeln!(out, "{name} {n}"),
+        };
+    }
     out
 }
 
 /// `usage` in `status.json`: the same figures as the `usage` file, under the same names.
 pub fn json(m: &Measured) -> Value {
-    let u = &m.usage;
-    let mut v = json!({
-        "cpu_seconds": u.cpu_ns as f64 / 1e9,
-        "mem_bytes": u.mem_bytes,
-        "time_ms": m.time_ms,
-    });
-    let mut put = |name: &str, value: Option<Value>| {
-        if let Some(x) = value {
-            v[name] = x;
-        }
-    };
-    put(
-        "cpu_user_seconds",
-        u.cpu_user_ns.map(|n| json!(n as f64 / 1e9)),
-    );
-    put(
-        "cpu_system_seconds",
-        u.cpu_system_ns.map(|n| json!(n as f64 / 1e9)),
-    );
-    put("mem_peak_bytes", u.mem_peak_bytes.map(|b| json!(b)));
-    put("pids", u.pids.map(|p| json!(p)));
-    put("disk_bytes", u.disk_bytes.map(|b| json!(b)));
-    put("disk_time_ms", u.disk_measured_ms.map(|t| json!(t)));
+    let mut v = json!({});
+    for (name, figure) in figures(m) {
+        v[name] = match figure {
+            Figure::Nanos(ns) => json!(ns as f64 / 1e9),
+            Figure::Whole(n) => json!(n),
+        };
+    }
     v
 }
