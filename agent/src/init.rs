@@ -1,5 +1,6 @@
-//! The task's init: pid 1 of the task's own pid namespace, forked by its supervisor. It joins
-//! the task's cgroups, gives the task its own mount namespace (a `/proc` of its pid namespace,
+//! The task's init: pid 1 of the task's own pid namespace, forked by its supervisor, outside
+//! the task's cgroups as its supervisor is (the command it forks joins them). It gives the
+//! task its own mount namespace (a `/proc` of its pid namespace,
 //! and its sandbox's `tmp` as `/tmp`), forks the command, passes on to it the signals the
 //! task's own processes send to pid 1, reaps every orphan the task leaves, and tells the
 //! supervisor how the command ended before it exits (so the kernel kills whatever is left in

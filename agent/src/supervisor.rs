@@ -241,7 +241,7 @@ pub(crate) fn run(plan: &Plan) -> ! {
     if pid == 0 {
         match &report {
             Some((_, w)) => be_init(plan, credentials.as_ref(), w.as_raw_fd()),
-            None => exec_command(plan, credentials.as_ref(), true),
+            None => exec_command(plan, credentials.as_ref()),
         }
     }
     if plan.started_fd {
@@ -288,10 +288,12 @@ pub(crate) fn run(plan: &Plan) -> ! {
     end_like(ended)
 }
 
-/// In the forked child: the task's init. Joins the cgroups (so the whole namespace is in them),
-/// makes the task's mount namespace, then forks the command and serves it.
+/// In the forked child: the task's init. Makes the task's mount namespace, then forks the
+/// command (which joins the task's cgroups, as every process of the task descends from it)
+/// and serves it. The init itself stays out of the cgroups, as its supervisor does: making
+/// and tearing down the namespaces takes milliseconds of CPU, which a task's small cpu quota
+/// would stretch into a throttled wait of whole CFS periods at its start and its end.
 fn be_init(plan: &Plan, credentials: Option<&Credentials>, report: i32) -> ! {
-    join_cgroups(plan);
     if plan.mount_namespace {
         if let Err(e) = crate::init::private_mounts(plan.user, plan.pid_namespace) {
             eprintln!("mesofs: cannot give the task its mount namespace: {e}");
@@ -300,7 +302,7 @@ fn be_init(plan: &Plan, credentials: Option<&Credentials>, report: i32) -> ! {
         }
     }
     crate::init::serve(
-        || exec_command(plan, credentials, false),
+        || exec_command(plan, credentials),
         report,
         plan.started_fd.then_some(STARTED_FD),
     )
@@ -320,15 +322,12 @@ fn join_cgroups(plan: &Plan) {
     }
 }
 
-/// In the forked child: joins the cgroups (unless `join` is false: the init did), becomes the
-/// task's user, then execs the command (inheriting environment, working directory and
-/// standard streams).
-fn exec_command(plan: &Plan, credentials: Option<&Credentials>, join: bool) -> ! {
+/// In the forked child: joins the cgroups, becomes the task's user, then execs the command
+/// (inheriting environment, working directory and standard streams).
+fn exec_command(plan: &Plan, credentials: Option<&Credentials>) -> ! {
     reset_signals();
     disable_huge_pages(plan.huge_pages_disabled);
-    if join {
-        join_cgroups(plan);
-    }
+    join_cgroups(plan);
     if let Some(c) = credentials {
         if let Err(e) = c.switch() {
             eprintln!("mesofs: cannot run the task as {:?}: {e}", plan.user);
